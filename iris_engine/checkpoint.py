@@ -1,0 +1,111 @@
+"""Checkpoints: model config + weights + memory bank (+ training state), safe to load from strangers.
+
+Files are read with `torch.load(weights_only=True)` (no code execution) and carry a SHA-256 of their
+config and weights, so a tampered or truncated file is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from iris_engine.config import CHECKPOINT_FORMAT_VERSION, ModelConfig
+from iris_engine.errors import CheckpointError
+from iris_engine.memory_bank import MemoryBank
+from iris_engine.model.iris import IrisModel
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: IrisModel
+    memory_bank: MemoryBank
+    training_state: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def weights_digest(config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the config and every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: IrisModel,
+    memory_bank: MemoryBank | None = None,
+    training_state: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Atomic save (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = model.config.to_dict()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "model_config": config,
+        "state_dict": state,
+        "digest": weights_digest(config, state),
+        "memory_bank": (memory_bank or MemoryBank()).state_dict(),
+        "training_state": training_state or {},
+        "metadata": metadata or {},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", expected: ModelConfig | None = None
+) -> LoadedCheckpoint:
+    """Load and verify a checkpoint; refuse tampered, foreign or mismatched files with a clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means the file is unusable
+        raise CheckpointError(f"{path.name} is not a loadable IRIS checkpoint (corrupt or unsafe): {error}") from error
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise CheckpointError(f"{path.name} is not an IRIS checkpoint (no format version)")
+    if payload["format_version"] != CHECKPOINT_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path.name} has checkpoint format {payload['format_version']}, this code reads {CHECKPOINT_FORMAT_VERSION}"
+        )
+    config_dict = payload["model_config"]
+    state = payload["state_dict"]
+    if weights_digest(config_dict, state) != payload["digest"]:
+        raise CheckpointError(f"{path.name} failed its integrity check: weights or config were modified")
+    config = ModelConfig.from_dict(config_dict)
+    if expected is not None and expected != config:
+        raise CheckpointError(f"{path.name} was trained with {config}, expected {expected}")
+    model = IrisModel(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path.name} does not match the model architecture: {error}") from error
+    model.version = str(payload["metadata"].get("model_version", payload["digest"][:12]))
+    model.eval()
+    return LoadedCheckpoint(
+        model.to(map_location),
+        MemoryBank.from_state_dict(payload["memory_bank"]),
+        payload["training_state"],
+        payload["metadata"],
+    )

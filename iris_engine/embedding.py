@@ -1,0 +1,58 @@
+"""`TaskEmbedding`: the compact, serialisable description of a segmentation task."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import torch
+
+from iris_engine.errors import IrisInputError
+
+
+@dataclass
+class TaskEmbedding:
+    """Task tokens per class (K, m + 1, C), the class names and the model version they came from."""
+
+    tokens: torch.Tensor
+    class_names: list[str]
+    model_version: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tokens.ndim != 3:
+            raise IrisInputError(f"task tokens must be (K, T, C), got {tuple(self.tokens.shape)}")
+        if len(self.class_names) != self.tokens.shape[0]:
+            raise IrisInputError(
+                f"{len(self.class_names)} class names for {self.tokens.shape[0]} task embeddings"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return self.tokens.shape[0]
+
+    def to(self, device: torch.device | str) -> TaskEmbedding:
+        return TaskEmbedding(self.tokens.to(device), list(self.class_names), self.model_version)
+
+    def select(self, class_names: list[str]) -> TaskEmbedding:
+        """The embeddings of a subset of classes, in the given order."""
+        missing = [name for name in class_names if name not in self.class_names]
+        if missing:
+            raise IrisInputError(f"classes not in this task embedding: {missing}")
+        index = [self.class_names.index(name) for name in class_names]
+        return TaskEmbedding(self.tokens[index], list(class_names), self.model_version)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(
+            {"tokens": self.tokens.detach().cpu(), "class_names": self.class_names, "model_version": self.model_version},
+            buffer,
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TaskEmbedding:
+        try:
+            payload = torch.load(io.BytesIO(data), weights_only=True)
+            return cls(payload["tokens"], list(payload["class_names"]), str(payload["model_version"]))
+        except (KeyError, TypeError, RuntimeError, EOFError) as error:
+            raise IrisInputError(f"not a valid task embedding: {error}") from error

@@ -1,0 +1,104 @@
+"""Mask decoder: task tokens and query features attend to each other, then a U-Net upsampling path.
+
+The upsampling is split for speed: a class-agnostic U-Net path turns the query's encoder features
+into full-resolution pixel features once per query, while the class-conditioned bottleneck
+(after two-way attention) is refined per class at the coarse scales only and then added to
+those pixel features. A hypernetwork maps each class's tokens to a pixel classifier.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iris_engine.config import ModelConfig
+from iris_engine.model.blocks import (
+    AttentionBlock,
+    FeedForward,
+    ResidualBlock,
+    conv_layer,
+    interpolation_mode,
+)
+
+
+class TwoWayBlock(nn.Module):
+    """Tokens self-attend, tokens attend to the image, image attends back to the tokens."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.token_self = AttentionBlock(dim, num_heads)
+        self.token_to_image = AttentionBlock(dim, num_heads)
+        self.token_mlp = FeedForward(dim)
+        self.image_to_token = AttentionBlock(dim, num_heads)
+
+    def forward(self, tokens: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.token_mlp(self.token_to_image(self.token_self(tokens), image))
+        return tokens, self.image_to_token(image, tokens)
+
+
+class UpBlock(nn.Module):
+    """Upsample to the skip's size, concatenate it, residual block."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.mode = interpolation_mode(spatial_dims)
+        self.block = ResidualBlock(spatial_dims, in_channels + skip_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False)
+        return self.block(torch.cat([x, skip], dim=1))
+
+
+class MaskDecoder(nn.Module):
+    """Decodes one logit map per class from query features and (B, K, T, C) task tokens."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        dims = config.spatial_dims
+        dim = config.embed_dim
+        width = config.decoder_channels
+        encoder_channels = list(config.encoder_channels)
+        conv = conv_layer(dims)
+        self.mode = interpolation_mode(dims)
+        self.blocks = nn.ModuleList(TwoWayBlock(dim, config.num_heads) for _ in range(config.decoder_layers))
+        self.class_up = UpBlock(dims, dim, encoder_channels[-2], encoder_channels[-2])
+        self.class_projection = conv(encoder_channels[-2], width, 1)
+        self.shared_up = nn.ModuleList()
+        in_channels = dim
+        for skip in encoder_channels[-2::-1]:
+            out_channels = max(skip, width)
+            self.shared_up.append(UpBlock(dims, in_channels, skip, out_channels))
+            in_channels = out_channels
+        self.pixel_projection = conv(in_channels, width, 1)
+        self.pixel_mixer = nn.Sequential(nn.LeakyReLU(0.01), conv(width, width, 1))
+        self.token_to_weights = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, width + 1)
+        )
+
+    def pixel_features(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Class-agnostic full-resolution features of the query (B, D, *S)."""
+        x = features[-1]
+        for up, skip in zip(self.shared_up, features[-2::-1], strict=True):
+            x = up(x, skip)
+        return self.pixel_projection(x)
+
+    def forward(self, features: list[torch.Tensor], task_tokens: torch.Tensor) -> torch.Tensor:
+        """features: encoder outputs of the query (B, C_i, *s_i); task_tokens (B, K, T, C) -> (B, K, *S)."""
+        b, k = task_tokens.shape[:2]
+        bottleneck = features[-1]
+        image = bottleneck.flatten(2).transpose(1, 2).repeat_interleave(k, dim=0)
+        tokens = task_tokens.flatten(0, 1)
+        for block in self.blocks:
+            tokens, image = block(tokens, image)
+        x = image.transpose(1, 2).reshape(b * k, -1, *bottleneck.shape[2:])
+        x = self.class_projection(self.class_up(x, features[-2].repeat_interleave(k, dim=0)))
+        pixels = self.pixel_features(features)
+        full_size = pixels.shape[2:]
+        x = F.interpolate(x, size=full_size, mode=self.mode, align_corners=False)
+        x = self.pixel_mixer(x + pixels.repeat_interleave(k, dim=0))
+        weights = self.token_to_weights(tokens.mean(dim=1))
+        kernel, bias = weights[:, :-1], weights[:, -1]
+        logits = torch.einsum("nc,nc...->n...", kernel, x) / kernel.shape[1] ** 0.5
+        logits = logits + bias.view(-1, *([1] * (logits.ndim - 1)))
+        return logits.reshape(b, k, *full_size)

@@ -1,0 +1,94 @@
+"""IrisModel: encoder + task encoder + mask decoder, one code path for 2D and 3D."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from iris_engine.config import ModelConfig
+from iris_engine.errors import IrisInputError
+from iris_engine.model.decoder import MaskDecoder
+from iris_engine.model.encoder import Encoder
+from iris_engine.model.task_encoding import TaskEncoder
+
+
+class IrisModel(nn.Module):
+    """In-context segmentation model (Gao et al., CVPR 2025).
+
+    `encode_task` turns support pairs into task tokens once; `segment` reuses them for any
+    number of queries. `forward` runs a whole training episode.
+    """
+
+    def __init__(self, config: ModelConfig | None = None, **overrides: object):
+        super().__init__()
+        if config is None:
+            config = ModelConfig(**overrides)  # type: ignore[arg-type]
+        if config.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {config.spatial_dims}")
+        self.config = config
+        self.version = ""
+        self.encoder = Encoder(config)
+        self.task_encoder = TaskEncoder(config)
+        self.decoder = MaskDecoder(config)
+
+    def _check_images(self, images: torch.Tensor, name: str) -> None:
+        expected = self.config.spatial_dims + 2
+        if images.ndim != expected or images.shape[1] != self.config.in_channels:
+            raise IrisInputError(
+                f"{name} must have shape (N, {self.config.in_channels}, {'H, W' if expected == 4 else 'X, Y, Z'})"
+                f", got {tuple(images.shape)}"
+            )
+        factor = self.encoder.downsampling
+        if any(s % factor for s in images.shape[2:]):
+            raise IrisInputError(f"{name} spatial size {tuple(images.shape[2:])} must be divisible by {factor}")
+        if not torch.isfinite(images).all():
+            raise IrisInputError(f"{name} contains NaN or Inf values")
+
+    def encode_task(self, support_images: torch.Tensor, support_masks: torch.Tensor) -> torch.Tensor:
+        """support_images (N, 1, *S), support_masks (N, K, *S) -> task tokens (N, K, m + 1, C)."""
+        self._check_images(support_images, "support_images")
+        if support_masks.ndim != support_images.ndim or support_masks.shape[0] != support_images.shape[0]:
+            raise IrisInputError(
+                f"support_masks must have shape (N, K, *S) matching support_images {tuple(support_images.shape)}"
+                f", got {tuple(support_masks.shape)}"
+            )
+        if support_masks.shape[2:] != support_images.shape[2:]:
+            raise IrisInputError(
+                f"support mask size {tuple(support_masks.shape[2:])} differs from image size "
+                f"{tuple(support_images.shape[2:])}"
+            )
+        features = self.encoder(support_images)[-1]
+        return self.task_encoder(features, support_masks.to(features.dtype))
+
+    def encode_query(self, query_images: torch.Tensor) -> list[torch.Tensor]:
+        """Multi-scale features of the query, reusable across tasks."""
+        self._check_images(query_images, "query_images")
+        return self.encoder(query_images)
+
+    def decode(self, query_features: list[torch.Tensor], task_tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, *S) from query features and tokens (K, T, C) or (B, K, T, C)."""
+        batch = query_features[0].shape[0]
+        if task_tokens.ndim == 3:
+            task_tokens = task_tokens.unsqueeze(0).expand(batch, -1, -1, -1)
+        if task_tokens.ndim != 4 or task_tokens.shape[0] != batch:
+            raise IrisInputError(f"task tokens must be (K, T, C) or ({batch}, K, T, C), got {tuple(task_tokens.shape)}")
+        return self.decoder(query_features, task_tokens)
+
+    def segment(self, query_images: torch.Tensor, task_tokens: torch.Tensor) -> torch.Tensor:
+        """query_images (B, 1, *S) and tokens (K, T, C) or (B, K, T, C) -> logits (B, K, *S)."""
+        return self.decode(self.encode_query(query_images), task_tokens)
+
+    def forward(
+        self, support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor
+    ) -> torch.Tensor:
+        """Episode: supports (B, N, 1, *S) with masks (B, N, K, *S), queries (B, Q, 1, *S) -> (B, Q, K, *S).
+
+        Each episode's task tokens are the mean over its N supports (context ensemble).
+        """
+        b, n = support_images.shape[:2]
+        q = query_images.shape[1]
+        tokens = self.encode_task(support_images.flatten(0, 1), support_masks.flatten(0, 1))
+        tokens = tokens.reshape(b, n, *tokens.shape[1:]).mean(dim=1)
+        tokens = tokens.repeat_interleave(q, dim=0)
+        logits = self.segment(query_images.flatten(0, 1), tokens)
+        return logits.reshape(b, q, *logits.shape[1:])
