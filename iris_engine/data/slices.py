@@ -1,0 +1,270 @@
+"""`SliceBank`: every labelled 2D slice of the datasets, normalised and resized to S x S, in memory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from iris_engine.data.catalog import dataset_info, default_datasets
+from iris_engine.data.msd import MSDDataset
+from iris_engine.data.shared_paths import REPO_ROOT, shared_data_dir
+from iris_engine.errors import IrisInputError
+
+BANK_FORMAT_VERSION = 1
+HU_WINDOW = (-990.0, 500.0)
+DEFAULT_CACHE_DIR = REPO_ROOT / "runs" / "cache"
+
+
+def normalise_intensities(array: np.ndarray, hounsfield: bool = False) -> np.ndarray:
+    """Clip to the 0.5-99.5 percentiles (after the HU window for CT) and z-score, over the whole array."""
+    a = np.asarray(array, dtype=np.float32)
+    if hounsfield:
+        a = np.clip(a, *HU_WINDOW)
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    a = np.clip(a, lo, hi)
+    std = float(a.std())
+    return (a - float(a.mean())) / (std if std > 1e-6 else 1.0)
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear (antialiased) resize of (N, H, W) float images to (N, size, size)."""
+    t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    if t.shape[-2:] == (size, size):
+        return t[:, 0].numpy()
+    antialias = t.shape[-1] > size or t.shape[-2] > size
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+    return out[:, 0].numpy()
+
+
+def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
+    """Resize (N, H, W) label maps to (N, size, size): each pixel takes the label with the largest area."""
+    t = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+    if t.shape[-2:] == (size, size):
+        return t.numpy().astype(np.uint8)
+    values = [int(v) for v in torch.unique(t) if int(v) != 0]
+    best = F.interpolate((t == 0).float()[:, None], size=(size, size), mode="area")[:, 0]
+    out = torch.zeros(best.shape, dtype=torch.uint8)
+    for v in values:
+        frac = F.interpolate((t == v).float()[:, None], size=(size, size), mode="area")[:, 0]
+        win = frac > best
+        out[win] = v
+        best = torch.where(win, frac, best)
+    return out.numpy()
+
+
+@dataclass
+class SliceBank:
+    """2D slices at S x S: float16 z-scored images and uint8 label maps with per-slice provenance.
+
+    Label value i (1-based) of a slice of dataset d is class `class_names[d][i - 1]`; `areas[n, i]` is the
+    pixel count of value i in slice n (0 = background).
+    """
+
+    size: int
+    datasets: list[str]
+    class_names: dict[str, list[str]]
+    modalities: dict[str, str]
+    images: np.ndarray
+    labels: np.ndarray
+    dataset_index: np.ndarray
+    case_ids: np.ndarray
+    patient_ids: np.ndarray
+    slice_index: np.ndarray
+    areas: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def dataset_slices(self, dataset: str) -> np.ndarray:
+        """Indices of the slices of one dataset."""
+        return np.flatnonzero(self.dataset_index == self.datasets.index(dataset))
+
+    def class_value(self, dataset: str, class_name: str) -> int:
+        """Label value of a class in this bank's label maps."""
+        return self.class_names[dataset].index(class_name) + 1
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Per dataset: slices, cases, patients, classes."""
+        out = {}
+        for d, name in enumerate(self.datasets):
+            sel = self.dataset_index == d
+            out[name] = {
+                "slices": int(sel.sum()),
+                "cases": len(set(self.case_ids[sel].tolist())),
+                "patients": len(set(self.patient_ids[sel].tolist())),
+                "classes": len(self.class_names[name]),
+            }
+        return out
+
+    def save(self, path: str | Path) -> None:
+        """Write an uncompressed .npz (fast to load)."""
+        meta = {
+            "format_version": BANK_FORMAT_VERSION,
+            "size": self.size,
+            "datasets": self.datasets,
+            "class_names": self.class_names,
+            "modalities": self.modalities,
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(
+            tmp,
+            meta=np.array(json.dumps(meta)),
+            images=self.images,
+            labels=self.labels,
+            dataset_index=self.dataset_index,
+            case_ids=self.case_ids,
+            patient_ids=self.patient_ids,
+            slice_index=self.slice_index,
+            areas=self.areas,
+        )
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SliceBank:
+        """Read a bank written by save()."""
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format_version") != BANK_FORMAT_VERSION:
+                raise IrisInputError(f"{path}: slice bank format {meta.get('format_version')!r} unsupported")
+            return cls(
+                size=int(meta["size"]),
+                datasets=list(meta["datasets"]),
+                class_names={k: list(v) for k, v in meta["class_names"].items()},
+                modalities=dict(meta["modalities"]),
+                images=z["images"],
+                labels=z["labels"],
+                dataset_index=z["dataset_index"],
+                case_ids=z["case_ids"],
+                patient_ids=z["patient_ids"],
+                slice_index=z["slice_index"],
+                areas=z["areas"],
+            )
+
+
+def _class_table(ds: MSDDataset) -> tuple[list[str], np.ndarray]:
+    """Kept class names (by label value) and a lookup table from file value to bank value."""
+    ignore = set(dataset_info(ds.name).ignore_labels)
+    kept = sorted((v, k) for k, v in ds.foreground_labels.items() if k not in ignore)
+    if len(kept) > 255:
+        raise IrisInputError(f"{ds.name}: more than 255 classes")
+    table = np.zeros(max([v for v, _ in kept], default=0) + 1, dtype=np.uint8)
+    for i, (v, _) in enumerate(kept):
+        table[v] = i + 1
+    return [k for _, k in kept], table
+
+
+def _remap(label: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Map file label values to bank values; unknown values become background."""
+    lab = np.where((label >= 0) & (label < len(table)), label, 0)
+    return table[lab]
+
+
+def extract_case_slices(
+    ds: MSDDataset, case_id: str, size: int, table: np.ndarray, empty_fraction: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised, resized slices of one case: images (n,S,S), labels (n,S,S), slice indices (n,)."""
+    info = dataset_info(ds.name)
+    image, label, _ = ds.load_case(case_id)
+    label = _remap(label, table)
+    image = normalise_intensities(image, hounsfield=info.hounsfield)
+    if image.ndim == 2:
+        section = info.section_of(case_id) if info.section_of else 0
+        imgs, labs, idx = image[None], label[None], np.array([section])
+    elif image.ndim == 3:
+        has_fg = (label > 0).any(axis=(0, 1))
+        fg = np.flatnonzero(has_fg)
+        empty = np.flatnonzero(~has_fg)
+        n_empty = min(len(empty), max(1, int(round(empty_fraction * len(fg)))))
+        rng = np.random.default_rng(zlib.crc32(f"{ds.name}/{case_id}".encode()))
+        idx = np.sort(np.concatenate([fg, rng.choice(empty, n_empty, replace=False)])).astype(int)
+        imgs = np.moveaxis(image, 2, 0)[idx]
+        labs = np.moveaxis(label, 2, 0)[idx]
+    else:
+        raise IrisInputError(f"{ds.name}/{case_id}: expected a 2D or 3D image, got shape {image.shape}")
+    return resize_images(imgs, size).astype(np.float16), resize_labels(labs, size), idx.astype(np.int32)
+
+
+def _cache_key(root: Path, datasets: tuple[str, ...], size: int, empty_fraction: float) -> str:
+    """Hash of everything the bank content depends on (dataset list, S, file sizes and times)."""
+    h = hashlib.sha1(f"v{BANK_FORMAT_VERSION}|{size}|{empty_fraction}|{','.join(datasets)}".encode())
+    for name in datasets:
+        for f in sorted((root / name).rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(root)}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def build_slice_bank(
+    datasets: tuple[str, ...] | None = None,
+    root: str | Path | None = None,
+    size: int = 128,
+    cache_dir: str | Path | None = DEFAULT_CACHE_DIR,
+    empty_fraction: float = 0.1,
+    verbose: bool = False,
+) -> SliceBank:
+    """Build (or load from the .npz cache) the bank of all cases of `datasets` under `root`.
+
+    The bank holds train AND test cases; the Split decides which are sampled. Pass cache_dir=None to skip
+    the cache.
+    """
+    base = Path(root) if root is not None else shared_data_dir()
+    if base is None:
+        raise IrisInputError("shared data not found: set IRIS_SHARED_DATA or pass root")
+    names = tuple(datasets) if datasets is not None else default_datasets()
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = Path(cache_dir) / f"slicebank_{_cache_key(base, names, size, empty_fraction)}.npz"
+        if cache_path.is_file():
+            return SliceBank.load(cache_path)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("images", "labels", "slice_index")}
+    ds_index: list[np.ndarray] = []
+    case_ids: list[str] = []
+    patient_ids: list[str] = []
+    class_names: dict[str, list[str]] = {}
+    modalities: dict[str, str] = {}
+    for d, name in enumerate(names):
+        t0 = time.perf_counter()
+        ds = MSDDataset(base / name)
+        info = dataset_info(name)
+        class_names[name], table = _class_table(ds)
+        modalities[name] = info.modality
+        for case_id in ds.case_ids:
+            imgs, labs, idx = extract_case_slices(ds, case_id, size, table, empty_fraction)
+            parts["images"].append(imgs)
+            parts["labels"].append(labs)
+            parts["slice_index"].append(idx)
+            ds_index.append(np.full(len(idx), d, dtype=np.int16))
+            case_ids += [case_id] * len(idx)
+            patient_ids += [info.patient_of(case_id)] * len(idx)
+        if verbose:
+            print(f"slice bank: {name} in {time.perf_counter() - t0:.1f} s", flush=True)
+    labels = np.concatenate(parts["labels"])
+    n_values = max([len(v) for v in class_names.values()], default=0) + 1
+    areas = np.stack([np.bincount(lab.ravel(), minlength=n_values)[:n_values] for lab in labels]).astype(np.int32)
+    bank = SliceBank(
+        size=size,
+        datasets=list(names),
+        class_names=class_names,
+        modalities=modalities,
+        images=np.concatenate(parts["images"]),
+        labels=labels,
+        dataset_index=np.concatenate(ds_index),
+        case_ids=np.array(case_ids),
+        patient_ids=np.array(patient_ids),
+        slice_index=np.concatenate(parts["slice_index"]),
+        areas=areas,
+    )
+    if cache_path is not None:
+        bank.save(cache_path)
+    return bank
