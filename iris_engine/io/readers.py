@@ -1,0 +1,387 @@
+"""Read images (NIfTI, DICOM series/file/zip, PNG/JPEG/TIFF, NumPy) into `Volume`s and masks into label maps.
+
+Array layouts: 2D images are (H, W), rows first, as Pillow gives them. NIfTI keeps the file's voxel order
+and affine. DICOM series are laid out like dcm2niix writes them: (columns, rows flipped, slices sorted
+along the slice normal), with an RAS affine, so a mask written with that affine lines up with NIfTI
+conversions of the same series.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from PIL import Image
+
+from iris_engine.errors import IrisInputError
+from iris_engine.io.volume import MODALITIES, Volume
+
+DEFAULT_MAX_BYTES = 2 * 1024**3
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+NUMPY_SUFFIXES = (".npy", ".npz")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+DICOM_MODALITIES = {"CT": "CT", "MR": "MR"}
+
+
+def read_image(path: str | Path, modality: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Volume:
+    """Read an image or volume file (or a DICOM folder/zip) into a validated float32 `Volume`."""
+    p = Path(path)
+    if modality is not None and modality not in MODALITIES:
+        raise IrisInputError(f"{p}: unknown modality {modality!r}; expected one of {MODALITIES}")
+    if p.is_dir():
+        volume = _read_dicom_folder(p, max_bytes)
+    else:
+        kind = _file_kind(p, max_bytes)
+        if kind == "nifti":
+            volume = _read_nifti(p)
+        elif kind == "pillow":
+            volume = Volume(_pillow_to_grey(_open_pillow(p), p), modality="photo", source=str(p))
+        elif kind == "numpy":
+            volume = Volume(_squeeze(_load_numpy(p), p).astype(np.float32), source=str(p))
+        elif kind == "zip":
+            volume = _read_dicom_zip(p, max_bytes)
+        else:
+            volume = _volume_from_dicom([_dcmread(p, p)], str(p))
+    _validate_array(volume.array, p)
+    if modality is not None:
+        volume.modality = modality
+    return volume
+
+
+def read_mask(
+    path: str | Path, reference: Volume | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> np.ndarray:
+    """Read a label map (NIfTI, PNG/TIFF, NumPy) as int32 values as stored; shape must match `reference`."""
+    p = Path(path)
+    kind = _file_kind(p, max_bytes)
+    if kind == "nifti":
+        raw = _squeeze_trailing(_nifti_data(_load_nifti(p), p), p)
+    elif kind == "pillow":
+        raw = _pillow_to_labels(_open_pillow(p), p)
+    elif kind == "numpy":
+        raw = _squeeze(_load_numpy(p), p)
+    else:
+        raise IrisInputError(f"{p}: masks must be NIfTI, PNG/TIFF or NumPy files, not {kind}")
+    _validate_array(raw, p)
+    if raw.dtype.kind == "f" and not np.array_equal(raw, np.round(raw)):
+        raise IrisInputError(f"{p}: mask has non-integer values; expected a label map")
+    if raw.min() < 0:
+        raise IrisInputError(f"{p}: mask has negative labels")
+    if raw.max() > np.iinfo(np.int32).max:
+        raise IrisInputError(f"{p}: mask labels too large")
+    mask = raw.astype(np.int32)
+    if reference is not None and mask.shape != reference.shape:
+        raise IrisInputError(f"{p}: mask shape {mask.shape} does not match image shape {reference.shape}")
+    return mask
+
+
+def _file_kind(p: Path, max_bytes: int) -> str:
+    """Check existence and size, and classify a file by extension or DICOM magic bytes."""
+    if not p.is_file():
+        raise IrisInputError(f"{p}: file not found")
+    size = p.stat().st_size
+    if size == 0:
+        raise IrisInputError(f"{p}: file is empty")
+    if size > max_bytes:
+        raise IrisInputError(f"{p}: file is {size} bytes, over the limit of {max_bytes}")
+    name = p.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(PILLOW_SUFFIXES):
+        return "pillow"
+    if name.endswith(NUMPY_SUFFIXES):
+        return "numpy"
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith(DICOM_SUFFIXES) or _has_dicom_magic(p):
+        return "dicom"
+    raise IrisInputError(
+        f"{p}: unknown file type {p.suffix!r} (expected NIfTI, DICOM, PNG/JPEG/TIFF, NumPy, zip)"
+    )
+
+
+def _has_dicom_magic(p: Path) -> bool:
+    """True if the file has the 'DICM' marker after the 128-byte preamble."""
+    with p.open("rb") as f:
+        head = f.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _validate_array(array: np.ndarray, p: Path) -> None:
+    """Reject empty, non-numeric, non-finite, 1D or >3D arrays."""
+    if array.size == 0:
+        raise IrisInputError(f"{p}: image is empty (shape {array.shape})")
+    if array.dtype.kind not in "biuf":
+        raise IrisInputError(f"{p}: unsupported data type {array.dtype}")
+    effective = sum(1 for s in array.shape if s > 1)
+    if array.ndim < 2 or effective < 2:
+        raise IrisInputError(f"{p}: data is 1D (shape {array.shape}); expected a 2D image or 3D volume")
+    if array.ndim > 3:
+        raise IrisInputError(f"{p}: data has {array.ndim} dimensions (shape {array.shape}); at most 3")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise IrisInputError(f"{p}: image contains NaN or infinite values")
+
+
+def _squeeze(array: np.ndarray, p: Path) -> np.ndarray:
+    """Drop all singleton axes (NumPy and Pillow data carry no geometry)."""
+    if array.size == 0:
+        raise IrisInputError(f"{p}: image is empty (shape {array.shape})")
+    return np.squeeze(array)
+
+
+def _squeeze_trailing(array: np.ndarray, p: Path) -> np.ndarray:
+    """Drop singleton axes beyond the third (NIfTI 4D with one time point); other 4D data is rejected."""
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim > 3:
+        raise IrisInputError(
+            f"{p}: {array.ndim}D data (shape {array.shape}); only 2D/3D images are supported"
+        )
+    return array
+
+
+def _load_nifti(p: Path) -> nib.Nifti1Image:
+    """Load a NIfTI header, turning nibabel's errors into IrisInputError."""
+    try:
+        return nib.load(str(p))
+    except Exception as exc:
+        raise IrisInputError(f"{p}: not a readable NIfTI file ({exc})") from exc
+
+
+def _nifti_data(img: nib.Nifti1Image, p: Path) -> np.ndarray:
+    """Read the voxel data of a NIfTI image with scaling applied; corrupt/truncated files raise."""
+    try:
+        return np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise IrisInputError(f"{p}: NIfTI data is truncated or corrupt ({exc})") from exc
+
+
+def _read_nifti(p: Path) -> Volume:
+    """Read a NIfTI image as float32 with its affine."""
+    img = _load_nifti(p)
+    data = _squeeze_trailing(_nifti_data(img, p), p)
+    _validate_array(data, p)
+    metadata = {
+        "original_dtype": str(img.get_data_dtype()),
+        "zooms": tuple(float(z) for z in img.header.get_zooms()),
+    }
+    return Volume(
+        data.astype(np.float32),
+        affine=np.asarray(img.affine, dtype=np.float64),
+        source=str(p),
+        metadata=metadata,
+    )
+
+
+def _open_pillow(p: Path) -> Image.Image:
+    """Open and fully decode an image with Pillow; truncated or corrupt files raise IrisInputError."""
+    try:
+        img = Image.open(p)
+        img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise IrisInputError(f"{p}: unreadable or corrupt image ({exc})") from exc
+    return img
+
+
+def _pillow_to_grey(img: Image.Image, p: Path) -> np.ndarray:
+    """Grey values as float32 (H, W); colour images become luminance, 16-bit values are kept."""
+    if img.mode in GREY_MODES:
+        array = np.asarray(img).astype(np.float32)
+    else:
+        rgb = np.asarray(img.convert("RGB")).astype(np.float32)
+        array = rgb @ LUMA_WEIGHTS
+    return _squeeze(array, p)
+
+
+def _pillow_to_labels(img: Image.Image, p: Path) -> np.ndarray:
+    """Label values of a mask image; palette indices are labels, colour masks must be grey in disguise."""
+    if img.mode in GREY_MODES or img.mode == "P":
+        return _squeeze(np.asarray(img), p)
+    rgb = np.asarray(img.convert("RGB"))
+    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+        raise IrisInputError(f"{p}: colour mask image; expected a grey or palette label map")
+    return _squeeze(rgb[..., 0], p)
+
+
+def _load_numpy(p: Path) -> np.ndarray:
+    """Load .npy, or the 'image' (else first) array of an .npz, without pickles."""
+    try:
+        loaded = np.load(p, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                if not loaded.files:
+                    raise IrisInputError(f"{p}: .npz archive holds no arrays")
+                key = "image" if "image" in loaded.files else loaded.files[0]
+                return np.asarray(loaded[key])
+        return np.asarray(loaded)
+    except IrisInputError:
+        raise
+    except Exception as exc:
+        raise IrisInputError(f"{p}: unreadable NumPy file ({exc})") from exc
+
+
+def _dcmread(source: Path | io.BytesIO, p: Path) -> pydicom.Dataset:
+    """Read one DICOM dataset; non-DICOM or corrupt content raises IrisInputError."""
+    try:
+        return pydicom.dcmread(source)
+    except Exception as exc:
+        raise IrisInputError(f"{p}: not a readable DICOM file ({exc})") from exc
+
+
+def _read_dicom_folder(folder: Path, max_bytes: int) -> Volume:
+    """Read every DICOM file under a folder as one series (non-DICOM files are ignored)."""
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    total = sum(f.stat().st_size for f in files)
+    if total > max_bytes:
+        raise IrisInputError(f"{folder}: folder holds {total} bytes, over the limit of {max_bytes}")
+    datasets = [ds for ds in (_try_dcmread(f) for f in files) if ds is not None]
+    if not datasets:
+        raise IrisInputError(f"{folder}: no DICOM files found in the folder")
+    return _volume_from_dicom(datasets, str(folder))
+
+
+def _try_dcmread(source: Path | io.BytesIO) -> pydicom.Dataset | None:
+    """A DICOM dataset with pixel data, or None for files that are not DICOM images."""
+    try:
+        ds = pydicom.dcmread(source)
+    except Exception:
+        return None
+    return ds if "PixelData" in ds else None
+
+
+def _read_dicom_zip(p: Path, max_bytes: int) -> Volume:
+    """Read a DICOM series from a zip archive, refusing unsafe paths and oversized content."""
+    try:
+        with zipfile.ZipFile(p) as archive:
+            entries = [info for info in archive.infolist() if not info.is_dir()]
+            _check_zip_entries(entries, p, max_bytes)
+            datasets = [ds for ds in (_try_dcmread(io.BytesIO(archive.read(info))) for info in entries) if ds]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+        raise IrisInputError(f"{p}: unreadable or corrupt zip archive ({exc})") from exc
+    if not datasets:
+        raise IrisInputError(f"{p}: no DICOM files found in the zip archive")
+    return _volume_from_dicom(datasets, str(p))
+
+
+def _check_zip_entries(entries: Iterable[zipfile.ZipInfo], p: Path, max_bytes: int) -> None:
+    """Zip-slip and zip-bomb guards: no absolute or '..' member paths, bounded uncompressed size."""
+    total = 0
+    for info in entries:
+        name = info.filename.replace("\\", "/")
+        if (
+            name.startswith("/")
+            or PurePosixPath(name).is_absolute()
+            or ".." in PurePosixPath(name).parts
+            or (len(name) > 1 and name[1] == ":")
+        ):
+            raise IrisInputError(f"{p}: zip entry {info.filename!r} has an unsafe path")
+        total += info.file_size
+        if total > max_bytes:
+            raise IrisInputError(f"{p}: zip content is over the limit of {max_bytes} bytes uncompressed")
+
+
+def _dicom_pixels(ds: pydicom.Dataset, source: str) -> np.ndarray:
+    """Decoded pixel data as float32 with RescaleSlope/Intercept applied."""
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        raise IrisInputError(f"{source}: DICOM pixel data cannot be decoded ({exc})") from exc
+    if int(ds.get("SamplesPerPixel", 1)) > 1:
+        pixels = np.asarray(pixels, dtype=np.float32) @ LUMA_WEIGHTS
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    return (np.asarray(pixels, dtype=np.float32) * np.float32(slope) + np.float32(intercept)).astype(
+        np.float32
+    )
+
+
+def _volume_from_dicom(datasets: list[pydicom.Dataset], source: str) -> Volume:
+    """Build a Volume from the datasets of one series (one single-frame dataset gives a 2D image)."""
+    series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
+    if len(series) > 1:
+        raise IrisInputError(f"{source}: holds {len(series)} DICOM series; give one series at a time")
+    first = datasets[0]
+    modality = DICOM_MODALITIES.get(str(first.get("Modality", "")), "unknown")
+    metadata = {"dicom_datasets": datasets, "dicom_modality": str(first.get("Modality", ""))}
+    if len(datasets) == 1 and int(first.get("NumberOfFrames", 1) or 1) == 1:
+        image = _dicom_pixels(first, source)
+        metadata["dicom_layout"] = "single"
+        return Volume(
+            image, affine=_single_slice_affine(first), modality=modality, source=source, metadata=metadata
+        )
+    if len(datasets) == 1:
+        raise IrisInputError(f"{source}: multi-frame DICOM files are not supported; export a classic series")
+    datasets = _sort_slices(datasets, source)
+    metadata["dicom_datasets"] = datasets
+    metadata["dicom_layout"] = "series"
+    slices = [_dicom_pixels(ds, source) for ds in datasets]
+    if len({s.shape for s in slices}) != 1 or slices[0].ndim != 2:
+        raise IrisInputError(f"{source}: DICOM slices differ in size or are multi-frame")
+    stack = np.stack(slices)  # (slices, rows, cols)
+    array = np.ascontiguousarray(stack.transpose(2, 1, 0)[:, ::-1, :])
+    return Volume(array, affine=_series_affine(datasets), modality=modality, source=source, metadata=metadata)
+
+
+def _orientation(ds: pydicom.Dataset, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row direction cosine (along a row), column direction cosine and slice normal, in LPS."""
+    if "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds:
+        raise IrisInputError(f"{source}: DICOM slice lacks ImageOrientationPatient/ImagePositionPatient")
+    iop = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
+    row_cos, col_cos = iop[:3], iop[3:]
+    return row_cos, col_cos, np.cross(row_cos, col_cos)
+
+
+def _pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float]:
+    """(row spacing, column spacing) in mm; 1 mm when the tags are missing."""
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or (1.0, 1.0)
+    return float(spacing[0]), float(spacing[1])
+
+
+def _sort_slices(datasets: list[pydicom.Dataset], source: str) -> list[pydicom.Dataset]:
+    """Sort slices by ImagePositionPatient projected on the slice normal; duplicates are rejected."""
+    _, _, normal = _orientation(datasets[0], source)
+    keys = [float(np.asarray(ds.ImagePositionPatient, dtype=np.float64) @ normal) for ds in datasets]
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = np.asarray(keys)[order]
+    if np.any(np.diff(sorted_keys) < 1e-4):
+        raise IrisInputError(f"{source}: DICOM series has several slices at the same position")
+    return [datasets[i] for i in order]
+
+
+def _series_affine(datasets: list[pydicom.Dataset]) -> np.ndarray:
+    """RAS affine of the (cols, rows flipped, slices) layout, as dcm2niix/nibabel would give."""
+    first, last = datasets[0], datasets[-1]
+    row_cos, col_cos, _ = _orientation(first, "")
+    dr, dc = _pixel_spacing(first)
+    p0 = np.asarray(first.ImagePositionPatient, dtype=np.float64)
+    pn = np.asarray(last.ImagePositionPatient, dtype=np.float64)
+    n_rows = int(first.Rows)
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * dc
+    lps[:3, 1] = -col_cos * dr
+    lps[:3, 2] = (pn - p0) / (len(datasets) - 1)
+    lps[:3, 3] = p0 + (n_rows - 1) * col_cos * dr
+    return LPS_TO_RAS @ lps
+
+
+def _single_slice_affine(ds: pydicom.Dataset) -> np.ndarray:
+    """RAS affine of a (rows, cols) image; pixel spacing only when the slice has no patient geometry."""
+    dr, dc = _pixel_spacing(ds)
+    if "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds:
+        return np.diag([dr, dc, 1.0, 1.0])
+    row_cos, col_cos, normal = _orientation(ds, "")
+    lps = np.eye(4)
+    lps[:3, 0] = col_cos * dr
+    lps[:3, 1] = row_cos * dc
+    lps[:3, 2] = normal * float(ds.get("SliceThickness", 1.0) or 1.0)
+    lps[:3, 3] = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
+    return LPS_TO_RAS @ lps
