@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ import highdicom as hd
 import nibabel as nib
 import numpy as np
 from PIL import Image
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -142,11 +144,33 @@ def _mask_to_dicom_frames(mask: np.ndarray, reference: Volume) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(frames, 0, -1))
 
 
+def _with_sop_uids(ds: Dataset) -> Dataset:
+    """The dataset, or a copy with SOPClassUID/SOPInstanceUID restored from its file meta when blanked."""
+    if ds.get("SOPClassUID") and ds.get("SOPInstanceUID"):
+        return ds
+    meta = getattr(ds, "file_meta", None) or {}
+    fixed = copy.deepcopy(ds)
+    fixed.SOPClassUID = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID", "")
+    fixed.SOPInstanceUID = ds.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID", "")
+    return fixed
+
+
 def write_dicom_seg(mask: np.ndarray, reference: Volume, class_names: list[str], path: str | Path) -> Path:
     """Write a binary DICOM-SEG (one segment per class) referencing the DICOM series the volume came from."""
     datasets = reference.metadata.get("dicom_datasets")
     if not datasets:
         raise IrisInputError(f"{reference.source or 'volume'}: DICOM-SEG needs a volume read from DICOM")
+    sources = [_with_sop_uids(ds) for ds in datasets]
+    missing = [
+        key
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
+        if not all(ds.get(key) for ds in sources)
+    ]
+    if missing:
+        raise IrisInputError(
+            f"{reference.source}: source DICOM lacks {', '.join(missing)} (anonymised?); a DICOM-SEG could not "
+            "reference it, write NIfTI instead"
+        )
     mask = np.asarray(mask)
     if mask.ndim == reference.ndim:
         mask = mask[None]
@@ -171,7 +195,7 @@ def write_dicom_seg(mask: np.ndarray, reference: Volume, class_names: list[str],
         for number, name in enumerate(class_names, start=1)
     ]
     seg = hd.seg.Segmentation(
-        source_images=datasets,
+        source_images=sources,
         pixel_array=_mask_to_dicom_frames(mask.astype(bool), reference).astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,

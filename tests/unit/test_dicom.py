@@ -140,11 +140,19 @@ def test_dicom_seg_round_trip(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".seg.dcm*"))  # no temp file left behind
 
 
-def test_dicom_seg_needs_dicom_source(tmp_path: Path) -> None:
+def test_dicom_seg_source_requirements(tmp_path: Path) -> None:
     make_series(tmp_path / "series")
     vol = read_image(tmp_path / "series")
     with pytest.raises(IrisInputError, match="class names"):
         write_dicom_seg(np.zeros((1, *vol.shape), bool), vol, ["a", "b"], tmp_path / "x.dcm")
+    datasets = vol.metadata["dicom_datasets"]
+    expected_uid = datasets[0].file_meta.MediaStorageSOPInstanceUID
+    datasets[0].SOPClassUID, datasets[0].SOPInstanceUID = "", ""  # blanked: restored from the file meta
+    seg = hd.seg.segread(write_dicom_seg(np.ones((1, *vol.shape), bool), vol, ["a"], tmp_path / "ok.dcm"))
+    assert expected_uid in {uid for _, _, uid in seg.get_source_image_uids()}
+    datasets[0].StudyInstanceUID = ""
+    with pytest.raises(IrisInputError, match="lacks StudyInstanceUID"):
+        write_dicom_seg(np.ones((1, *vol.shape), bool), vol, ["a"], tmp_path / "x.dcm")
     vol.metadata = {}
     with pytest.raises(IrisInputError, match="read from DICOM"):
         write_dicom_seg(np.zeros((1, *vol.shape), bool), vol, ["a"], tmp_path / "x.dcm")
@@ -165,3 +173,5 @@ def test_real_totalseg_dicom_matches_nifti_segmentation(tmp_path: Path) -> None:
     assert vol.array[labels == 32].mean() > 150  # vertebra T12 is bone
     out = write_mask((labels == 5).astype(np.uint8), vol, tmp_path / "liver.nii.gz")
     np.testing.assert_allclose(nib.load(out).affine, seg.affine, atol=1e-3)
+    with pytest.raises(IrisInputError, match="lacks StudyInstanceUID"):  # this series is anonymised
+        write_dicom_seg(labels[None] == 5, vol, ["liver"], tmp_path / "liver.dcm")
