@@ -103,9 +103,12 @@ class BlobStore:
         removed = 0
         now = time.time()
         for path in self.tmp.glob(f"*{PARTIAL_SUFFIX}"):
-            if now - path.stat().st_mtime >= older_than_s:
-                path.unlink(missing_ok=True)
-                removed += 1
+            try:
+                if now - path.stat().st_mtime >= older_than_s:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # renamed into place by its writer meanwhile
+                continue
         return removed
 
 

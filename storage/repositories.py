@@ -97,8 +97,9 @@ class _Repository:
         return decode_mask(self._db.blobs.read_bytes(sha))
 
 
-def _get(session: Session, model: type[T], row_id: int) -> T:
-    row = session.get(model, row_id)
+def _get(session: Session, model: type[T], row_id: int, lock: bool = False) -> T:
+    """Row by id; lock=True (SELECT ... FOR UPDATE) before a read-modify-write."""
+    row = session.get(model, row_id, with_for_update=lock)
     if row is None:
         raise NotFoundError(f"no {model.__name__} with id {row_id}")
     return row
@@ -646,7 +647,7 @@ class TrainingRunRepository(_Repository):
     def update_status(self, run_id: int, status: str, error: str | None = None) -> TrainingRunRecord:
         """Move a run along queued -> running -> succeeded/failed/cancelled/interrupted."""
         with self._db.session_scope() as session:
-            row = _get(session, TrainingRun, run_id)
+            row = _get(session, TrainingRun, run_id, lock=True)
             if status not in _TRANSITIONS.get(row.status, frozenset()):
                 raise StorageError(f"run {run_id}: cannot go from {row.status!r} to {status!r}")
             row.status = status
@@ -661,7 +662,7 @@ class TrainingRunRepository(_Repository):
         if not 0.0 <= progress <= 1.0:
             raise StorageError(f"progress must be within [0, 1], got {progress}")
         with self._db.session_scope() as session:
-            row = _get(session, TrainingRun, run_id)
+            row = _get(session, TrainingRun, run_id, lock=True)
             if row.status != "running":
                 raise StorageError(f"run {run_id} is {row.status}, not running")
             row.progress = progress
@@ -676,7 +677,7 @@ class TrainingRunRepository(_Repository):
             raise StorageError(f"checkpoint {checkpoint} does not exist")
 
         def write(session: Session, sha: str, relpath: str) -> TrainingRunRecord:
-            row = _get(session, TrainingRun, run_id)
+            row = _get(session, TrainingRun, run_id, lock=True)
             if row.status != "running":
                 raise StorageError(f"run {run_id} is {row.status}, not running")
             model = _register_model(session, row.name, sha, relpath)
@@ -689,14 +690,14 @@ class TrainingRunRepository(_Repository):
 
     def set_log_path(self, run_id: int, log_path: str) -> TrainingRunRecord:
         with self._db.session_scope() as session:
-            row = _get(session, TrainingRun, run_id)
+            row = _get(session, TrainingRun, run_id, lock=True)
             row.log_path = log_path
             return self._record(row)
 
     def mark_interrupted_runs(self) -> list[int]:
         """At app start: runs left 'running' by a dead process become 'interrupted'."""
         with self._db.session_scope() as session:
-            rows = list(session.scalars(select(TrainingRun).where(TrainingRun.status == "running")))
+            rows = list(session.scalars(select(TrainingRun).where(TrainingRun.status == "running").with_for_update()))
             for row in rows:
                 row.status, row.finished_at = "interrupted", utcnow()
                 row.error = "the application stopped while the run was in progress"
@@ -761,7 +762,10 @@ class Maintenance(_Repository):
         return removed
 
     def cleanup_orphans(self, older_than_s: float = 0.0) -> CleanupReport:
-        """Remove partial temp files and unreferenced blobs (run at start-up, or with a grace period)."""
+        """Remove partial temp files and unreferenced blobs older than older_than_s.
+
+        Use 0 only when no writer is live (start-up): a live writer's temp file has no row yet.
+        """
         temp = self._db.blobs.clean_temp(older_than_s)
         return CleanupReport(temp, self.reap(set(self._db.blobs.iter_blobs()), older_than_s))
 
