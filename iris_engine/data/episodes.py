@@ -76,6 +76,10 @@ class EpisodeBatch:
         return int(self.support_images.shape[0])
 
 
+class _NoQueryError(Exception):
+    """No slice is left for a query once the supports are chosen (retry with another anchor)."""
+
+
 @dataclass
 class _Episode:
     """One episode before tensor assembly (indices into the bank, or synthetic arrays)."""
@@ -180,6 +184,8 @@ class EpisodeSampler:
             allowed = pool[gap >= cfg.min_slice_gap]
         else:
             allowed = pool[~np.isin(self.patient_code[pool], self.patient_code[sup])]
+        if len(allowed) == 0:
+            raise _NoQueryError(name)
         positive = allowed[bank.areas[allowed, v1] > 0]
         qpool = positive if len(positive) and self.rng.random() < cfg.query_positive_prob else allowed
         queries = self._choose(qpool, cfg.queries_per_episode)
@@ -202,9 +208,9 @@ class EpisodeSampler:
         has_all = (bank.areas[pool][:, chosen] >= cfg.min_support_area).all(axis=1)
         cand = pool[has_all & ~np.isin(pool, supports)]
         if single:
-            gap = np.abs(bank.slice_index[cand][:, None] - bank.slice_index[supports][None, :]).min(axis=1)
-            far = cand[gap >= cfg.min_slice_gap]
-            cand = far if len(far) else cand
+            # stay near the anchor so that slices far from every support remain for the queries
+            near = np.abs(bank.slice_index[cand] - bank.slice_index[supports[0]]) < cfg.min_slice_gap
+            cand = cand[near & (self.patient_code[cand] == self.patient_code[supports[0]])]
         else:
             new = cand[~np.isin(self.patient_code[cand], self.patient_code[supports])]
             cand = new if len(new) else cand
@@ -245,7 +251,12 @@ class EpisodeSampler:
         if not self.datasets or self.rng.random() < self.cfg.synthetic_fraction:
             return self._synthetic_episode()
         name = self.datasets[int(self.rng.choice(len(self.datasets), p=self.dataset_weights))]
-        return self._real_episode(name)
+        for _ in range(20):
+            try:
+                return self._real_episode(name)
+            except _NoQueryError:
+                continue
+        raise IrisInputError(f"{name}: could not place a query away from the supports in 20 tries")
 
     def sample_batch(self, batch_size: int) -> EpisodeBatch:
         """B episodes, each its own task, as tensors (augmented when cfg.augment)."""

@@ -1,0 +1,162 @@
+"""MSDDataset, split, SliceBank and EpisodeSampler on tiny MSD folders written to tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler, iter_eval_pairs
+from iris_engine.data.msd import MSDDataset
+from iris_engine.data.slices import SliceBank, build_slice_bank
+from iris_engine.data.splits import Split, make_split
+from iris_engine.errors import IrisInputError
+
+
+def _write_msd(root: Path, name: str, n_cases: int, three_d: bool, labels: dict[str, int], seed: int = 0) -> Path:
+    """Write a tiny MSD folder with blob labels (each case contains every label)."""
+    rng = np.random.default_rng(seed)
+    folder = root / name
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir(parents=True)
+    training = []
+    for i in range(n_cases):
+        cid = f"{name}_{i:03d}"
+        shape = (24, 20, 16) if three_d else (40, 36)
+        lab = np.zeros(shape, dtype=np.uint8)
+        for v in labels.values():
+            if v == 0:
+                continue
+            x, y = rng.integers(2, 12, 2)
+            sl = (slice(x, x + 8), slice(y, y + 8)) + ((slice(3, 13),) if three_d else ())
+            lab[sl] = v
+        img = (lab * 40 + rng.integers(0, 30, shape)).astype(np.uint8)
+        if three_d:
+            aff = np.diag([1.5, 1.5, 3.0, 1.0])
+            nib.save(nib.Nifti1Image(img, aff), folder / "imagesTr" / f"{cid}.nii.gz")
+            nib.save(nib.Nifti1Image(lab, aff), folder / "labelsTr" / f"{cid}.nii.gz")
+            training.append({"image": f"./imagesTr/{cid}.nii.gz", "label": f"./labelsTr/{cid}.nii.gz"})
+        else:
+            Image.fromarray(np.stack([img] * 3, -1)).save(folder / "imagesTr" / f"{cid}.png")
+            Image.fromarray(lab).save(folder / "labelsTr" / f"{cid}.png")
+            training.append({"image": f"./imagesTr/{cid}.png", "label": f"./labelsTr/{cid}.png"})
+    meta = {"name": name, "modality": {"0": "MR"}, "labels": {"background": 0, **labels}, "training": training}
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture()
+def tiny_root(tmp_path: Path) -> Path:
+    _write_msd(tmp_path, "toy2d", 8, False, {"disc": 1, "ring": 2}, seed=1)
+    _write_msd(tmp_path, "toy3d", 6, True, {"organ_a": 1, "organ_b": 2, "organ_c": 3}, seed=2)
+    return tmp_path
+
+
+def test_msd_2d_and_3d_load(tiny_root: Path) -> None:
+    ds2 = MSDDataset(tiny_root / "toy2d")
+    assert ds2.case_ids[0] == "toy2d_000" and ds2.foreground_labels == {"disc": 1, "ring": 2}
+    img, lab, spacing = ds2.load_case("toy2d_000")
+    assert img.shape == (40, 36) and img.dtype == np.float32 and lab.shape == img.shape
+    assert set(np.unique(lab)) <= {0, 1, 2} and spacing == (1.0, 1.0)
+    ds3 = MSDDataset(tiny_root / "toy3d")
+    img, lab, spacing = ds3.load_case("toy3d_001")
+    assert img.shape == (24, 20, 16) and lab.shape == img.shape and spacing == (1.5, 1.5, 3.0)
+
+
+def test_msd_shape_mismatch_is_clear(tiny_root: Path) -> None:
+    folder = tiny_root / "toy2d"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(folder / "labelsTr" / "toy2d_000.png")
+    with pytest.raises(IrisInputError, match="shape"):
+        MSDDataset(folder).load_case("toy2d_000")
+    with pytest.raises(IrisInputError, match="unknown case"):
+        MSDDataset(folder).load_case("nope")
+    with pytest.raises(IrisInputError, match="dataset.json"):
+        MSDDataset(tiny_root / "missing")
+
+
+def _split(root: Path, seed: int = 0, **kw) -> Split:
+    return make_split(seed, held_out_datasets=(), held_out_classes=(), datasets=("toy2d", "toy3d"), root=root, **kw)
+
+
+def test_split_deterministic_and_disjoint(tiny_root: Path, tmp_path: Path) -> None:
+    a, b = _split(tiny_root), _split(tiny_root)
+    assert a.to_dict() == b.to_dict()
+    for ds in ("toy2d", "toy3d"):
+        assert not set(a.train_cases[ds]) & set(a.test_cases[ds])
+        assert a.test_cases[ds] and a.train_cases[ds]
+    a.save(tmp_path / "split.json")
+    assert Split.load(tmp_path / "split.json").to_dict() == a.to_dict()
+    bad = a.to_dict()
+    bad["test_cases"]["toy2d"].append(bad["train_cases"]["toy2d"][0])
+    with pytest.raises(AssertionError, match="leak"):
+        Split.from_dict(bad)
+
+
+def _bank_and_split(root: Path, **split_kw) -> tuple[SliceBank, Split]:
+    bank = build_slice_bank(datasets=("toy2d", "toy3d"), root=root, size=32, cache_dir=root / "cache")
+    split = make_split(0, datasets=("toy2d", "toy3d"), root=root, **split_kw)
+    return bank, split
+
+
+def test_bank_cache_roundtrip(tiny_root: Path) -> None:
+    bank, _ = _bank_and_split(tiny_root, held_out_datasets=(), held_out_classes=())
+    assert bank.images.dtype == np.float16 and bank.labels.dtype == np.uint8 and bank.images.shape[1:] == (32, 32)
+    assert list(tiny_root.joinpath("cache").glob("slicebank_*.npz"))
+    again = build_slice_bank(datasets=("toy2d", "toy3d"), root=tiny_root, size=32, cache_dir=tiny_root / "cache")
+    assert np.array_equal(again.labels, bank.labels) and again.class_names == bank.class_names
+    assert bank.summary()["toy3d"]["cases"] == 6
+
+
+def test_sampler_shapes_and_patient_rule(tiny_root: Path) -> None:
+    bank, split = _bank_and_split(tiny_root, held_out_datasets=(), held_out_classes=())
+    cfg = EpisodeConfig(supports_per_episode=2, queries_per_episode=2, max_classes=3, synthetic_fraction=0.25)
+    sampler = EpisodeSampler(bank, split, cfg, seed=3)
+    batch = sampler.sample_batch(4)
+    assert batch.support_images.shape == (4, 2, 1, 32, 32) and batch.support_images.dtype == torch.float32
+    assert batch.support_masks.shape == (4, 2, 3, 32, 32) and batch.query_masks.shape == (4, 2, 3, 32, 32)
+    assert batch.query_images.shape == (4, 2, 1, 32, 32) and batch.class_valid.dtype == torch.bool
+    assert set(torch.unique(batch.support_masks).tolist()) <= {0.0, 1.0}
+    for _ in range(30):
+        batch = sampler.sample_batch(4)
+        for b in range(4):
+            assert not set(batch.support_cases[b]) & set(batch.query_cases[b])
+            for j in range(3):
+                if batch.class_valid[b, j]:
+                    assert batch.task_names[b][j] is not None
+                    assert (batch.support_masks[b, :, j].flatten(1).sum(1) > 0).all()
+                else:
+                    assert batch.support_masks[b, :, j].sum() == 0 and batch.query_masks[b, :, j].sum() == 0
+
+
+def test_held_out_never_sampled(tiny_root: Path) -> None:
+    bank, split = _bank_and_split(tiny_root, held_out_datasets=("toy2d",), held_out_classes=(("toy3d", "organ_b"),))
+    sampler = EpisodeSampler(bank, split, EpisodeConfig(synthetic_fraction=0.0, augment=False), seed=0)
+    test_cases = set(split.test_cases["toy3d"])
+    for _ in range(20):
+        batch = sampler.sample_batch(8)
+        for b in range(8):
+            for task in batch.task_names[b]:
+                assert task is None or (task[0] == "toy3d" and task[1] != "organ_b")
+            assert not set(batch.support_cases[b] + batch.query_cases[b]) & test_cases
+
+
+def test_single_patient_dataset_rejected(tiny_root: Path) -> None:
+    bank, split = _bank_and_split(tiny_root, held_out_datasets=(), held_out_classes=())
+    split.train_cases["toy2d"] = split.train_cases["toy2d"][:1]
+    with pytest.raises(IrisInputError, match="one patient"):
+        EpisodeSampler(bank, split, EpisodeConfig(), seed=0)
+
+
+def test_eval_pairs_other_patients(tiny_root: Path) -> None:
+    bank, split = _bank_and_split(tiny_root, held_out_datasets=(), held_out_classes=())
+    pairs = list(iter_eval_pairs(bank, split, "toy3d", "organ_a", n_supports=1, seed=0))
+    again = list(iter_eval_pairs(bank, split, "toy3d", "organ_a", n_supports=1, seed=0))
+    assert pairs and [p.query_case for p in pairs] == [p.query_case for p in again]
+    for p in pairs:
+        assert p.query_patient not in p.support_patients and p.query_case in split.test_cases["toy3d"]
+        assert p.support_masks.shape == (1, 1, 32, 32) and p.support_masks.sum() > 0
