@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 from dataclasses import dataclass
 
 import torch
@@ -54,5 +55,5 @@ class TaskEmbedding:
         try:
             payload = torch.load(io.BytesIO(data), weights_only=True)
             return cls(payload["tokens"], list(payload["class_names"]), str(payload["model_version"]))
-        except (KeyError, TypeError, RuntimeError, EOFError) as error:
+        except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
             raise IrisInputError(f"not a valid task embedding: {error}") from error

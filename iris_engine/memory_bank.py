@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -100,7 +101,7 @@ class MemoryBank:
     def from_bytes(cls, data: bytes) -> MemoryBank:
         try:
             return cls.from_state_dict(torch.load(io.BytesIO(data), weights_only=True))
-        except (KeyError, TypeError, RuntimeError, EOFError, ValueError) as error:
+        except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
             raise IrisInputError(f"not a valid memory bank: {error}") from error
 
     def save(self, path: str | Path) -> Path:

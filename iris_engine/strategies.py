@@ -156,8 +156,13 @@ def context_ensemble(
         per_support = []
         for i in range(support_images.shape[0]):
             present = support_masks[i].flatten(1).sum(-1) > 0
-            single = encode_supports(model, support_images[i : i + 1], support_masks[i : i + 1], embedding.class_names)
-            probabilities = predict_probabilities(model, queries, single, config.batch_size)
+            index = present.nonzero().flatten().tolist()  # a support need not show every class
+            single = encode_supports(
+                model, support_images[i : i + 1], support_masks[i : i + 1, index],
+                [embedding.class_names[j] for j in index],
+            )
+            probabilities = torch.zeros(queries.shape[0], len(present), *queries.shape[2:])
+            probabilities[:, index] = predict_probabilities(model, queries, single, config.batch_size)
             per_support.append((probabilities, present))
         total = sum(p * present.view(1, -1, *[1] * (p.ndim - 2)) for p, present in per_support)
         count = sum(present.float() for _, present in per_support).view(1, -1, *[1] * (queries.ndim - 2))

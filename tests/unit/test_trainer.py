@@ -1,0 +1,189 @@
+"""Trainer: learning-rate schedule, exact resume, logs, memory bank, DDP (gloo, 2 processes)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from iris_engine.checkpoint import load_checkpoint
+from iris_engine.config import ModelConfig, TrainConfig
+from iris_engine.data.toy import ToyEpisodes
+from iris_engine.training.trainer import FINAL_CHECKPOINT, LAST_CHECKPOINT, LOG_FILE, Trainer, lr_factor
+
+TINY = ModelConfig(
+    encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
+    task_encoder_layers=1, decoder_layers=1, num_query_tokens=4,
+)
+
+
+def train_config(**overrides) -> TrainConfig:
+    values = dict(
+        iterations=6, batch_size=2, lr=3e-3, warmup_iterations=2, checkpoint_every=3, log_every=1,
+        num_threads=1, seed=5, model=TINY,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_lr_factor_warmup_and_decay():
+    config = TrainConfig(iterations=110, warmup_iterations=10, min_lr_ratio=0.05)
+    assert [lr_factor(i, config) for i in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert lr_factor(9, config) == pytest.approx(1.0)
+    assert lr_factor(10, config) == pytest.approx(1.0)  # decay starts at the peak
+    assert lr_factor(60, config) == pytest.approx(math.sqrt(0.05))  # geometric midpoint
+    assert lr_factor(110, config) == pytest.approx(0.05)
+    assert lr_factor(500, config) == pytest.approx(0.05)  # never below the floor
+    factors = [lr_factor(i, config) for i in range(10, 111)]
+    assert all(a > b for a, b in zip(factors, factors[1:], strict=False))
+    no_warmup = TrainConfig(iterations=10, warmup_iterations=0, min_lr_ratio=0.1)
+    assert lr_factor(0, no_warmup) == pytest.approx(1.0)
+    assert lr_factor(10, no_warmup) == pytest.approx(0.1)
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingEpisodes(ToyEpisodes):
+    """Simulates a killed run: fails when asked for batch number `crash_at` (0-based)."""
+
+    def __init__(self, crash_at: int, **kwargs):
+        super().__init__(**kwargs)
+        self.crash_at = crash_at
+        self.calls = 0
+
+    def sample_batch(self, batch_size: int):
+        if self.calls == self.crash_at:
+            raise Crash
+        self.calls += 1
+        return super().sample_batch(batch_size)
+
+
+def test_straight_run_equals_crash_and_resume(tmp_path):
+    config = train_config()
+    straight = Trainer(config, ToyEpisodes(seed=11), tmp_path / "straight", show_progress=False)
+    result = straight.fit()
+    assert result.iterations == 6
+    assert result.checkpoint == tmp_path / "straight" / FINAL_CHECKPOINT
+    assert math.isfinite(result.final_loss)
+
+    first = Trainer(config, CrashingEpisodes(3, seed=11), tmp_path / "resumed", show_progress=False)
+    with pytest.raises(Crash):
+        first.fit()
+    assert (tmp_path / "resumed" / LAST_CHECKPOINT).is_file()  # written at checkpoint_every=3
+    assert not (tmp_path / "resumed" / FINAL_CHECKPOINT).exists()
+
+    second = Trainer(config, ToyEpisodes(seed=999), tmp_path / "resumed", show_progress=False)
+    assert second.resume()
+    assert second.iteration == 3
+    second.fit()
+    assert second.iteration == 6
+
+    for name, tensor in straight.model.state_dict().items():
+        torch.testing.assert_close(second.model.state_dict()[name], tensor, atol=1e-6, rtol=0, msg=name)
+    assert straight.memory_bank.class_names == second.memory_bank.class_names
+    for name in straight.memory_bank.class_names:
+        torch.testing.assert_close(second.memory_bank.get(name).tokens, straight.memory_bank.get(name).tokens)
+        assert second.memory_bank.count(name) == straight.memory_bank.count(name)
+    assert second.optimizer.param_groups[0]["lr"] == pytest.approx(straight.optimizer.param_groups[0]["lr"])
+    # the final checkpoints hold identical weights too
+    a = load_checkpoint(tmp_path / "straight" / FINAL_CHECKPOINT).model.state_dict()
+    b = load_checkpoint(tmp_path / "resumed" / FINAL_CHECKPOINT).model.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
+
+
+def test_resume_without_checkpoint_returns_false(tmp_path):
+    trainer = Trainer(train_config(), ToyEpisodes(), tmp_path, show_progress=False)
+    assert not trainer.resume()
+    assert trainer.iteration == 0
+
+
+def test_log_memory_bank_and_checkpoint_contents(tmp_path):
+    config = train_config(iterations=4, batch_size=4, log_every=2, checkpoint_every=100)
+    trainer = Trainer(config, ToyEpisodes(seed=1), tmp_path, show_progress=False)
+    trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [2, 4]
+    for record in records:
+        assert math.isfinite(record["loss"]) and record["loss"] > 0
+        assert record["total"] == 4 and record["lr"] > 0
+    assert records[-1]["lr"] == pytest.approx(config.lr * config.min_lr_ratio)
+    bank = trainer.memory_bank
+    assert bank.class_names == ["toy/bright", "toy/dark"]
+    # one EMA update per episode of that class: 4 iterations x 4 episodes
+    assert bank.count("toy/bright") + bank.count("toy/dark") == 16
+    assert bank.get("toy/bright").tokens.shape == (1, TINY.num_task_tokens, TINY.embed_dim)
+    loaded = load_checkpoint(tmp_path / FINAL_CHECKPOINT, expected=TINY)
+    assert loaded.memory_bank.class_names == ["toy/bright", "toy/dark"]
+    assert loaded.metadata["iterations"] == 4
+    assert loaded.training_state["iteration"] == 4
+    assert loaded.training_state["train_config"]["model"] == TINY.to_dict()
+    assert (tmp_path / "tensorboard").is_dir()
+
+
+def test_training_reduces_loss(tmp_path):
+    config = train_config(iterations=40, batch_size=4, warmup_iterations=5, log_every=10, checkpoint_every=1000)
+    Trainer(config, ToyEpisodes(seed=2), tmp_path, show_progress=False).fit()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert len(losses) == 4
+    assert losses[-1] < losses[0]
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    import torch
+    import torch.distributed as dist
+
+    from iris_engine.config import ModelConfig, TrainConfig
+    from iris_engine.data.toy import ToyEpisodes
+    from iris_engine.training.trainer import Trainer
+
+    out = Path(sys.argv[1])
+    model = ModelConfig(encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
+                        task_encoder_layers=1, decoder_layers=1, num_query_tokens=4)
+    config = TrainConfig(iterations=3, batch_size=2, warmup_iterations=1, checkpoint_every=100, log_every=1,
+                         num_threads=1, model=model)
+    rank = int(__import__("os").environ["RANK"])
+    trainer = Trainer(config, ToyEpisodes(seed=100 + rank), out / "run", show_progress=False)
+    assert trainer.context.enabled and trainer.context.world_size == 2
+    trainer.fit()
+    torch.save(trainer.model.state_dict(), out / f"rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env["OMP_NUM_THREADS"] = "1"
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=180, env=env,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    final = tmp_path / "run" / FINAL_CHECKPOINT
+    assert final.is_file()
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    loaded = load_checkpoint(final).model.state_dict()
+    for name, tensor in rank0.items():
+        assert torch.equal(tensor, rank1[name]), name
+        assert torch.equal(tensor, loaded[name]), name
+    records = [json.loads(line) for line in (tmp_path / "run" / LOG_FILE).read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2, 3]  # only rank 0 logs
