@@ -32,26 +32,26 @@ def _current(db: Database) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def test_upgrade_from_empty_database(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = create_engine(db_url)
+def test_upgrade_from_empty_database(empty_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = create_engine(empty_db_url)
     assert inspect(engine).get_table_names() == []
     engine.dispose()
     monkeypatch.chdir(tmp_path)  # no alembic.ini anywhere near the working directory
-    db = Database(db_url, tmp_path / "data")
+    db = Database(empty_db_url, tmp_path / "data")
     try:
         head = ScriptDirectory.from_config(alembic_config()).get_current_head()
         assert head == "0001" and _current(db) == head
         assert set(db.table_names()) == TABLES | {"alembic_version"}
         with db.engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-        Database(db_url, tmp_path / "data").close()  # reopening at head is a no-op
+        Database(empty_db_url, tmp_path / "data").close()  # reopening at head is a no-op
         assert _current(db) == head
     finally:
         db.close()
 
 
-def test_downgrade_to_base_and_upgrade_again(db_url: str, tmp_path: Path) -> None:
-    db = Database(db_url, tmp_path / "data")
+def test_downgrade_to_base_and_upgrade_again(empty_db_url: str, tmp_path: Path) -> None:
+    db = Database(empty_db_url, tmp_path / "data")
     try:
         with db.engine.begin() as conn:
             config = alembic_config()

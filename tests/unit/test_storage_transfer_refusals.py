@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -86,13 +86,15 @@ def _state(db: Database) -> tuple[dict[str, int], set[str]]:
     return Storage(db).maintenance.row_counts(), {f for f in files if not f.endswith(("-wal", "-shm"))}
 
 
-@pytest.fixture
-def target(tmp_path: Path) -> Database:
-    db = Database(None, tmp_path / "target")
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    """A project with work in it; every refusal test checks it is left exactly as it was."""
+    db = Database(None, tmp_path_factory.mktemp("target"))
     store = Storage(db)
     case_id = store.cases.add_case(b"existing", CaseMetadata("mine", "mine.nii", (2, 4, 4))).id
     store.annotations.add(case_id, "kidney", np.zeros((2, 4, 4), bool), [0], "me")
-    return db
+    yield db
+    db.close()
 
 
 @pytest.mark.parametrize("kind", sorted(BAD))
@@ -129,6 +131,8 @@ def test_not_a_zip_and_duplicates_are_refused(good_archive: Entries, target: Dat
     assert _state(target) == before
 
 
-def test_the_unmodified_archive_imports(good_archive: Entries, target: Database, tmp_path: Path) -> None:
-    report = import_project(target, _write(tmp_path / "good.zip", good_archive))
+def test_the_unmodified_archive_imports(good_archive: Entries, tmp_path: Path) -> None:
+    db = Database(None, tmp_path / "fresh")
+    report = import_project(db, _write(tmp_path / "good.zip", good_archive))
     assert report.cases_added == 1 and report.annotations_added == 1 and report.prototypes_written == 1
+    db.close()
