@@ -16,7 +16,7 @@ class ModelConfig:
     in_channels: int = 1
     image_size: int = 128
     encoder_channels: tuple[int, ...] = (16, 32, 64, 128)
-    decoder_channels: int = 32
+    decoder_channels: int = 16
     num_query_tokens: int = 10
     num_heads: int = 4
     task_encoder_layers: int = 2

@@ -130,7 +130,7 @@ def make_split(
     seed: int,
     held_out_fraction: float = 0.25,
     held_out_datasets: tuple[str, ...] = ("hc18_fetal_us",),
-    held_out_classes: tuple[tuple[str, str], ...] = (("chaos_mr", "spleen"), ("mscmr_cardiac_mr", "right_ventricle")),
+    held_out_classes: tuple[tuple[str, str], ...] = (("segthor_ct", "esophagus"), ("mscmr_cardiac_mr", "right_ventricle")),
     datasets: tuple[str, ...] | None = None,
     root: str | Path | None = None,
 ) -> Split:

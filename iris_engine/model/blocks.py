@@ -46,15 +46,16 @@ class ResidualBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Pre-norm multi-head attention with a residual connection."""
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, cross: bool = False):
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
-        self.norm_kv = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim) if cross else None
         self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
 
     def forward(self, queries: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention when the block was built without `cross`, else attention to `context`."""
         q = self.norm_q(queries)
-        kv = q if context is None else self.norm_kv(context)
+        kv = q if self.norm_kv is None else self.norm_kv(context)
         out, _ = self.attention(q, kv, kv, need_weights=False)
         return queries + out
 

@@ -28,9 +28,9 @@ class TwoWayBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.token_self = AttentionBlock(dim, num_heads)
-        self.token_to_image = AttentionBlock(dim, num_heads)
+        self.token_to_image = AttentionBlock(dim, num_heads, cross=True)
         self.token_mlp = FeedForward(dim)
-        self.image_to_token = AttentionBlock(dim, num_heads)
+        self.image_to_token = AttentionBlock(dim, num_heads, cross=True)
 
     def forward(self, tokens: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.token_mlp(self.token_to_image(self.token_self(tokens), image))

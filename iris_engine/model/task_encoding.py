@@ -39,7 +39,7 @@ class TaskEncoder(nn.Module):
         self.mask_fusion = conv(dim + 1, dim, 1)
         self.foreground_projection = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
         self.cross_attention = nn.ModuleList(
-            AttentionBlock(dim, config.num_heads) for _ in range(config.task_encoder_layers)
+            AttentionBlock(dim, config.num_heads, cross=True) for _ in range(config.task_encoder_layers)
         )
         self.self_attention = nn.ModuleList(
             AttentionBlock(dim, config.num_heads) for _ in range(config.task_encoder_layers)

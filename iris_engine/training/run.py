@@ -1,0 +1,117 @@
+"""`iris train`: build the slice bank, split and episode sampler from the shared data, then train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from iris_engine.checkpoint import load_checkpoint, save_checkpoint
+from iris_engine.config import ModelConfig, TrainConfig
+from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
+from iris_engine.data.slices import SliceBank, build_slice_bank
+from iris_engine.data.splits import Split, make_split
+from iris_engine.memory_bank import MemoryBank
+from iris_engine.model.iris import IrisModel
+from iris_engine.training.trainer import FINAL_CHECKPOINT, Trainer
+
+SPLIT_FILE = "split.json"
+
+
+class ResumableSampler:
+    """Adds save/restore of the sampler's random state (numpy and torch generators)."""
+
+    def __init__(self, sampler: EpisodeSampler):
+        self.sampler = sampler
+
+    def sample_batch(self, batch_size: int) -> Any:
+        return self.sampler.sample_batch(batch_size)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"numpy": self.sampler.rng.bit_generator.state, "torch": self.sampler.torch_gen.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.sampler.rng.bit_generator.state = state["numpy"]
+        self.sampler.torch_gen.set_state(state["torch"])
+
+
+def refresh_memory_bank(
+    model: IrisModel, bank: SliceBank, split: Split, momentum: float, supports_per_class: int = 16, seed: int = 0
+) -> MemoryBank:
+    """Class embeddings of the FINAL model: EMA over train-split supports of every train class.
+
+    The in-training EMA (momentum 0.999) is dominated by early, untrained embeddings on a short CPU
+    recipe, so the shipped bank is rebuilt from the final weights the same way (EMA over supports).
+    """
+    sampler = EpisodeSampler(bank, split, EpisodeConfig(synthetic_fraction=0.0, augment=False, max_classes=1), seed)
+    memory = MemoryBank(momentum)
+    model.eval()
+    with torch.no_grad():
+        for dataset, per_class in sampler.class_slices.items():
+            for value, rows in per_class.items():
+                class_name = bank.class_names[dataset][value - 1]
+                chosen = sampler.rng.choice(rows, min(supports_per_class, len(rows)), replace=False)
+                images = torch.from_numpy(bank.images[chosen].astype("float32"))[:, None]
+                masks = torch.from_numpy((bank.labels[chosen] == value).astype("float32"))[:, None]
+                tokens = model.encode_task(images, masks)[:, 0]
+                memory.update(f"{dataset}/{class_name}", tokens.mean(0), momentum=0.0)
+    return memory
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iris train", description="Episodic training of an IRIS model.")
+    parser.add_argument("--out", type=Path, default=Path("runs/default"), help="run folder (checkpoints, logs)")
+    parser.add_argument("--data-root", type=Path, default=None, help="MSD-style datasets root (default ../shared/data)")
+    parser.add_argument("--datasets", nargs="*", default=None, help="dataset folder names (default: all known)")
+    parser.add_argument("--iterations", type=int, default=TrainConfig.iterations)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--image-size", type=int, default=ModelConfig.image_size)
+    parser.add_argument("--synthetic-fraction", type=float, default=TrainConfig.synthetic_fraction)
+    parser.add_argument("--time-limit-minutes", type=float, default=None, help="stop (and checkpoint) after this")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--init", type=Path, default=None, help="fine-tune from this checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    model_config = ModelConfig(image_size=args.image_size)
+    config = TrainConfig(
+        iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        synthetic_fraction=args.synthetic_fraction, num_threads=args.threads, model=model_config,
+    )
+    datasets = tuple(args.datasets) if args.datasets else None
+    split_path = out / SPLIT_FILE
+    if split_path.exists():
+        split = Split.load(split_path)
+    else:
+        split = make_split(args.seed, datasets=datasets, root=args.data_root)
+        split.save(split_path)
+    bank = build_slice_bank(datasets, root=args.data_root, size=args.image_size, verbose=True)
+    sampler = EpisodeSampler(bank, split, EpisodeConfig.from_train_config(config), seed=args.seed)
+    trainer = Trainer(config, ResumableSampler(sampler), out, device=args.device,
+                      time_limit_minutes=args.time_limit_minutes)
+    if args.resume and trainer.resume():
+        print(f"resumed from iteration {trainer.iteration}", flush=True)
+    elif args.init is not None:
+        trainer.initialise_from(args.init)
+    result = trainer.fit()
+    if trainer.context.is_main:
+        loaded = load_checkpoint(result.checkpoint)
+        memory = refresh_memory_bank(loaded.model, bank, split, config.memory_momentum, seed=args.seed)
+        save_checkpoint(out / FINAL_CHECKPOINT, loaded.model, memory, loaded.training_state,
+                        {**loaded.metadata, "split": split_path.name, "split_fingerprint": split.fingerprint()})
+        summary = {"checkpoint": str(out / FINAL_CHECKPOINT), "iterations": result.iterations,
+                   "final_loss": result.final_loss, "seconds": round(result.seconds, 1)}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps(summary), flush=True)
+    return out / FINAL_CHECKPOINT

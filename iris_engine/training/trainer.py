@@ -1,0 +1,283 @@
+"""Episodic trainer: AdamW, warm-up then exponential decay, clipping, AMP on GPU, EMA memory bank,
+exact resume, TensorBoard + JSON-lines log, DDP under torchrun."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from iris_engine.checkpoint import load_checkpoint, save_checkpoint
+from iris_engine.config import TrainConfig
+from iris_engine.memory_bank import MemoryBank
+from iris_engine.model.iris import IrisModel
+from iris_engine.training.distributed import DistributedContext, all_reduce_mean, init_distributed
+from iris_engine.training.losses import dice_bce_loss
+
+LAST_CHECKPOINT = "last.pt"
+FINAL_CHECKPOINT = "final.pt"
+LOG_FILE = "train_log.jsonl"
+
+
+class EpisodeBatchLike(Protocol):
+    support_images: torch.Tensor  # (B, K, 1, *S)
+    support_masks: torch.Tensor  # (B, K, L, *S)
+    query_images: torch.Tensor  # (B, Q, 1, *S)
+    query_masks: torch.Tensor  # (B, Q, L, *S)
+    class_valid: torch.Tensor  # (B, L)
+    task_names: list[list[tuple[str, str] | None]]
+
+
+class EpisodeSource(Protocol):
+    """Anything that samples episode batches and can save/restore its random state."""
+
+    def sample_batch(self, batch_size: int) -> EpisodeBatchLike: ...
+
+    def get_state(self) -> dict[str, Any]: ...
+
+    def set_state(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    iterations: int
+    final_loss: float
+    seconds: float
+
+
+def lr_factor(iteration: int, config: TrainConfig) -> float:
+    """Linear warm-up, then exponential decay reaching `min_lr_ratio` at the last iteration."""
+    if iteration < config.warmup_iterations:
+        return (iteration + 1) / config.warmup_iterations
+    span = max(1, config.iterations - config.warmup_iterations)
+    progress = min(1.0, (iteration - config.warmup_iterations) / span)
+    return math.exp(progress * math.log(config.min_lr_ratio))
+
+
+def _rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _episode_embeddings(
+    model: IrisModel, batch: EpisodeBatchLike
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Task tokens averaged over each episode's supports (B, L, T, C), and the query logits."""
+    b, k = batch.support_images.shape[:2]
+    q = batch.query_images.shape[1]
+    tokens = model.encode_task(batch.support_images.flatten(0, 1), batch.support_masks.flatten(0, 1))
+    tokens = tokens.reshape(b, k, *tokens.shape[1:]).mean(dim=1)
+    logits = model.segment(batch.query_images.flatten(0, 1), tokens.repeat_interleave(q, dim=0))
+    return tokens, logits.reshape(b, q, *logits.shape[1:])
+
+
+def _update_memory_bank(bank: MemoryBank, tokens: torch.Tensor, batch: EpisodeBatchLike) -> None:
+    for b, names in enumerate(batch.task_names):
+        for index, task in enumerate(names):
+            if task is not None and bool(batch.class_valid[b, index]):
+                dataset, class_name = task
+                bank.update(f"{dataset}/{class_name}", tokens[b, index])
+
+
+class Trainer:
+    """Runs episodic training into `out_dir`, resumable from `out_dir/last.pt`."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        episodes: EpisodeSource,
+        out_dir: str | Path,
+        device: str = "cpu",
+        time_limit_minutes: float | None = None,
+        show_progress: bool = True,
+    ):
+        self.config = config
+        self.episodes = episodes
+        self.out_dir = Path(out_dir)
+        self.device = torch.device(device)
+        self.time_limit = None if time_limit_minutes is None else time_limit_minutes * 60.0
+        self.show_progress = show_progress
+        self.context: DistributedContext = init_distributed(self.device)
+        if config.num_threads > 0:
+            torch.set_num_threads(config.num_threads)
+        seed_everything(config.seed + self.context.rank)
+        self.model = IrisModel(config.model).to(self.device)
+        self.memory_bank = MemoryBank(config.memory_momentum)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(it, config))
+        self.iteration = 0
+        self.elapsed = 0.0
+
+    def initialise_from(self, checkpoint: str | Path) -> None:
+        """Fine-tuning: start from another checkpoint's weights and memory bank (fresh optimiser)."""
+        loaded = load_checkpoint(checkpoint, map_location=self.device, expected=self.config.model)
+        self.model.load_state_dict(loaded.model.state_dict())
+        self.memory_bank = loaded.memory_bank
+
+    def resume(self) -> bool:
+        """Restore everything from out_dir/last.pt; False when there is none."""
+        path = self.out_dir / LAST_CHECKPOINT
+        if not path.exists():
+            return False
+        loaded = load_checkpoint(path, map_location=self.device, expected=self.config.model)
+        state = loaded.training_state
+        self.model.load_state_dict(loaded.model.state_dict())
+        self.memory_bank = loaded.memory_bank
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.iteration = int(state["iteration"])
+        self.elapsed = float(state["elapsed"])
+        _set_rng_state(state["rng"])
+        self.episodes.set_state(state["episodes"][self.context.rank])
+        return True
+
+    def _episode_states(self) -> list[dict[str, Any]]:
+        """Every rank's sampler state (a collective call under DDP), indexed by rank."""
+        state = self.episodes.get_state()
+        if not self.context.enabled:
+            return [state]
+        states: list[Any] = [None] * self.context.world_size
+        dist.all_gather_object(states, state)
+        return states
+
+    def _training_state(self, episode_states: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "iteration": self.iteration,
+            "elapsed": self.elapsed,
+            "rng": _rng_state(),
+            "episodes": episode_states,
+            "train_config": _config_dict(self.config),
+        }
+
+    def save(self, name: str, episode_states: list[dict[str, Any]] | None = None) -> Path:
+        return save_checkpoint(
+            self.out_dir / name,
+            self.model,
+            self.memory_bank,
+            training_state=self._training_state(episode_states or self._episode_states()),
+            metadata={
+                "model_version": f"{self.out_dir.name}-it{self.iteration}",
+                "iterations": self.iteration,
+                "train_seconds": round(self.elapsed, 1),
+                "device": str(self.device),
+            },
+        )
+
+    def _step(self, network: torch.nn.Module) -> float:
+        batch = self.episodes.sample_batch(self.config.batch_size)
+        for name in ("support_images", "support_masks", "query_images", "query_masks", "class_valid"):
+            setattr(batch, name, getattr(batch, name).to(self.device))
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with autocast:
+            if self.context.enabled:
+                logits = network(batch.support_images, batch.support_masks, batch.query_images)
+                tokens = None
+            else:
+                tokens, logits = _episode_embeddings(self.model, batch)
+            valid = batch.class_valid[:, None, :].expand(-1, logits.shape[1], -1)
+            loss = dice_bce_loss(logits.float(), batch.query_masks, valid, spatial_dims=self.config.model.spatial_dims)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if tokens is not None:
+            _update_memory_bank(self.memory_bank, tokens.detach().float(), batch)
+        return float(all_reduce_mean(loss.detach(), self.context))
+
+    def _out_of_time(self) -> bool:
+        """The time limit, decided identically on every rank."""
+        flag = torch.tensor(float(self.time_limit is not None and self.elapsed >= self.time_limit))
+        return bool(all_reduce_mean(flag, self.context) > 0)
+
+    def _checkpoint(self, name: str) -> Path:
+        """Gather sampler states on all ranks, write on the main one."""
+        states = self._episode_states()
+        path = self.out_dir / name
+        if self.context.is_main:
+            self.save(name, states)
+        return path
+
+    def _log(self, writer: Any, record: dict[str, Any]) -> None:
+        with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        for key in ("loss", "lr"):
+            writer.add_scalar(f"train/{key}", record[key], record["iteration"])
+
+    def fit(self) -> TrainResult:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        main = self.context.is_main
+        network: torch.nn.Module = self.model
+        if self.context.enabled:
+            # self-attention blocks leave their (cross-attention) norm_kv unused: DDP must know
+            network = DistributedDataParallel(self.model)
+        writer = SummaryWriter(str(self.out_dir / "tensorboard")) if main else None
+        bar = tqdm(
+            total=self.config.iterations, initial=self.iteration, disable=not (main and self.show_progress),
+            desc="train", dynamic_ncols=True,
+        )
+        self.model.train()
+        start = time.perf_counter() - self.elapsed
+        losses: list[float] = []
+        while self.iteration < self.config.iterations:
+            losses.append(self._step(network))
+            self.iteration += 1
+            self.elapsed = time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if main and (self.iteration % self.config.log_every == 0 or self.iteration == self.config.iterations):
+                recent = losses[-self.config.log_every :]
+                self._log(writer, {
+                    "iteration": self.iteration, "total": self.config.iterations, "loss": sum(recent) / len(recent),
+                    "lr": self.scheduler.get_last_lr()[0], "elapsed": round(self.elapsed, 2),
+                })
+            out_of_time = self._out_of_time()
+            if self.iteration % self.config.checkpoint_every == 0 or out_of_time:
+                self._checkpoint(LAST_CHECKPOINT)
+            if out_of_time:
+                break
+        bar.close()
+        self._checkpoint(LAST_CHECKPOINT)
+        checkpoint = self._checkpoint(FINAL_CHECKPOINT)
+        if writer is not None:
+            writer.close()
+        return TrainResult(checkpoint, self.iteration, losses[-1] if losses else float("nan"), self.elapsed)
+
+
+def _config_dict(config: TrainConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data["model"] = config.model.to_dict()
+    return data
