@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -71,7 +72,7 @@ class Case(Base):
     orientation: Mapped[str | None] = mapped_column(String(10))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     file_relpath: Mapped[str] = mapped_column(String(200))
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     annotations: Mapped[list[Annotation]] = relationship(

@@ -8,6 +8,7 @@ import os
 import re
 import uuid
 import zipfile
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -71,19 +72,23 @@ def import_project(
 ) -> ImportReport:
     """Validate the whole archive, then add its blobs and rows; a bad archive changes nothing."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            snapshot = _validate(archive, max_entry_bytes, max_total_bytes)
-            before = set(db.blobs.iter_blobs())
-            try:
-                for sha in sorted(snapshot.blob_shas()):
-                    with archive.open(f"blobs/{sha}") as src:
-                        db.blobs.put_stream(src, expected_sha256=sha)
-                return ProjectRepository(db).import_snapshot(snapshot)
-            except BaseException:
-                Maintenance(db).reap(snapshot.blob_shas() - before)
-                raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as exc:
         raise ArchiveError(f"cannot read project archive {path}: {exc}") from exc
+    with archive:
+        try:
+            snapshot = _validate(archive, max_entry_bytes, max_total_bytes)
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, zlib.error) as exc:
+            raise ArchiveError(f"corrupt project archive {path}: {exc}") from exc
+        before = set(db.blobs.iter_blobs())
+        try:
+            for sha in sorted(snapshot.blob_shas()):
+                with archive.open(f"blobs/{sha}") as src:
+                    db.blobs.put_stream(src, expected_sha256=sha)
+            return ProjectRepository(db).import_snapshot(snapshot)
+        except BaseException:
+            Maintenance(db).reap(snapshot.blob_shas() - before)
+            raise
 
 
 def _require(condition: bool, message: str) -> None:

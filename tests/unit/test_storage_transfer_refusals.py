@@ -128,6 +128,13 @@ def test_not_a_zip_and_duplicates_are_refused(good_archive: Entries, target: Dat
         archive.writestr(_first_blob(good_archive), b"second copy")
     with pytest.raises(ArchiveError, match="duplicate"):
         import_project(target, duplicated)
+    corrupt = _write(tmp_path / "crc.zip", good_archive)
+    raw = bytearray(corrupt.read_bytes())
+    at = raw.index(b"ct-volume")  # stored uncompressed: flip a byte of the case file's content
+    raw[at] ^= 0xFF
+    corrupt.write_bytes(bytes(raw))
+    with pytest.raises(ArchiveError, match="corrupt project archive"):
+        import_project(target, corrupt)
     assert _state(target) == before
 
 

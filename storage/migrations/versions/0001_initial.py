@@ -45,7 +45,7 @@ def upgrade() -> None:
         sa.Column("orientation", sa.String(10), nullable=True),
         sa.Column("sha256", sa.String(64), nullable=False),
         sa.Column("file_relpath", sa.String(200), nullable=False),
-        sa.Column("size_bytes", sa.Integer(), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
         _ts("created_at"),
     )
     op.create_index("ix_cases_sha256", "cases", ["sha256"])
