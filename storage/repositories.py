@@ -80,7 +80,10 @@ class _Repository:
             session.execute(text(f"SELECT {fn}(:key)"), {"key": _BLOB_LOCK_KEY})
 
     def _write_referencing(self, put: Callable[[], tuple[str, str]], write: Callable[[Session, str, str], T]) -> T:
-        """Write a blob (temp + rename), then commit the rows that reference it."""
+        """Write a blob (temp + rename), then commit the rows that reference it.
+
+        If the rows cannot be written the blob is removed again unless something else uses it.
+        """
         for _ in range(3):
             sha, relpath = put()
             try:
@@ -91,6 +94,9 @@ class _Repository:
                     return write(session, sha, relpath)
             except _BlobVanishedError:
                 continue
+            except BaseException:
+                Maintenance(self._db).reap({sha})
+                raise
         raise StorageError("blob store is being cleaned concurrently; try again")
 
     def _load_blob_mask(self, sha: str) -> np.ndarray:
