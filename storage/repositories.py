@@ -58,7 +58,6 @@ _TRANSITIONS: dict[str, frozenset[str]] = {
     "succeeded": frozenset(),
     "cancelled": frozenset(),
 }
-assert set(_TRANSITIONS) == set(RUN_STATUSES)
 
 
 class _BlobVanishedError(StorageError):
@@ -653,8 +652,10 @@ class TrainingRunRepository(_Repository):
     def update_status(self, run_id: int, status: str, error: str | None = None) -> TrainingRunRecord:
         """Move a run along queued -> running -> succeeded/failed/cancelled/interrupted."""
         with self._db.session_scope() as session:
+            if status not in RUN_STATUSES:
+                raise StorageError(f"unknown run status {status!r}; expected one of {RUN_STATUSES}")
             row = _get(session, TrainingRun, run_id, lock=True)
-            if status not in _TRANSITIONS.get(row.status, frozenset()):
+            if status not in _TRANSITIONS[row.status]:
                 raise StorageError(f"run {run_id}: cannot go from {row.status!r} to {status!r}")
             row.status = status
             row.error = error

@@ -262,6 +262,8 @@ def test_training_run_failures_cancel_interrupt_and_listing(store: Storage) -> N
     assert store.runs.mark_interrupted_runs() == []
     assert [r.id for r in store.runs.list()] == [failed.id, cancelled.id, live.id]
     assert [r.id for r in store.runs.list("cancelled")] == [cancelled.id]
+    with pytest.raises(StorageError, match="unknown run status"):
+        store.runs.update_status(live.id, "exploded")
     with pytest.raises(NotFoundError):
         store.runs.get(999)
 
