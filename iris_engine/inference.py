@@ -1,0 +1,230 @@
+"""`IrisSegmenter`: the one inference path from Volumes to masks on the input grid (app, CLI, evaluation).
+
+2D models process 3D volumes slice by slice (canonical orientation, axial slices); the task
+embedding is computed once per support set and cached, then reused for every query slice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from iris_engine import strategies
+from iris_engine.checkpoint import load_checkpoint
+from iris_engine.config import InferenceConfig, PreprocessConfig
+from iris_engine.embedding import TaskEmbedding
+from iris_engine.errors import IrisInputError
+from iris_engine.io.volume import Volume
+from iris_engine.memory_bank import MemoryBank
+from iris_engine.model.iris import IrisModel
+from iris_engine.postprocess import PostprocessOptions, apply_postprocessing
+from iris_engine.preprocess import (
+    mask_to_model_slices,
+    model_output_to_volume_3d,
+    model_slices_to_volume,
+    to_canonical,
+    volume_to_model_input_3d,
+    volume_to_model_slices,
+)
+
+ProgressCallback = Callable[[float, str], None]
+MAX_SUPPORT_SLICES = 16
+CACHE_SIZE = 32
+
+
+@dataclass
+class Support:
+    """A reference image/volume and its mask: a label map (values 1..K) or a (K, *shape) stack."""
+
+    volume: Volume
+    mask: np.ndarray
+
+
+@dataclass
+class VolumeSegmentation:
+    """Per-class probabilities and masks (K, *input shape) on the query's own grid."""
+
+    probabilities: np.ndarray
+    masks: np.ndarray
+    class_names: list[str]
+    strategy: str
+    model_version: str
+    timings: dict[str, float] = field(default_factory=dict)
+    loss_curve: list[float] = field(default_factory=list)
+    embedding: TaskEmbedding | None = None
+
+    def label_map(self) -> np.ndarray:
+        """Single label map (0 = background, k + 1 = class k; the most probable class where masks overlap)."""
+        scores = np.where(self.masks, self.probabilities, 0.0)
+        labels = scores.argmax(axis=0) + 1
+        return np.where(self.masks.any(axis=0), labels, 0).astype(np.uint16)
+
+
+def _class_stack(mask: np.ndarray, shape: tuple[int, ...], num_classes: int) -> np.ndarray:
+    """(K, *shape) float mask from a label map or a stack; clear errors for shape and value problems."""
+    mask = np.asarray(mask)
+    if not np.isfinite(mask).all():
+        raise IrisInputError("mask contains NaN or Inf values")
+    if mask.shape == shape:
+        if mask.min() < 0 or mask.max() > num_classes or not np.all(np.equal(np.mod(mask, 1), 0)):
+            raise IrisInputError(f"label map values must be integers 0..{num_classes}")
+        return np.stack([mask == k + 1 for k in range(num_classes)]).astype(np.float32)
+    if mask.shape == (num_classes, *shape):
+        return (mask > 0).astype(np.float32)
+    raise IrisInputError(f"mask shape {mask.shape} does not match the image shape {shape} (or ({num_classes}, *shape))")
+
+
+class IrisSegmenter:
+    """Model + memory bank + preprocessing, with an LRU cache of task embeddings."""
+
+    def __init__(
+        self,
+        model: IrisModel,
+        memory_bank: MemoryBank | None = None,
+        config: InferenceConfig | None = None,
+        preprocess: PreprocessConfig | None = None,
+    ):
+        self.config = config or InferenceConfig()
+        self.device = torch.device(self.config.device)
+        self.model = model.to(self.device).eval()
+        self.memory_bank = memory_bank or MemoryBank(self.config.memory_momentum)
+        self.preprocess = preprocess or PreprocessConfig()
+        self._cache: OrderedDict[str, TaskEmbedding] = OrderedDict()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, config: InferenceConfig | None = None) -> IrisSegmenter:
+        config = config or InferenceConfig()
+        loaded = load_checkpoint(path, map_location=config.device)
+        return cls(loaded.model, loaded.memory_bank, config)
+
+    @property
+    def model_version(self) -> str:
+        return self.model.version
+
+    @property
+    def is_3d(self) -> bool:
+        return self.model.config.spatial_dims == 3
+
+    def to_model_space(self, volume: Volume) -> tuple[torch.Tensor, Callable[[torch.Tensor], np.ndarray], object]:
+        """Model input for a volume, a function mapping model outputs back to its grid, and the geometry."""
+        if volume.ndim not in (2, 3):
+            raise IrisInputError(f"expected a 2D image or 3D volume, got shape {volume.shape}")
+        if not np.isfinite(volume.array).all():
+            raise IrisInputError(f"{volume.source or 'image'} contains NaN or Inf values")
+        size = self.model.config.image_size
+        if self.is_3d:
+            if volume.ndim != 3:
+                raise IrisInputError("this is a 3D model: give it a 3D volume")
+            canonical, transform = to_canonical(volume)
+            tensor, geometry3d = volume_to_model_input_3d(canonical, size, self.preprocess)
+            return tensor, lambda p: transform.invert(model_output_to_volume_3d(p[0], geometry3d)), (transform, geometry3d)
+        canonical, transform = to_canonical(volume)
+        tensor, geometry = volume_to_model_slices(canonical, size, axis=-1, cfg=self.preprocess)
+        return tensor, lambda p: transform.invert(model_slices_to_volume(p, geometry)), (transform, geometry)
+
+    def _support_tensors(self, support: Support, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model-space support images and masks; for 2D models only slices that show a class."""
+        stack = _class_stack(support.mask, support.volume.shape, num_classes)
+        if not stack.any():
+            raise IrisInputError(f"the support mask of {support.volume.source or 'a support'} is empty")
+        images, _, (transform, geometry) = self.to_model_space(support.volume)
+        canonical_mask = transform.apply(stack)
+        if self.is_3d:
+            from iris_engine.preprocess import resize_volume
+
+            size = (self.model.config.image_size,) * 3
+            masks = np.stack([resize_volume(m, size, order=1) for m in canonical_mask])
+            return images, torch.from_numpy(masks[None]).clamp(0, 1).float()
+        masks = mask_to_model_slices(canonical_mask, geometry)
+        present = masks.flatten(2).amax(-1).amax(-1) > 0
+        rows = present.nonzero().flatten()
+        if len(rows) > MAX_SUPPORT_SLICES:
+            rows = rows[torch.linspace(0, len(rows) - 1, MAX_SUPPORT_SLICES).round().long()]
+        return images[rows], masks[rows]
+
+    def _support_key(self, supports: Sequence[Support], class_names: Sequence[str]) -> str:
+        digest = hashlib.sha256(self.model_version.encode())
+        for name in class_names:
+            digest.update(name.encode())
+        for support in supports:
+            digest.update(np.ascontiguousarray(support.volume.array).tobytes())
+            digest.update(np.ascontiguousarray(support.mask).tobytes())
+        return digest.hexdigest()
+
+    def support_batch(self, supports: Sequence[Support], class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not supports:
+            raise IrisInputError("at least one support (image + mask) is needed")
+        pairs = [self._support_tensors(s, len(class_names)) for s in supports]
+        return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+
+    def encode(self, supports: Sequence[Support], class_names: Sequence[str]) -> TaskEmbedding:
+        """Task embedding of a support set (averaged over supports), cached by content."""
+        key = self._support_key(supports, class_names)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        images, masks = self.support_batch(supports, class_names)
+        embedding = strategies.encode_supports(self.model, images.to(self.device), masks.to(self.device),
+                                               list(class_names), self.model_version)
+        self._cache[key] = embedding
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return embedding
+
+    def segment(
+        self,
+        query: Volume,
+        strategy: str = "one_shot",
+        supports: Sequence[Support] = (),
+        class_names: Sequence[str] = (),
+        tuning_steps: int | None = None,
+        tuning_lr: float | None = None,
+        extra_examples: Sequence[Support] = (),
+        postprocess: PostprocessOptions | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> VolumeSegmentation:
+        """Segment `query` with one of the four strategies; masks come back on the query's grid."""
+        if strategy not in strategies.STRATEGIES:
+            raise IrisInputError(f"unknown strategy '{strategy}'; choose one of {', '.join(strategies.STRATEGIES)}")
+        names = list(class_names)
+        if not names:
+            raise IrisInputError("name at least one class to segment")
+        report = progress or (lambda fraction, message: None)
+        if strategy == "one_shot" and len(supports) != 1:
+            raise IrisInputError(f"one-shot takes exactly one support, got {len(supports)}")
+        if strategy in ("context_ensemble", "in_context_tuning") and not supports:
+            raise IrisInputError(f"{strategy} needs at least one support")
+        report(0.05, "preparing the query")
+        queries, restore, _ = self.to_model_space(query)
+        if strategy == "memory_bank":
+            embedding = self.memory_bank.get(names, self.model_version)
+        else:
+            report(0.2, "encoding the supports")
+            embedding = self.encode(supports, names)
+        if strategy == "in_context_tuning":
+            report(0.35, "tuning the task embedding")
+            images, masks = self.support_batch(supports, names)
+            extra_images = extra_masks = None
+            if extra_examples:
+                extra_images, extra_masks = self.support_batch(extra_examples, names)
+            result = strategies.in_context_tuning(
+                self.model, images, masks, queries, names, self.config, extra_images, extra_masks,
+                initial=embedding, steps=tuning_steps, lr=tuning_lr,
+            )
+        else:
+            report(0.6, "segmenting")
+            result = strategies.segment_with_embedding(self.model, queries, embedding, self.config)
+        report(0.9, "mapping back to the input grid")
+        probabilities = restore(result.probabilities)
+        masks = probabilities >= self.config.threshold
+        if postprocess is not None:
+            masks = np.stack([apply_postprocessing(m, postprocess) for m in masks])
+        report(1.0, "done")
+        return VolumeSegmentation(probabilities, masks, names, strategy, self.model_version, result.timings,
+                                  result.loss_curve, result.embedding)
