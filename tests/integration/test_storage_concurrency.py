@@ -7,6 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
 from storage import Database, Storage
 from storage.records import CaseMetadata
@@ -76,3 +77,22 @@ def test_reaping_blobs_while_others_reference_them(db: Database) -> None:
     assert store.maintenance.missing_blobs() == []
     sha = store.annotations.list_for_case(case_id)[0].mask_sha256
     assert db.blobs.verify(sha)
+
+
+def test_blob_reaped_between_write_and_commit_is_written_again(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race above, forced: a cleaner removes the fresh blob before the writer's transaction."""
+    store = Storage(db)
+    case_id = store.cases.add_case(b"volume", CaseMetadata("ct", "ct.nii", (4, 8, 8))).id
+    real_put, puts = db.blobs.put_bytes, []
+
+    def racing_put(data: bytes) -> tuple[str, str]:
+        sha, relpath = real_put(data)
+        if not puts:
+            assert store.maintenance.reap({sha}) == [sha]  # nothing references it yet
+        puts.append(sha)
+        return sha, relpath
+
+    monkeypatch.setattr(db.blobs, "put_bytes", racing_put)
+    annotation = store.annotations.add(case_id, "liver", np.ones((4, 8, 8), bool), [0], "w")
+    assert puts == [annotation.mask_sha256] * 2
+    assert db.blobs.verify(annotation.mask_sha256) and store.maintenance.missing_blobs() == []
