@@ -808,12 +808,14 @@ class ProjectRepository(_Repository):
                     "affine": c.affine,
                     "orientation": c.orientation,
                     "sha256": c.sha256,
+                    "created_at": c.created_at,
                     "annotations": [
                         {
                             "class_name": a.structure_class.name,
                             "slice_indices": list(a.slice_indices),
                             "mask_sha256": a.mask_sha256,
                             "author": a.author,
+                            "created_at": a.created_at,
                         }
                         for a in sorted(c.annotations, key=lambda a: a.id)
                     ],
@@ -869,6 +871,7 @@ class ProjectRepository(_Repository):
                             mask_sha256=a["mask_sha256"],
                             mask_relpath=self._db.blobs.relpath(a["mask_sha256"]),
                             author=a["author"],
+                            created_at=a["created_at"],
                         )
                     )
                     counts["annotations_added"] += 1

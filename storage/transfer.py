@@ -28,6 +28,7 @@ DEFAULT_MAX_TOTAL_BYTES = 64 << 30
 _BLOB_ENTRY = re.compile(r"blobs/([0-9a-f]{64})")
 _COLOR = re.compile(r"#[0-9a-f]{6}")
 _CHUNK = 1 << 20
+ANNOTATION_KEYS = {"class_name", "slice_indices", "mask_sha256", "author", "created_at"}
 
 
 def export_project(db: Database, path: Path | str) -> Path:
@@ -53,7 +54,7 @@ def export_project(db: Database, path: Path | str) -> Path:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+            archive.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True, default=_isoformat))
             for sha in shas:
                 archive.write(db.blobs.path_for(sha), f"blobs/{sha}")
             for sha, data in embeddings.items():
@@ -168,6 +169,22 @@ def _validate(archive: zipfile.ZipFile, max_entry_bytes: int, max_total_bytes: i
     return snapshot
 
 
+def _isoformat(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot put {type(value).__name__} in a manifest")
+
+
+def _timestamp(value: Any, where: str) -> datetime:
+    """A timezone-aware ISO-8601 timestamp from the manifest."""
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    _require(parsed is not None and parsed.tzinfo is not None, f"{where}: bad timestamp {value!r}")
+    return parsed  # type: ignore[return-value]
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -193,7 +210,10 @@ def _numbers(value: Any) -> bool:
 
 def _check_cases(items: Any, classes: dict[str, str], blobs: set[str]) -> list[dict[str, Any]]:
     _require(isinstance(items, list), "manifest 'cases' must be a list")
-    keys = {"name", "source_filename", "modality", "shape", "spacing", "affine", "orientation", "sha256", "annotations"}
+    keys = {
+        *("name", "source_filename", "modality", "shape", "spacing", "affine", "orientation", "sha256"),
+        *("created_at", "annotations"),
+    }
     for case in items:
         _require(isinstance(case, dict) and set(case) == keys, f"bad case entry keys {sorted(case)}")
         name = case["name"]
@@ -211,7 +231,7 @@ def _check_cases(items: Any, classes: dict[str, str], blobs: set[str]) -> list[d
         depth = shape[0] if len(shape) == 3 else 1
         for ann in case["annotations"]:
             _require(
-                isinstance(ann, dict) and set(ann) == {"class_name", "slice_indices", "mask_sha256", "author"},
+                isinstance(ann, dict) and set(ann) == ANNOTATION_KEYS,
                 f"case {name!r}: bad annotation entry",
             )
             _require(ann["class_name"] in classes, f"case {name!r}: unknown class {ann['class_name']!r}")
@@ -222,6 +242,8 @@ def _check_cases(items: Any, classes: dict[str, str], blobs: set[str]) -> list[d
             )
             _require(ann["mask_sha256"] in blobs, f"case {name!r}: mask {ann['mask_sha256']!r} not in the archive")
             _require(_is_str(ann["author"], 200), f"case {name!r}: bad author")
+            ann["created_at"] = _timestamp(ann["created_at"], f"case {name!r}: annotation")
+        case["created_at"] = _timestamp(case["created_at"], f"case {name!r}")
     return items
 
 

@@ -29,10 +29,11 @@ def _content(store: Storage) -> dict[str, object]:
     cases = []
     for case in store.cases.list():
         annotations = [
-            (a.class_name, a.slice_indices, a.author, store.annotations.load_mask(a.id).tobytes())
+            (a.class_name, a.slice_indices, a.author, a.created_at, store.annotations.load_mask(a.id).tobytes())
             for a in store.annotations.list_for_case(case.id)
         ]
-        cases.append((case.name, case.shape, case.spacing, case.modality, case.file_path.read_bytes(), annotations))
+        metadata = (case.name, case.shape, case.spacing, case.modality, case.created_at)
+        cases.append((metadata, case.file_path.read_bytes(), annotations))
     return {
         "classes": [(c.name, c.color) for c in store.classes.list()],
         "cases": cases,

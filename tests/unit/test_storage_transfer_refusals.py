@@ -70,6 +70,10 @@ BAD: dict[str, tuple[Callable[[Entries], Entries], str]] = {
         "bad slice indices",
     ),
     "bad-digest": (lambda e: _manifest(e, lambda m: m["cases"][0].update(sha256="../../x")), "not in the archive"),
+    "naive-timestamp": (
+        lambda e: _manifest(e, lambda m: m["cases"][0].update(created_at="2026-01-01T00:00:00")),
+        "bad timestamp",
+    ),
     "unlisted-blob": (lambda e: {**e, "blobs/" + "0" * 64: b""}, "not in the manifest"),
 }
 
