@@ -1,0 +1,105 @@
+"""Pixels for the browser: slicing along a view, window/level presets, colour overlays, editor masks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+VIEWS = ("axial", "coronal", "sagittal")
+VIEW_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
+WINDOWS: dict[str, tuple[float, float] | None] = {
+    "CT soft tissue": (40.0, 400.0),
+    "CT lung": (-600.0, 1500.0),
+    "CT bone": (400.0, 1800.0),
+    "MR / auto": None,
+}
+MIN_DISPLAY = 384
+
+
+def default_window(modality: str | None) -> str:
+    return "CT soft tissue" if modality == "CT" else "MR / auto"
+
+
+def depth(shape: tuple[int, ...], view: str) -> int:
+    """Number of slices of a canonical array along a view (1 for 2D images)."""
+    return shape[VIEW_AXIS[view]] if len(shape) == 3 else 1
+
+
+def view_slice(array: np.ndarray, view: str, index: int) -> np.ndarray:
+    """A 2D display slice (superior/anterior up) of a canonical array, or a 2D image as is."""
+    if array.ndim == 2:
+        return array
+    index = int(np.clip(index, 0, array.shape[VIEW_AXIS[view]] - 1))
+    return np.rot90(np.take(array, index, axis=VIEW_AXIS[view]))
+
+
+def unview_slice(image: np.ndarray, ndim: int) -> np.ndarray:
+    """Inverse of view_slice's rotation: a display-oriented 2D array back to array axes."""
+    return image if ndim == 2 else np.rot90(image, -1)
+
+
+def window_to_uint8(image: np.ndarray, preset: str) -> np.ndarray:
+    """Grey levels 0..255 with a CT window (level, width) or the 1st..99th percentile."""
+    window = WINDOWS.get(preset)
+    if window is None:
+        lo, hi = np.percentile(image, (1.0, 99.0)) if image.size else (0.0, 1.0)
+    else:
+        lo, hi = window[0] - window[1] / 2, window[0] + window[1] / 2
+    if hi <= lo:
+        return np.zeros(image.shape, dtype=np.uint8)
+    return (np.clip((image - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
+
+
+def hex_to_rgb(color: str) -> tuple[int, int, int]:
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
+
+
+def overlay(grey: np.ndarray, masks: np.ndarray, colors: list[str], opacity: float) -> np.ndarray:
+    """RGB image: the grey slice with each (H, W) mask blended in its class colour."""
+    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    for mask, color in zip(masks, colors, strict=True):
+        rgb[mask] = (1 - opacity) * rgb[mask] + opacity * np.asarray(hex_to_rgb(color), dtype=np.float32)
+    return rgb.round().astype(np.uint8)
+
+
+def heatmap(grey: np.ndarray, values: np.ndarray, opacity: float) -> np.ndarray:
+    """Values in [0, 1] as a blue-to-red heat map over the grey slice."""
+    values = np.clip(values, 0, 1)[..., None]
+    heat = np.concatenate([values, 1 - np.abs(2 * values - 1), 1 - values], axis=2) * 255
+    alpha = opacity * (values > 0.02)
+    return ((1 - alpha) * grey[..., None] + alpha * heat).round().astype(np.uint8)
+
+
+def display_scale(shape: tuple[int, int]) -> int:
+    """Integer upscaling so small slices are large enough to paint on."""
+    return max(1, MIN_DISPLAY // max(shape))
+
+
+def upscale(image: np.ndarray, scale: int) -> np.ndarray:
+    return image if scale == 1 else np.kron(image, np.ones((scale, scale) + (1,) * (image.ndim - 2), dtype=image.dtype))
+
+
+def mask_layer(mask: np.ndarray, color: str, scale: int) -> np.ndarray:
+    """An RGBA editor layer showing a mask in a colour (transparent elsewhere)."""
+    layer = np.zeros((*mask.shape, 4), dtype=np.uint8)
+    layer[mask] = (*hex_to_rgb(color), 255)
+    return upscale(layer, scale)
+
+
+def painted_mask(editor_value: dict[str, Any] | None, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels painted in any editor layer (alpha > 0), brought back to the slice's (H, W)."""
+    if not editor_value or not editor_value.get("layers"):
+        return np.zeros(shape, dtype=bool)
+    painted = None
+    for layer in editor_value["layers"]:
+        if layer is None:
+            continue
+        array = np.asarray(layer)
+        alpha = array[..., 3] > 0 if array.ndim == 3 and array.shape[2] == 4 else array.reshape(array.shape[:2]) > 0
+        painted = alpha if painted is None or painted.shape != alpha.shape else painted | alpha
+    if painted is None:
+        return np.zeros(shape, dtype=bool)
+    small = Image.fromarray(painted.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.BOX)
+    return np.asarray(small) > 64

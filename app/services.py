@@ -1,0 +1,184 @@
+"""Long-lived services of one studio process: storage, segmenter (+ memory bank synced with the DB), volumes."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.config import SHIPPED_WEIGHTS, AppConfig
+from app.demo import ensure_demo_case
+from app.jobs import TrainingJobs
+from iris_engine.config import InferenceConfig, ModelConfig
+from iris_engine.embedding import TaskEmbedding
+from iris_engine.errors import CheckpointError, IrisInputError
+from iris_engine.inference import IrisSegmenter, Support
+from iris_engine.io.readers import read_image
+from iris_engine.io.volume import Volume
+from iris_engine.memory_bank import MemoryBank
+from iris_engine.model.iris import IrisModel
+from storage import Storage
+from storage.records import CaseMetadata, CaseRecord
+
+log = logging.getLogger(__name__)
+UNTRAINED_VERSION = "untrained"
+VOLUME_CACHE = 4
+KNOWN_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".npz", ".zip", ".dcm", ".dicom")
+
+
+def file_suffix(name: str) -> str:
+    """The recognised suffix of a file name ('.nii.gz' counts as one), or its last suffix."""
+    lower = name.lower()
+    return next((s for s in KNOWN_SUFFIXES if lower.endswith(s)), Path(lower).suffix)
+
+
+@dataclass
+class Services:
+    """Everything handlers share: config, storage, the segmenter and which weights it runs."""
+
+    config: AppConfig
+    storage: Storage
+    segmenter: IrisSegmenter
+    weights_path: Path | None
+    warning: str = ""
+    jobs: TrainingJobs = field(default_factory=TrainingJobs)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    _volumes: OrderedDict[int, Volume] = field(default_factory=OrderedDict)
+
+    @property
+    def model_version(self) -> str:
+        return self.segmenter.model_version
+
+    @property
+    def untrained(self) -> bool:
+        return self.weights_path is None
+
+    def load_weights(self, path: Path | None) -> None:
+        """Switch to a checkpoint (None: an untrained model) and load the DB prototypes into its bank."""
+        segmenter, warning = make_segmenter(path, self.config.device)
+        with self.lock:
+            self.segmenter, self.weights_path, self.warning = segmenter, path if not warning else None, warning
+            sync_bank_from_db(self.storage, self.segmenter)
+
+    def case_volume(self, case_id: int) -> Volume:
+        """The stored case read back as a Volume (cached for the few most recent cases)."""
+        with self.lock:
+            if case_id in self._volumes:
+                self._volumes.move_to_end(case_id)
+                return self._volumes[case_id]
+        case = self.storage.cases.get(case_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            link = Path(tmp) / f"case{file_suffix(case.source_filename)}"
+            shutil.copyfile(case.file_path, link)
+            volume = read_image(link, max_bytes=self.config.upload_limit_bytes)
+        volume.source = case.source_filename
+        with self.lock:
+            self._volumes[case_id] = volume
+            if len(self._volumes) > VOLUME_CACHE:
+                self._volumes.popitem(last=False)
+        return volume
+
+    def add_case(self, paths: list[Path], name: str | None = None) -> CaseRecord:
+        """Read an upload (one file, or several DICOM files zipped together), check it and store it."""
+        if not paths:
+            raise IrisInputError("no file was uploaded")
+        with tempfile.TemporaryDirectory() as tmp:
+            source = paths[0] if len(paths) == 1 else _zip_files(paths, Path(tmp) / "series.zip")
+            volume = read_image(source, max_bytes=self.config.upload_limit_bytes)
+            if volume.array.size > self.config.max_voxels:
+                raise IrisInputError(f"{source.name}: {volume.array.size} voxels is over this studio's limit of "
+                                     f"{self.config.max_voxels}")
+            metadata = CaseMetadata(
+                name=name or _display_name(source), source_filename=source.name, shape=volume.shape,
+                modality=volume.modality, spacing=volume.spacing,
+                affine=tuple(tuple(float(v) for v in row) for row in volume.affine))
+            case = self.storage.cases.add_case(source, metadata)
+        volume.source = case.source_filename
+        with self.lock:
+            self._volumes[case.id] = volume
+        return case
+
+    def forget_case(self, case_id: int) -> None:
+        with self.lock:
+            self._volumes.pop(case_id, None)
+
+    def close(self) -> None:
+        self.jobs.cancel_all(self.storage)
+        self.storage.close()
+
+
+def _display_name(path: Path) -> str:
+    return path.name[: -len(file_suffix(path.name))] or path.name
+
+
+def _zip_files(paths: list[Path], target: Path) -> Path:
+    """Several uploaded files (a DICOM series) as one zip, the form the DICOM reader and the store keep."""
+    with zipfile.ZipFile(target, "w") as archive:
+        for i, p in enumerate(paths):
+            archive.write(p, f"{i:05d}_{Path(p).name}")
+    return target
+
+
+def make_segmenter(path: Path | None, device: str) -> tuple[IrisSegmenter, str]:
+    """A segmenter from a checkpoint, or an untrained one with the warning to show when that fails."""
+    config = InferenceConfig(device=device)
+    if path is not None:
+        try:
+            return IrisSegmenter.from_checkpoint(path, config), ""
+        except CheckpointError as error:
+            reason = str(error)
+    else:
+        reason = "no weights file configured"
+    torch.manual_seed(0)
+    model = IrisModel(ModelConfig())
+    model.version = UNTRAINED_VERSION
+    log.warning("using an UNTRAINED model: %s", reason)
+    return IrisSegmenter(model, config=config), f"UNTRAINED MODEL: predictions are meaningless ({reason})."
+
+
+def sync_bank_from_db(storage: Storage, segmenter: IrisSegmenter) -> None:
+    """Overlay the DB prototypes of this model version on the checkpoint's memory bank."""
+    state = segmenter.memory_bank.state_dict()
+    embeddings, counts = dict(state["embeddings"]), dict(state["counts"])  # type: ignore[arg-type]
+    for record in storage.prototypes.list(segmenter.model_version):
+        embedding = TaskEmbedding.from_bytes(record.embedding)
+        embeddings[record.class_name] = embedding.tokens[0].float()
+        counts[record.class_name] = record.update_count
+    segmenter.memory_bank = MemoryBank.from_state_dict({**state, "embeddings": embeddings, "counts": counts})
+
+
+def resolve_weights(config: AppConfig, storage: Storage) -> Path | None:
+    """Explicit --weights, else the active registered model, else the shipped weights (None if absent)."""
+    if config.weights is not None:
+        return Path(config.weights)
+    active = storage.models.active()
+    if active is not None and active.path.is_file():
+        return active.path
+    return SHIPPED_WEIGHTS if SHIPPED_WEIGHTS.is_file() else None
+
+
+def build_services(config: AppConfig, with_demo: bool = True) -> Services:
+    """Open the store (migrations, crash cleanup, interrupted runs), create the demo case, load the model."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    storage = Storage.open(config.db_url, config.data_dir)
+    if with_demo:
+        ensure_demo_case(storage, config.data_dir)
+    weights = resolve_weights(config, storage)
+    segmenter, warning = make_segmenter(weights, config.device)
+    services = Services(config, storage, segmenter, None if warning else weights, warning)
+    sync_bank_from_db(storage, segmenter)
+    return services
+
+
+def prototype_tokens(services: Services, volume: Volume, mask: np.ndarray, class_name: str) -> torch.Tensor:
+    """(T, C) task tokens of one class from an accepted mask (the memory-bank update input)."""
+    embedding = services.segmenter.encode([Support(volume, mask.astype(np.uint8))], [class_name])
+    return embedding.tokens[0]

@@ -1,0 +1,62 @@
+"""Training worker process: fine-tune a checkpoint on the studio's exported slices (`python -m app.train_worker`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from app.jobs import DATASET, FINAL_FILE
+from iris_engine.checkpoint import load_checkpoint, save_checkpoint
+from iris_engine.config import ModelConfig, TrainConfig
+from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
+from iris_engine.data.msd import MSDDataset
+from iris_engine.data.slices import build_slice_bank
+from iris_engine.data.splits import Split
+from iris_engine.memory_bank import MemoryBank
+from iris_engine.training.run import ResumableSampler, refresh_memory_bank
+from iris_engine.training.trainer import Trainer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Fine-tune IRIS on studio-curated slices.")
+    parser.add_argument("--out", type=Path, required=True, help="run folder (log, checkpoints, summary)")
+    parser.add_argument("--data-root", type=Path, required=True, help="folder holding the exported MSD dataset")
+    parser.add_argument("--init", type=Path, default=None, help="checkpoint to fine-tune (default: from scratch)")
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Train, rebuild the memory bank from the final weights (plain class names) and write final.pt."""
+    args = build_parser().parse_args(argv)
+    model_config = load_checkpoint(args.init).model.config if args.init else ModelConfig()
+    n = args.iterations
+    config = TrainConfig(iterations=n, batch_size=args.batch_size, lr=args.lr, warmup_iterations=max(1, n // 10),
+                         log_every=max(1, n // 100), checkpoint_every=n, num_threads=args.threads,
+                         model=model_config)
+    cases = MSDDataset(args.data_root / DATASET).case_ids
+    split = Split(seed=0, train_cases={DATASET: cases}, test_cases={DATASET: []},
+                  patients={DATASET: {c: c for c in cases}}, held_out_fraction=0.0)
+    bank = build_slice_bank((DATASET,), root=args.data_root, size=model_config.image_size, cache_dir=None)
+    sampler = EpisodeSampler(bank, split, EpisodeConfig.from_train_config(config), seed=0)
+    trainer = Trainer(config, ResumableSampler(sampler), args.out, show_progress=False)
+    if args.init is not None:
+        trainer.initialise_from(args.init)
+    result = trainer.fit()
+    loaded = load_checkpoint(result.checkpoint)
+    refreshed = refresh_memory_bank(loaded.model, bank, split, config.memory_momentum).state_dict()
+    prefix = f"{DATASET}/"
+    renamed = {k: {name.removeprefix(prefix): v for name, v in refreshed[k].items()} for k in ("embeddings", "counts")}
+    memory = MemoryBank.from_state_dict({**refreshed, **renamed})
+    final = save_checkpoint(args.out / FINAL_FILE, loaded.model, memory, {}, loaded.metadata)
+    summary = {"iterations": result.iterations, "final_loss": result.final_loss, "seconds": round(result.seconds, 1)}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return final
+
+
+if __name__ == "__main__":
+    main()

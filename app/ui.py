@@ -1,0 +1,318 @@
+"""Gradio layout of the studio; every callback is a thin wrapper over app.handlers / app.training."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from app import display, handlers, training
+from app.demo import DEMO_NAME
+from app.handlers import Session
+from app.services import Services
+from iris_engine.errors import IrisInputError
+from storage.errors import StorageError
+
+log = logging.getLogger(__name__)
+EXPECTED = (handlers.HandlerError, IrisInputError, StorageError)
+
+
+def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn any failure into a readable gr.Error; the server keeps running."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EXPECTED as error:
+            raise gr.Error(str(error)) from error
+        except gr.Error:
+            raise
+        except Exception as error:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"Unexpected error ({type(error).__name__}): {error}") from error
+
+    return wrapper
+
+
+def build_ui(services: Services) -> gr.Blocks:
+    """The studio: Segment, Cases & classes, Training tabs."""
+    h, t = handlers, training
+
+    def gradio_progress(progress: gr.Progress) -> Callable[[float, str], None]:
+        return lambda fraction, message: progress(fraction, desc=message)
+
+    def view_outputs(session: Session, view: str, index: int, window: str, opacity: float, mode: str,
+                     result_class: str | None) -> Any:
+        return h.render_slice(services, session, view, index, window, opacity, mode, result_class)
+
+    def case_choices() -> list[tuple[str, int]]:
+        return [(f"{c.id}: {c.name}", c.id) for c in services.storage.cases.list()]
+
+    def opened(session: Session, message: str) -> tuple[Any, ...]:
+        volume = h.canonical(services, session)
+        window = display.default_window(h.current_volume(services, session).modality)
+        top = display.depth(volume.shape, "axial") - 1
+        middle = top // 2
+        return (session, gr.update(choices=case_choices(), value=session.case_id), h.case_summary(services, session),
+                gr.update(maximum=max(top, 1), value=middle, interactive=top > 0), "axial", window,
+                h.render_slice(services, session, "axial", middle, window, 0.5),
+                h.editor_value(services, session, middle, window), middle, h.support_rows(session), message,
+                h.result_rows(services, session))
+
+    with gr.Blocks(title="IRIS Studio") as demo:
+        session = gr.State(Session)
+        paint_index = gr.State(0)
+        gr.Markdown("# IRIS Studio — in-context segmentation")
+        banner = gr.Markdown(f"⚠️ **{services.warning}**" if services.warning else "", visible=bool(services.warning),
+                             elem_id="weights-warning")
+        with gr.Tab("Segment"):
+            with gr.Row():
+                upload = gr.File(label="Upload NIfTI, DICOM (.dcm files or a .zip), PNG/JPEG/TIFF or NumPy",
+                                 file_count="multiple", scale=2)
+                with gr.Column(scale=1):
+                    case_pick = gr.Dropdown(label="Stored case", choices=case_choices(), elem_id="case-pick")
+                    open_btn = gr.Button("Open case")
+            case_info = gr.Markdown("No case open.", elem_id="case-info")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    viewer = gr.Image(label="Viewer", interactive=False, elem_id="viewer", height=420)
+                    with gr.Row():
+                        view = gr.Radio(list(display.VIEWS), value="axial", label="View")
+                        window = gr.Dropdown(list(display.WINDOWS), value="MR / auto", label="Window / level")
+                    index = gr.Slider(0, 1, value=0, step=1, label="Slice", elem_id="slice")
+                    with gr.Row():
+                        opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
+                        mode = gr.Radio(list(handlers.DISPLAY_MODES), value="overlay", label="Show")
+                with gr.Column(scale=1):
+                    with gr.Tab("1 · Support"):
+                        editor = gr.ImageEditor(label="Paint the structure on this axial slice", type="numpy",
+                                                sources=(), transforms=(), layers=False, elem_id="support-editor",
+                                                brush=gr.Brush(default_size=12, colors=["#ff3030"],
+                                                               color_mode="fixed"),
+                                                eraser=gr.Eraser(default_size=12), height=420)
+                        with gr.Row():
+                            class_name = gr.Dropdown(label="Class name (type a new one or pick)",
+                                                     choices=h.class_names(services), allow_custom_value=True,
+                                                     elem_id="class-name")
+                            add_btn = gr.Button("Add support", variant="primary", elem_id="add-support")
+                        with gr.Row():
+                            stored = gr.Dropdown(label="…or a stored mask from any case",
+                                                 choices=h.stored_supports(services))
+                            add_stored_btn = gr.Button("Add stored support")
+                        supports = gr.Dataframe(headers=["class", "support"], label="Supports", interactive=False)
+                        clear_btn = gr.Button("Clear supports", size="sm")
+                    with gr.Tab("2 · Segment"):
+                        strategy = gr.Radio(list(handlers.STRATEGIES), value="One-shot", label="Strategy",
+                                            elem_id="strategy")
+                        bank_classes = gr.Dropdown(label="Memory-bank classes", multiselect=True,
+                                                   choices=services.segmenter.memory_bank.class_names)
+                        with gr.Row():
+                            steps = gr.Slider(1, 100, value=20, step=1, label="Tuning steps")
+                            lr = gr.Number(value=1e-2, label="Tuning learning rate")
+                        with gr.Row():
+                            run_btn = gr.Button("Segment", variant="primary", elem_id="run-segmentation")
+                            cancel_btn = gr.Button("Cancel")
+                        results = gr.Dataframe(headers=["class", "size", "mean confidence", "voxels"],
+                                               label="Result", interactive=False, elem_id="results")
+                        result_class = gr.Dropdown(label="Class (confidence view, correction)", choices=[])
+                    with gr.Tab("3 · Correct & accept"):
+                        corrector = gr.ImageEditor(label="Edit the predicted mask on this slice", type="numpy",
+                                                   sources=(), transforms=(), layers=False, height=420,
+                                                   brush=gr.Brush(default_size=8, colors=["#30c030"],
+                                                                  color_mode="fixed"),
+                                                   eraser=gr.Eraser(default_size=8))
+                        with gr.Row():
+                            load_fix_btn = gr.Button("Load mask of this slice")
+                            apply_fix_btn = gr.Button("Apply edit to slice")
+                        with gr.Row():
+                            accept_btn = gr.Button("Accept", variant="primary", elem_id="accept")
+                            undo_btn = gr.Button("Undo last accept")
+                        with gr.Row():
+                            fmt = gr.Radio(["NIfTI", "PNG", "DICOM-SEG"], value="NIfTI", label="Download as")
+                            export_btn = gr.Button("Prepare download")
+                        download = gr.File(label="Download", interactive=False)
+            status = gr.Markdown("", elem_id="status")
+        with gr.Tab("Cases & classes"):
+            cases_table = gr.Dataframe(headers=["id", "name", "shape", "modality", "annotations", "accepted",
+                                                "created"], value=h.list_cases(services), interactive=False)
+            with gr.Row():
+                refresh_btn = gr.Button("Refresh")
+                manage_pick = gr.Dropdown(label="Case", choices=case_choices())
+                reopen_btn = gr.Button("Reopen in Segment tab")
+                confirm = gr.Checkbox(label="I understand this deletes the case and its masks")
+                delete_btn = gr.Button("Delete case", variant="stop")
+            bank_info = gr.Markdown(h.bank_summary(services), elem_id="bank-info")
+            proto_class = gr.Dropdown(label="Class", choices=h.class_names(services))
+            proto_table = gr.Dataframe(headers=["model version", "value", "updates", "time"], interactive=False,
+                                       label="Prototype history")
+        with gr.Tab("Training"):
+            curated = gr.CheckboxGroup(label="Curated cases (accepted masks and annotations)",
+                                       choices=t.curated_cases(services))
+            with gr.Row():
+                iterations = gr.Slider(10, 2000, value=services.config.train_iterations, step=10, label="Iterations")
+                train_btn = gr.Button("Start fine-tuning", variant="primary")
+                stop_btn = gr.Button("Cancel run")
+                activate_btn = gr.Button("Use the new weights")
+            run_id = gr.State(t.latest_run_id(services))
+            train_status = gr.Markdown("No training run yet.")
+            loss_plot = gr.LinePlot(pd.DataFrame({"iteration": [], "loss": []}), x="iteration", y="loss",
+                                    title="Training loss")
+            timer = gr.Timer(2.0)
+
+        view_inputs = [session, view, index, window, opacity, mode, result_class]
+        open_outputs = [session, case_pick, case_info, index, view, window, viewer, editor, paint_index, supports,
+                        status, results]
+
+        @guard
+        def on_upload(s: Session, files: list[str] | None) -> tuple[Any, ...]:
+            return opened(s, h.load_case(services, s, files))
+
+        @guard
+        def on_open(s: Session, case_id: int | None) -> tuple[Any, ...]:
+            case = h.open_case(services, s, case_id)
+            return opened(s, f"Opened **{case.name}**.")
+
+        def on_start(s: Session) -> tuple[Any, ...]:
+            cases = services.storage.cases.list()
+            demo_cases = [c for c in cases if c.name == DEMO_NAME]
+            if not cases:
+                return (s, gr.update(), "No case yet: upload one.", *[gr.update()] * 9)
+            case = (demo_cases or cases)[-1]
+            h.open_case(services, s, case.id)
+            return opened(s, f"Demo case **{case.name}** is open: paint a structure, name it, add it as a support.")
+
+        upload.upload(on_upload, [session, upload], open_outputs)
+        open_btn.click(on_open, [session, case_pick], open_outputs)
+        demo.load(on_start, [session], open_outputs)
+
+        @guard
+        def on_view(s: Session, v: str, i: int, w: str, o: float, m: str, c: str | None) -> tuple[Any, ...]:
+            top = h.slider_max(services, s, v)
+            i = min(int(i), top)
+            return gr.update(maximum=max(top, 1), value=i), view_outputs(s, v, i, w, o, m, c)
+
+        @guard
+        def on_slice(s: Session, v: str, i: int, w: str, o: float, m: str, c: str | None) -> tuple[Any, ...]:
+            image = view_outputs(s, v, i, w, o, m, c)
+            if v != "axial":
+                return image, gr.update(), gr.update()
+            return image, h.editor_value(services, s, i, w), int(i)
+
+        view.change(on_view, view_inputs, [index, viewer])
+        index.release(on_slice, view_inputs, [viewer, editor, paint_index])
+        for control in (window, opacity, mode, result_class):
+            control.change(guard(view_outputs), view_inputs, [viewer])
+
+        @guard
+        def on_add(s: Session, value: dict[str, Any], name: str, i: int) -> tuple[Any, ...]:
+            message = h.add_support(services, s, value, name, i)
+            return h.support_rows(s), message, gr.update(choices=h.class_names(services), value=name.strip()), \
+                gr.update(choices=h.stored_supports(services))
+
+        add_btn.click(on_add, [session, editor, class_name, paint_index], [supports, status, class_name, stored])
+
+        @guard
+        def on_add_stored(s: Session, key: str | None) -> tuple[Any, ...]:
+            return h.support_rows(s), h.add_stored_support(services, s, key)
+
+        add_stored_btn.click(on_add_stored, [session, stored], [supports, status])
+        clear_btn.click(lambda s: ([], h.clear_supports(s)), [session], [supports, status])
+
+        @guard
+        def on_run(s: Session, strat: str, classes: list[str], n: int, rate: float, v: str, i: int, w: str,
+                   o: float, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+            message = h.run_segmentation(services, s, strat, classes or [], n, rate, gradio_progress(progress))
+            names = s.result.segmentation.class_names if s.result else []
+            return (message, h.result_rows(services, s), gr.update(choices=names, value=names[0] if names else None),
+                    h.render_slice(services, s, v, i, w, o))
+
+        run_event = run_btn.click(on_run, [session, strategy, bank_classes, steps, lr, view, index, window, opacity],
+                                  [status, results, result_class, viewer])
+        cancel_btn.click(h.cancel_segmentation, [session], [status], cancels=[run_event])
+
+        @guard
+        def on_load_fix(s: Session, c: str | None, i: int, w: str) -> Any:
+            if not c:
+                raise handlers.HandlerError("pick the result class to correct")
+            return h.editor_value(services, s, i, w, c)
+
+        load_fix_btn.click(on_load_fix, [session, result_class, paint_index, window], [corrector])
+
+        @guard
+        def on_apply_fix(s: Session, c: str | None, i: int, value: dict[str, Any], v: str, vi: int, w: str,
+                         o: float) -> tuple[Any, ...]:
+            if not c:
+                raise handlers.HandlerError("pick the result class to correct")
+            message = h.apply_correction(services, s, c, i, value)
+            return message, h.result_rows(services, s), h.render_slice(services, s, v, vi, w, o)
+
+        apply_fix_btn.click(on_apply_fix, [session, result_class, paint_index, corrector, view, index, window,
+                                           opacity], [status, results, viewer])
+
+        def refreshed_lists(message: str) -> tuple[Any, ...]:
+            return (message, h.bank_summary(services), gr.update(choices=h.stored_supports(services)),
+                    gr.update(choices=services.segmenter.memory_bank.class_names),
+                    gr.update(choices=h.class_names(services)), gr.update(choices=t.curated_cases(services)),
+                    h.list_cases(services))
+
+        list_outputs = [status, bank_info, stored, bank_classes, proto_class, curated, cases_table]
+
+        @guard
+        def on_accept(s: Session, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+            return refreshed_lists(h.accept(services, s, gradio_progress(progress)))
+
+        accept_btn.click(on_accept, [session], list_outputs)
+        undo_btn.click(guard(lambda s: refreshed_lists(h.undo_accept(services, s))), [session], list_outputs)
+        export_btn.click(guard(lambda s, f, i: str(h.export_mask(services, s, f, int(i)))),
+                         [session, fmt, paint_index], [download])
+
+        refresh_btn.click(lambda: (h.list_cases(services), gr.update(choices=case_choices()),
+                                   h.bank_summary(services)), None, [cases_table, manage_pick, bank_info])
+        reopen_btn.click(on_open, [session, manage_pick], open_outputs)
+
+        @guard
+        def on_delete(s: Session, case_id: int | None, ok: bool) -> tuple[Any, ...]:
+            message = h.delete_case(services, s, case_id, ok)
+            return (h.list_cases(services), gr.update(choices=case_choices(), value=None),
+                    gr.update(choices=case_choices()), message, False)
+
+        delete_btn.click(on_delete, [session, manage_pick, confirm], [cases_table, manage_pick, case_pick, status,
+                                                                     confirm])
+        proto_class.change(guard(lambda c: h.prototype_rows(services, c)), [proto_class], [proto_table])
+
+        def plot(rows: list[list[Any]]) -> pd.DataFrame:
+            return pd.DataFrame(rows, columns=["iteration", "loss"])
+
+        @guard
+        def on_train(ids: list[int], n: int) -> tuple[Any, ...]:
+            run = t.start_training(services, ids, int(n))
+            message, rows = t.poll_training(services, run.id)
+            return run.id, message, plot(rows)
+
+        train_btn.click(on_train, [curated, iterations], [run_id, train_status, loss_plot])
+
+        def on_tick(rid: int | None) -> tuple[Any, ...]:
+            if rid is None or not services.jobs.is_running(int(rid)) and \
+                    services.storage.runs.get(int(rid)).status != "running":
+                return gr.update(), gr.update()
+            message, rows = t.poll_training(services, rid)
+            return message, plot(rows)
+
+        timer.tick(on_tick, [run_id], [train_status, loss_plot], show_progress="hidden")
+        stop_btn.click(guard(lambda rid: t.cancel_training(services, rid)), [run_id], [train_status])
+
+        @guard
+        def on_activate(rid: int | None) -> tuple[Any, ...]:
+            message = t.activate_model(services, rid)
+            return (message, gr.update(value="", visible=False), h.bank_summary(services),
+                    gr.update(choices=services.segmenter.memory_bank.class_names))
+
+        activate_btn.click(on_activate, [run_id], [train_status, banner, bank_info, bank_classes])
+        demo.load(lambda rid: t.poll_training(services, rid)[0] if rid is not None else "No training run yet.",
+                  [run_id], [train_status])
+    return demo

@@ -1,0 +1,72 @@
+"""Start IRIS Studio: `python run_app.py [--host H] [--port P] [--data-dir D] [--share --auth U:P] ...`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from app.auth import AuthError, check_exposure, parse_auth, share_server_reachable
+from app.config import AppConfig, default_data_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="IRIS Studio: few-shot (in-context) medical image segmentation.")
+    on_space = bool(os.environ.get("SPACE_ID"))
+    parser.add_argument("--host", default="0.0.0.0" if on_space else "127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; other addresses need --auth)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                        help="port (default 7860)")
+    data_help = f"folder for the database, files and runs (default $IRIS_DATA_DIR or {default_data_dir()})"
+    parser.add_argument("--data-dir", type=Path, default=None, help=data_help)
+    parser.add_argument("--db-url", default=None, help="SQLAlchemy database URL (default SQLite in the data folder)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="checkpoint to load (default $IRIS_WEIGHTS, the active trained model, then "
+                             "assets/weights/iris2d.pt; missing: an untrained model with a warning)")
+    parser.add_argument("--device", default="cpu", help="torch device for inference (cpu, cuda, cuda:1 ...)")
+    parser.add_argument("--share", action="store_true", help="create a public Gradio share link (requires --auth)")
+    parser.add_argument("--auth", default=None, help="USER:PASSWORD login (or $IRIS_AUTH); required for --share "
+                                                     "and for non-localhost --host")
+    parser.add_argument("--no-demo", action="store_true", help="do not create the demo case on first start")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    on_space = bool(os.environ.get("SPACE_ID"))
+    try:
+        auth = parse_auth(args.auth)
+        if not on_space:
+            check_exposure(args.share, args.host, auth)
+    except AuthError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.share and not share_server_reachable():
+        print("error: cannot create a share link: the Gradio share server (api.gradio.app) is unreachable "
+              "from this machine (no internet?). Run without --share, or check the network.", file=sys.stderr)
+        return 3
+    from app.services import build_services
+    from app.ui import build_ui
+
+    config = AppConfig(host=args.host, port=args.port, device=args.device, db_url=args.db_url, weights=args.weights,
+                       **({"data_dir": args.data_dir} if args.data_dir else {}))
+    services = build_services(config, with_demo=not args.no_demo)
+    demo = build_ui(services)
+    try:
+        _, _, share_url = demo.queue(default_concurrency_limit=2).launch(
+            server_name=config.host, server_port=config.port, share=args.share, auth=auth,
+            max_file_size=config.upload_limit_bytes, show_error=True, prevent_thread_lock=True)
+        if args.share and not share_url:
+            print("error: the share link could not be created; the app is not shared.", file=sys.stderr)
+            return 3
+        demo.block_thread()
+    finally:
+        services.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
