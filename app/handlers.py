@@ -69,6 +69,10 @@ class Session:
     result: Result | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Session:
+        """Gradio deep-copies state values; a session (with its cancel event) is kept by reference."""
+        return self
+
 
 # ---------------------------------------------------------------- cases and viewing
 

@@ -25,6 +25,7 @@ from iris_engine.io.readers import read_image
 from iris_engine.io.volume import Volume
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
+from iris_engine.preprocess import to_canonical
 from storage import Storage
 from storage.records import CaseMetadata, CaseRecord
 
@@ -179,6 +180,12 @@ def build_services(config: AppConfig, with_demo: bool = True) -> Services:
 
 
 def prototype_tokens(services: Services, volume: Volume, mask: np.ndarray, class_name: str) -> torch.Tensor:
-    """(T, C) task tokens of one class from an accepted mask (the memory-bank update input)."""
-    embedding = services.segmenter.encode([Support(volume, mask.astype(np.uint8))], [class_name])
+    """(T, C) task tokens of one class from an accepted mask, leaving out axial slices it fills completely."""
+    canon, transform = to_canonical(volume)
+    slices = transform.apply(mask.astype(bool))
+    if canon.ndim == 3:
+        slices[:, :, slices.all(axis=(0, 1))] = False
+    elif slices.all():
+        slices[:] = False
+    embedding = services.segmenter.encode([Support(volume, transform.invert(slices).astype(np.uint8))], [class_name])
     return embedding.tokens[0]

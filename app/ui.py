@@ -65,7 +65,7 @@ def build_ui(services: Services) -> gr.Blocks:
                 h.result_rows(services, session))
 
     with gr.Blocks(title="IRIS Studio") as demo:
-        session = gr.State(Session)
+        session = gr.State(lambda: Session())
         paint_index = gr.State(0)
         gr.Markdown("# IRIS Studio — in-context segmentation")
         banner = gr.Markdown(f"⚠️ **{services.warning}**" if services.warning else "", visible=bool(services.warning),
