@@ -123,7 +123,8 @@ class IrisSegmenter:
                 raise IrisInputError("this is a 3D model: give it a 3D volume")
             canonical, transform = to_canonical(volume)
             tensor, geometry3d = volume_to_model_input_3d(canonical, size, self.preprocess)
-            return tensor, lambda p: transform.invert(model_output_to_volume_3d(p[0], geometry3d)), (transform, geometry3d)
+            restore_3d = lambda p: transform.invert(model_output_to_volume_3d(p[0], geometry3d))  # noqa: E731
+            return tensor, restore_3d, (transform, geometry3d)
         canonical, transform = to_canonical(volume)
         tensor, geometry = volume_to_model_slices(canonical, size, axis=-1, cfg=self.preprocess)
         return tensor, lambda p: transform.invert(model_slices_to_volume(p, geometry)), (transform, geometry)
@@ -157,7 +158,10 @@ class IrisSegmenter:
             digest.update(np.ascontiguousarray(support.mask).tobytes())
         return digest.hexdigest()
 
-    def support_batch(self, supports: Sequence[Support], class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def support_batch(
+        self, supports: Sequence[Support], class_names: Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model-space support images and masks of a support set, concatenated."""
         if not supports:
             raise IrisInputError("at least one support (image + mask) is needed")
         pairs = [self._support_tensors(s, len(class_names)) for s in supports]
