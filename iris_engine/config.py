@@ -45,10 +45,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """How raw intensities become model input."""
+    """How raw intensities become model input (the same for training slices and inference).
+
+    CT in Hounsfield units is clipped to the paper's window; everything else to a percentile window
+    (0.5-99.5, the window the shipped model was trained with; the paper's 2-98 is a config change away).
+    """
 
     ct_window: tuple[float, float] = (-990.0, 500.0)
-    percentile_window: tuple[float, float] = (2.0, 98.0)
+    percentile_window: tuple[float, float] = (0.5, 99.5)
 
 
 @dataclass(frozen=True)

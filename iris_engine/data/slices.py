@@ -17,21 +17,15 @@ from iris_engine.data.catalog import dataset_info, default_datasets
 from iris_engine.data.msd import MSDDataset
 from iris_engine.data.shared_paths import REPO_ROOT, shared_data_dir
 from iris_engine.errors import IrisInputError
+from iris_engine.preprocess import normalize_intensity
 
 BANK_FORMAT_VERSION = 1
-HU_WINDOW = (-990.0, 500.0)
 DEFAULT_CACHE_DIR = REPO_ROOT / "runs" / "cache"
 
 
 def normalise_intensities(array: np.ndarray, hounsfield: bool = False) -> np.ndarray:
-    """Clip to the 0.5-99.5 percentiles (after the HU window for CT) and z-score, over the whole array."""
-    a = np.asarray(array, dtype=np.float32)
-    if hounsfield:
-        a = np.clip(a, *HU_WINDOW)
-    lo, hi = np.percentile(a, [0.5, 99.5])
-    a = np.clip(a, lo, hi)
-    std = float(a.std())
-    return (a - float(a.mean())) / (std if std > 1e-6 else 1.0)
+    """The inference normalisation (`preprocess.normalize_intensity`) over a whole volume or image."""
+    return normalize_intensity(array, "CT" if hounsfield else "MR")
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
