@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from iris_engine.errors import IrisInputError
+
 VIEWS = ("axial", "coronal", "sagittal")
 VIEW_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
 WINDOWS: dict[str, tuple[float, float] | None] = {
@@ -97,7 +99,14 @@ def painted_mask(editor_value: dict[str, Any] | None, shape: tuple[int, int]) ->
         if layer is None:
             continue
         array = np.asarray(layer)
-        alpha = array[..., 3] > 0 if array.ndim == 3 and array.shape[2] == 4 else array.reshape(array.shape[:2]) > 0
+        if array.dtype.kind not in "biuf" or array.ndim not in (2, 3) or array.size == 0 \
+                or (array.dtype.kind == "f" and not np.isfinite(array).all()):
+            raise IrisInputError(f"the painted layer is not an image (shape {array.shape}, {array.dtype}); "
+                                 "paint on the slice again")
+        if array.ndim == 3:
+            alpha = array[..., 3] > 0 if array.shape[2] == 4 else (array > 0).any(axis=2)
+        else:
+            alpha = array > 0
         painted = alpha if painted is None or painted.shape != alpha.shape else painted | alpha
     if painted is None:
         return np.zeros(shape, dtype=bool)

@@ -180,6 +180,12 @@ def _painted_volume(services: Services, session: Session, painted: dict[str, Any
     return transform.invert(full)
 
 
+def _fills_slice(services: Services, session: Session, mask: np.ndarray, index: int) -> bool:
+    """True if the painted mask covers every pixel of the axial slice it was painted on."""
+    canon = to_canonical(current_volume(services, session))[1].apply(mask)
+    return bool(canon[:, :, int(index)].all() if canon.ndim == 3 else canon.all())
+
+
 # ---------------------------------------------------------------- supports
 
 def add_support(services: Services, session: Session, painted: dict[str, Any] | None, class_name: str,
@@ -191,6 +197,8 @@ def add_support(services: Services, session: Session, painted: dict[str, Any] | 
     mask = _painted_volume(services, session, painted, index)
     if not mask.any():
         raise HandlerError("nothing painted: draw on the slice with the brush first")
+    if _fills_slice(services, session, mask, index):
+        raise HandlerError("the painted mask covers the whole slice: paint only the structure, not the background")
     record = services.storage.annotations.add(session.case_id, name, mask, stored_slices(mask),
                                               author=services.config.author)
     case = services.storage.cases.get(record.case_id)

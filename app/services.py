@@ -91,12 +91,16 @@ class Services:
         """Read an upload (one file, or several DICOM files zipped together), check it and store it."""
         if not paths:
             raise IrisInputError("no file was uploaded")
+        check_upload_size(paths, self.config.upload_limit_bytes)
         with tempfile.TemporaryDirectory() as tmp:
             source = paths[0] if len(paths) == 1 else _zip_files(paths, Path(tmp) / "series.zip")
-            volume = read_image(source, max_bytes=self.config.upload_limit_bytes)
+            volume = read_image(source, max_bytes=self.config.upload_limit_bytes, max_voxels=self.config.max_voxels)
             if volume.array.size > self.config.max_voxels:
                 raise IrisInputError(f"{source.name}: {volume.array.size} voxels is over this studio's limit of "
-                                     f"{self.config.max_voxels}")
+                                     f"{self.config.max_voxels} voxels")
+            if volume.array.min() == volume.array.max():
+                raise IrisInputError(f"{source.name}: the image is constant (every voxel is "
+                                     f"{float(volume.array.flat[0]):g}); there is nothing to segment")
             metadata = CaseMetadata(
                 name=name or _display_name(source), source_filename=source.name, shape=volume.shape,
                 modality=volume.modality, spacing=volume.spacing,
@@ -114,6 +118,18 @@ class Services:
     def close(self) -> None:
         self.jobs.cancel_all(self.storage)
         self.storage.close()
+
+
+def check_upload_size(paths: list[Path], limit: int) -> None:
+    """Refuse an upload over the size limit from the file sizes alone, before anything is read or copied."""
+    sizes = []
+    for p in paths:
+        if not p.is_file():
+            raise IrisInputError(f"{p.name}: file not found")
+        sizes.append(p.stat().st_size)
+    if sum(sizes) > limit:
+        raise IrisInputError(f"upload of {sum(sizes)} bytes is over this studio's limit of {limit} bytes "
+                             f"({limit / 1024**2:.0f} MiB)")
 
 
 def _display_name(path: Path) -> str:

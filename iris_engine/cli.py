@@ -187,7 +187,10 @@ def read_supports(pairs: Sequence[Sequence[str]]) -> list[Support]:
     supports = []
     for image_path, mask_path in pairs:
         volume = read_image(image_path)
-        supports.append(Support(volume, _support_label_map(read_mask(mask_path, reference=volume))))
+        labels = _support_label_map(read_mask(mask_path, reference=volume))
+        if not labels.any():
+            raise IrisInputError(f"support mask {mask_path} is empty: it must label the structure to segment")
+        supports.append(Support(volume, labels))
     return supports
 
 
@@ -346,7 +349,7 @@ class BatchSegmenter:
                 write_dicom_seg(masks, job.volume, list(self.embedding.class_names), target)
             else:
                 write_mask(_label_map(probabilities, masks), job.volume, target)
-        except (IrisInputError, OSError, ValueError) as error:
+        except (IrisInputError, OSError, ValueError, AttributeError, KeyError, TypeError) as error:
             self._record(FileResult(job.path, "failed", _reason(error, job.path), job.volume.shape))
             return
         voxels = ", ".join(f"{name}={int(m.sum())}" for name, m in zip(self.embedding.class_names, masks, strict=True))

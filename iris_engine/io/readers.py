@@ -32,8 +32,12 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 DICOM_MODALITIES = {"CT": "CT", "MR": "MR"}
 
 
-def read_image(path: str | Path, modality: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Volume:
-    """Read an image or volume file (or a DICOM folder/zip) into a validated float32 `Volume`."""
+def read_image(path: str | Path, modality: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+               max_voxels: int | None = None) -> Volume:
+    """Read an image or volume file (or a DICOM folder/zip) into a validated float32 `Volume`.
+
+    `max_voxels` is checked against the header (NIfTI, NumPy, image size) before the data is decoded.
+    """
     p = Path(path)
     if modality is not None and modality not in MODALITIES:
         raise IrisInputError(f"{p}: unknown modality {modality!r}; expected one of {MODALITIES}")
@@ -41,12 +45,16 @@ def read_image(path: str | Path, modality: str | None = None, max_bytes: int = D
         volume = _read_dicom_folder(p, max_bytes)
     else:
         kind = _file_kind(p, max_bytes)
+        if max_voxels is not None:
+            _check_voxels(_header_shape(p, kind), max_voxels, p)
         if kind == "nifti":
             volume = _read_nifti(p)
         elif kind == "pillow":
             volume = Volume(_pillow_to_grey(_open_pillow(p), p), modality="photo", source=str(p))
         elif kind == "numpy":
-            volume = Volume(_squeeze(_load_numpy(p), p).astype(np.float32), source=str(p))
+            array = _squeeze(_load_numpy(p), p)
+            _check_dtype(array, p)
+            volume = Volume(array.astype(np.float32), source=str(p))
         elif kind == "zip":
             volume = _read_dicom_zip(p, max_bytes)
         else:
@@ -107,6 +115,37 @@ def _file_kind(p: Path, max_bytes: int) -> str:
     raise IrisInputError(
         f"{p}: unknown file type {p.suffix!r} (expected NIfTI, DICOM, PNG/JPEG/TIFF, NumPy, zip)"
     )
+
+
+def _header_shape(p: Path, kind: str) -> tuple[int, ...] | None:
+    """The data shape a file announces before its data is decoded (None: unknown without decoding)."""
+    try:
+        if kind == "nifti":
+            return tuple(int(n) for n in _load_nifti(p).shape)
+        if kind == "pillow":
+            with Image.open(p) as img:
+                return (img.height, img.width)
+        if kind == "numpy" and p.name.lower().endswith(".npy"):
+            with p.open("rb") as f:
+                version = np.lib.format.read_magic(f)
+                shape, _, _ = np.lib.format._read_array_header(f, version)  # noqa: SLF001 - header only
+                return tuple(int(n) for n in shape)
+    except IrisInputError:
+        raise
+    except Exception:  # noqa: BLE001 - unreadable headers are reported by the full read with its own message
+        return None
+    return None
+
+
+def _check_voxels(shape: tuple[int, ...] | None, max_voxels: int, p: Path) -> None:
+    if shape is not None and int(np.prod(shape, dtype=np.float64)) > max_voxels:
+        raise IrisInputError(f"{p.name}: {'x'.join(map(str, shape))} is {int(np.prod(shape, dtype=np.float64))} "
+                             f"voxels, over the limit of {max_voxels} voxels")
+
+
+def _check_dtype(array: np.ndarray, p: Path) -> None:
+    if array.dtype.kind not in "biuf":
+        raise IrisInputError(f"{p}: unsupported data type {array.dtype}; expected integer or real values")
 
 
 def _has_dicom_magic(p: Path) -> bool:
@@ -249,12 +288,22 @@ def _read_dicom_folder(folder: Path, max_bytes: int) -> Volume:
     return _volume_from_dicom(datasets, str(folder))
 
 
-def _try_dcmread(source: Path | io.BytesIO) -> pydicom.Dataset | None:
-    """A DICOM dataset with pixel data, or None for files that are not DICOM images."""
+def _try_dcmread(source: Path | io.BytesIO, name: str = "") -> pydicom.Dataset | None:
+    """A DICOM dataset with pixel data, or None for files that are not DICOM images.
+
+    A file that carries the DICOM marker but cannot be parsed is corrupt: it is refused, not skipped.
+    """
     try:
         ds = pydicom.dcmread(source)
-    except Exception:
+    except Exception as exc:
+        marked = source.getvalue()[128:132] == b"DICM" if isinstance(source, io.BytesIO) else _has_dicom_magic(source)
+        if marked:
+            label = name or (source.name if isinstance(source, Path) else "member")
+            raise IrisInputError(f"{label}: corrupt DICOM file in the series ({exc})") from exc
         return None
+    if "PixelData" not in ds and "Rows" in ds:
+        label = name or (source.name if isinstance(source, Path) else "member")
+        raise IrisInputError(f"{label}: truncated DICOM image in the series (its pixel data is missing)")
     return ds if "PixelData" in ds else None
 
 
@@ -264,7 +313,8 @@ def _read_dicom_zip(p: Path, max_bytes: int) -> Volume:
         with zipfile.ZipFile(p) as archive:
             entries = [info for info in archive.infolist() if not info.is_dir()]
             _check_zip_entries(entries, p, max_bytes)
-            datasets = [ds for ds in (_try_dcmread(io.BytesIO(archive.read(info))) for info in entries) if ds]
+            read = (_try_dcmread(io.BytesIO(archive.read(info)), info.filename) for info in entries)
+            datasets = [ds for ds in read if ds]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
         raise IrisInputError(f"{p}: unreadable or corrupt zip archive ({exc})") from exc
     if not datasets:

@@ -1,0 +1,100 @@
+"""Shared fixtures of the reliability tests: a tiny checkpoint, app services, before/after snapshots, servers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.config import AppConfig
+from app.services import Services, build_services
+from iris_engine.checkpoint import save_checkpoint
+from iris_engine.config import ModelConfig
+from iris_engine.model.iris import IrisModel
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=64, decoder_channels=8, num_heads=2,
+                   task_encoder_layers=1, decoder_layers=1)
+UPLOAD_LIMIT = 64 * 1024**2
+VOXEL_LIMIT = 8 * 1024**2
+VOLATILE = ("-shm",)  # SQLite's shared-memory index changes on every read; it holds no data
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.pt", IrisModel(TINY))
+
+
+def make_services(data_dir: Path, weights: Path, **overrides: object) -> Services:
+    config = AppConfig(data_dir=data_dir, weights=weights, upload_limit_bytes=UPLOAD_LIMIT, max_voxels=VOXEL_LIMIT)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return build_services(config, with_demo=False)
+
+
+@pytest.fixture(scope="module")
+def module_services(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Iterator[Services]:
+    services = make_services(tmp_path_factory.mktemp("studio") / "data", tiny_checkpoint)
+    yield services
+    services.close()
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under root (relative path -> digest), volatile SQLite index files left out."""
+    digests = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.name.endswith(VOLATILE):
+            digests[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def snapshot(services: Services) -> tuple[dict[str, int], dict[str, str]]:
+    return services.storage.maintenance.row_counts(), tree_digest(services.config.data_dir)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """run_app.py in a child process at the lowest CPU priority, output in `log`."""
+    environment = {k: v for k, v in os.environ.items() if k != "IRIS_AUTH"}
+    environment |= {"GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
+    with log.open("wb") as out:
+        return subprocess.Popen(["nice", "-n", "19", sys.executable, str(ROOT / "run_app.py"), *args], stdout=out,
+                                stderr=subprocess.STDOUT, env=environment, cwd=ROOT)
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 240) -> None:
+    """Until the URL answers at all (any HTTP status counts)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            assert process.poll() is None, log.read_text(errors="replace")
+            time.sleep(0.5)
+    raise AssertionError(f"{url} never answered:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
