@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", help="create a public Gradio share link (requires --auth)")
     parser.add_argument("--auth", default=None, help="USER:PASSWORD login (or $IRIS_AUTH); required for --share "
                                                      "and for non-localhost --host")
+    parser.add_argument("--max-upload-mb", type=float, default=None,
+                        help="largest upload in MiB (default $IRIS_MAX_UPLOAD_MB or 1024)")
+    parser.add_argument("--max-voxels", type=int, default=None,
+                        help="largest image/volume in voxels (default $IRIS_MAX_VOXELS or 67108864)")
     parser.add_argument("--no-demo", action="store_true", help="do not create the demo case on first start")
     return parser
 
@@ -51,8 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     from app.services import build_services
     from app.ui import build_ui
 
-    config = AppConfig(host=args.host, port=args.port, device=args.device, db_url=args.db_url, weights=args.weights,
-                       **({"data_dir": args.data_dir} if args.data_dir else {}))
+    limits = {}
+    if args.max_upload_mb is not None:
+        limits["upload_limit_bytes"] = int(args.max_upload_mb * 1024**2)
+    if args.max_voxels is not None:
+        limits["max_voxels"] = args.max_voxels
+    if any(v <= 0 for v in limits.values()):
+        print("error: --max-upload-mb and --max-voxels must be positive", file=sys.stderr)
+        return 2
+    try:
+        config = AppConfig(host=args.host, port=args.port, device=args.device, db_url=args.db_url,
+                           weights=args.weights, **({"data_dir": args.data_dir} if args.data_dir else {}), **limits)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     services = build_services(config, with_demo=not args.no_demo)
     demo = build_ui(services)
     try:

@@ -98,3 +98,24 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+USER, PASSWORD = "clinician", "s3cret-pass"
+SERVER_UPLOAD_MB = 1
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Iterator[tuple[str, Path]]:
+    """run_app.py bound to 0.0.0.0 with a login, the demo case and a 1 MiB upload limit; spoken to on 127.0.0.1."""
+    folder = tmp_path_factory.mktemp("server")
+    port = free_port()
+    log = folder / "server.log"
+    process = start_app(["--host", "0.0.0.0", "--port", str(port), "--auth", f"{USER}:{PASSWORD}", "--data-dir",
+                         str(folder / "data"), "--weights", str(tiny_checkpoint), "--max-upload-mb",
+                         str(SERVER_UPLOAD_MB)], log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/config", process, log)
+        yield url, log
+    finally:
+        stop(process)
