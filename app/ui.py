@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
+from gradio import processing_utils
 
 from app import display, handlers, training
 from app.demo import DEMO_NAME
@@ -19,6 +23,23 @@ from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 EXPECTED = (handlers.HandlerError, IrisInputError, StorageError)
+
+
+def _atomic_save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: str = "webp") -> str:  # noqa: A002
+    """Gradio's image cache with an atomic write: files are named by content, and Gradio rewrites one in place
+    while another request may be streaming it (concurrent identical outputs then fail with a short body)."""
+    data = processing_utils.encode_pil_to_bytes(img, format)
+    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    folder.mkdir(exist_ok=True, parents=True)
+    target = (folder / f"{name}.{format}").resolve()
+    if not target.is_file() or target.stat().st_size != len(data):
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return str(target)
+
+
+processing_utils.save_pil_to_cache = _atomic_save_pil_to_cache
 
 
 def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
