@@ -87,7 +87,8 @@ def load_checkpoint(
         raise CheckpointError(f"{path.name} is not an IRIS checkpoint (no format version)")
     if payload["format_version"] != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(
-            f"{path.name} has checkpoint format {payload['format_version']}, this code reads {CHECKPOINT_FORMAT_VERSION}"
+            f"{path.name} has checkpoint format {payload['format_version']}, "
+            f"this code reads {CHECKPOINT_FORMAT_VERSION}"
         )
     config_dict = payload["model_config"]
     state = payload["state_dict"]

@@ -44,10 +44,9 @@ class TaskEmbedding:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        torch.save(
-            {"tokens": self.tokens.detach().cpu(), "class_names": self.class_names, "model_version": self.model_version},
-            buffer,
-        )
+        payload = {"tokens": self.tokens.detach().cpu(), "class_names": self.class_names,
+                   "model_version": self.model_version}
+        torch.save(payload, buffer)
         return buffer.getvalue()
 
     @classmethod

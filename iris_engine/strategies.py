@@ -52,7 +52,9 @@ def _default_names(k: int, class_names: list[str] | None) -> list[str]:
 def validate_supports(images: torch.Tensor, masks: torch.Tensor, spatial_dims: int) -> None:
     """Clear errors for support pairs the model cannot use."""
     if images.ndim != spatial_dims + 2:
-        raise IrisInputError(f"support images must be (N, 1, *S) with {spatial_dims} spatial dims, got {tuple(images.shape)}")
+        raise IrisInputError(
+            f"support images must be (N, 1, *S) with {spatial_dims} spatial dims, got {tuple(images.shape)}"
+        )
     if masks.ndim != images.ndim or masks.shape[0] != images.shape[0] or masks.shape[2:] != images.shape[2:]:
         raise IrisInputError(
             f"support masks {tuple(masks.shape)} do not match support images {tuple(images.shape)}: "
@@ -167,7 +169,8 @@ def context_ensemble(
         total = sum(p * present.view(1, -1, *[1] * (p.ndim - 2)) for p, present in per_support)
         count = sum(present.float() for _, present in per_support).view(1, -1, *[1] * (queries.ndim - 2))
         probabilities = total / count
-    return SegmentationResult(probabilities, probabilities >= config.threshold, embedding.class_names, embedding, timings)
+    masks = probabilities >= config.threshold
+    return SegmentationResult(probabilities, masks, embedding.class_names, embedding, timings)
 
 
 def memory_retrieval(

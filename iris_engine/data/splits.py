@@ -17,6 +17,9 @@ from iris_engine.errors import IrisInputError
 SPLIT_FORMAT_VERSION = 1
 
 
+# Structures that exist in no other shared dataset, so they are truly unseen in training.
+DEFAULT_HELD_OUT_CLASSES = (("segthor_ct", "esophagus"), ("mscmr_cardiac_mr", "right_ventricle"))
+
 @dataclass
 class Split:
     """Per dataset the train and test case ids, plus held-out datasets and (dataset, class) pairs."""
@@ -130,7 +133,7 @@ def make_split(
     seed: int,
     held_out_fraction: float = 0.25,
     held_out_datasets: tuple[str, ...] = ("hc18_fetal_us",),
-    held_out_classes: tuple[tuple[str, str], ...] = (("segthor_ct", "esophagus"), ("mscmr_cardiac_mr", "right_ventricle")),
+    held_out_classes: tuple[tuple[str, str], ...] = DEFAULT_HELD_OUT_CLASSES,
     datasets: tuple[str, ...] | None = None,
     root: str | Path | None = None,
 ) -> Split:
