@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -62,6 +63,15 @@ def read_log(out_dir: Path) -> list[dict[str, float]]:
     return records
 
 
+def clean_run_partials(runs_dir: Path) -> int:
+    """Remove half-written files (checkpoint saves are temp + rename) left in run folders by a dead worker."""
+    removed = 0
+    for path in runs_dir.glob("*/**/*.partial") if runs_dir.is_dir() else []:
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def _tail(path: Path, lines: int = 8) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
@@ -77,7 +87,8 @@ class TrainingJobs:
               iterations: int) -> TrainingRunRecord:
         """Launch `python -m app.train_worker` on the exported data in `out_dir`; the run becomes running."""
         command = [sys.executable, "-m", "app.train_worker", "--out", str(out_dir),
-                   "--data-root", str(out_dir / "data"), "--iterations", str(iterations)]
+                   "--data-root", str(out_dir / "data"), "--iterations", str(iterations),
+                   "--parent-pid", str(os.getpid())]
         if init is not None:
             command += ["--init", str(init)]
         log = (out_dir / WORKER_LOG).open("wb")

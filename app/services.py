@@ -16,7 +16,7 @@ import torch
 
 from app.config import SHIPPED_WEIGHTS, AppConfig
 from app.demo import ensure_demo_case
-from app.jobs import TrainingJobs
+from app.jobs import TrainingJobs, clean_run_partials
 from iris_engine.config import InferenceConfig, ModelConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import CheckpointError, IrisInputError
@@ -186,6 +186,8 @@ def build_services(config: AppConfig, with_demo: bool = True) -> Services:
     """Open the store (migrations, crash cleanup, interrupted runs), create the demo case, load the model."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     storage = Storage.open(config.db_url, config.data_dir)
+    if not storage.runs.list(status="running"):  # runs of a dead studio were just marked interrupted
+        clean_run_partials(config.data_dir / "runs")
     if with_demo:
         ensure_demo_case(storage, config.data_dir)
     weights = resolve_weights(config, storage)

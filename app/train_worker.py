@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 from app.jobs import DATASET, FINAL_FILE
@@ -27,12 +30,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit as soon as this process (the studio that started the run) is gone")
     return parser
+
+
+def exit_with_parent(parent_pid: int, interval_s: float = 0.5) -> threading.Thread:
+    """Watchdog: a run whose studio died (killed, crashed) stops instead of training on unobserved."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os._exit(3)
+
+    thread = threading.Thread(target=watch, name="parent-watchdog", daemon=True)
+    thread.start()
+    return thread
 
 
 def main(argv: list[str] | None = None) -> Path:
     """Train, rebuild the memory bank from the final weights (plain class names) and write final.pt."""
     args = build_parser().parse_args(argv)
+    if args.parent_pid is not None:
+        exit_with_parent(args.parent_pid)
     model_config = load_checkpoint(args.init).model.config if args.init else ModelConfig()
     n = args.iterations
     config = TrainConfig(iterations=n, batch_size=args.batch_size, lr=args.lr, warmup_iterations=max(1, n // 10),

@@ -52,7 +52,7 @@ class BlobStore:
 
     def put_stream(self, src: BinaryIO, expected_sha256: str | None = None) -> tuple[str, str]:
         """Copy a stream into the store through a temp file, fsync it, then rename it into place."""
-        tmp = self.tmp / f"{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+        tmp = self.tmp / f"{os.getpid()}-{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
         digest = hashlib.sha256()
         try:
             with open(tmp, "wb") as out:
@@ -99,17 +99,35 @@ class BlobStore:
         return time.time() - self.path_for(sha256).stat().st_mtime
 
     def clean_temp(self, older_than_s: float = 0.0) -> int:
-        """Remove partial files left by interrupted writers; returns how many were removed."""
+        """Remove partial files left by interrupted writers; returns how many were removed.
+
+        Files older than older_than_s go, and so, whatever their age, do those whose writer process (its pid
+        leads the name) is no longer alive on this machine.
+        """
         removed = 0
         now = time.time()
         for path in self.tmp.glob(f"*{PARTIAL_SUFFIX}"):
             try:
-                if now - path.stat().st_mtime >= older_than_s:
+                if now - path.stat().st_mtime >= older_than_s or writer_is_dead(path.name):
                     path.unlink()
                     removed += 1
             except FileNotFoundError:  # renamed into place by its writer meanwhile
                 continue
         return removed
+
+
+def writer_is_dead(name: str) -> bool:
+    """True if a partial file's name starts with the pid of a process that no longer exists (not ours)."""
+    head = name.split("-", 1)[0]
+    if not head.isdigit() or int(head) == os.getpid():
+        return False
+    try:
+        os.kill(int(head), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, OSError):
+        return False
+    return False
 
 
 def file_sha256(path: Path) -> str:
