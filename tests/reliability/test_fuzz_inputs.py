@@ -172,3 +172,16 @@ def test_cli_support_mask_is_refused(key: str, tiny_checkpoint: Path, good_pair:
 
 def test_iris_input_error_is_a_value_error() -> None:
     assert issubclass(IrisInputError, ValueError)
+
+
+@pytest.mark.parametrize("case", [c for c in CORPUS if c.category in ("zip", "size")][:4], ids=lambda c: c.id)
+def test_ui_shows_the_message_not_a_traceback(case: BadInput, module_services: Services, tmp_path: Path) -> None:
+    """Through the UI wrapper the same message reaches the browser as a gr.Error, never 'Unexpected error'."""
+    import gradio as gr
+
+    from app.ui import guard
+
+    paths = case.make(tmp_path)
+    with pytest.raises(gr.Error) as caught:
+        guard(h.load_case)(module_services, Session(), [str(p) for p in paths])
+    assert re.search(case.match, caught.value.message, re.IGNORECASE) and not UGLY.search(caught.value.message)
