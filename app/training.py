@@ -67,9 +67,11 @@ def start_training(services: Services, case_ids: Sequence[int], iterations: int)
     run = services.storage.runs.create(f"studio-{time.strftime('%Y%m%d-%H%M%S')}", config, ids)
     out_dir = services.config.data_dir / "runs" / f"run{run.id:04d}"
     count = export_slices(out_dir / "data", (s for i in ids for s in case_slices(services, i, names)), names)
-    if count == 0:
-        services.storage.runs.update_status(run.id, "cancelled", "no labelled slices in the chosen cases")
-        raise HandlerError("the chosen cases have no labelled slices")
+    if count < 2:  # episodes take support and query from different slices: one slice cannot train
+        reason = "no labelled slices" if count == 0 else "only one labelled slice"
+        services.storage.runs.update_status(run.id, "cancelled", f"{reason} in the chosen cases")
+        raise HandlerError(f"the chosen cases have {reason}; training needs at least two (annotate another slice "
+                           "or accept a mask)")
     return services.jobs.start(services.storage, run, out_dir, services.weights_path, int(iterations))
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from app.config import AppConfig
 from app.services import Services, build_services
@@ -30,7 +31,11 @@ VOLATILE = ("-shm",)  # SQLite's shared-memory index changes on every read; it h
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.pt", IrisModel(TINY))
+    """An untrained tiny model with fixed weights: what it predicts is the same in every run."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = IrisModel(TINY)
+    return save_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.pt", model)
 
 
 def make_services(data_dir: Path, weights: Path, **overrides: object) -> Services:

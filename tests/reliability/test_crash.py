@@ -80,11 +80,18 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def wait_for(condition: Callable[[], bool], process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen[bytes], log: Path, timeout: float,
+             worker: tuple[int, Path] | None = None) -> None:
+    """Poll until `condition` holds; fail at once (with the log) if the studio, or its training worker
+    (pid, worker log), exits first, and after `timeout` s (generous: a loaded 2-core CI machine, studio at nice 19)."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert process.poll() is None, log.read_text(errors="replace")[-3000:]
-        assert time.monotonic() < deadline, "the studio never reached the crash point"
+        if worker is not None:
+            assert alive(worker[0]) or condition(), \
+                f"the training worker exited before training:\n{worker[1].read_text(errors='replace')[-3000:]}"
+        assert time.monotonic() < deadline, \
+            f"the studio never reached the crash point in {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}"
         time.sleep(0.2)
 
 
@@ -126,6 +133,9 @@ def test_kill_during_save(tmp_path: Path, tiny_checkpoint: Path, restarted: list
     finally:
         kill(process)
     accepted = json.loads((data_dir / "accepted.json").read_text())
+    # the first accept must have folded the corrected box into a prototype before the crash (an all-slice mask
+    # would leave none: prototype_tokens drops slices a mask fills completely)
+    assert "prototype updated" in log.read_text(errors="replace"), log.read_text(errors="replace")[-3000:]
 
     services = make_services(data_dir, tiny_checkpoint)  # the studio's own start-up, seconds after the crash
     restarted.append(services)
@@ -147,7 +157,7 @@ def test_kill_during_training(tmp_path: Path, tiny_checkpoint: Path, restarted: 
         info = json.loads((data_dir / "worker.json").read_text())
         out = Path(str(info["out"]))
         wait_for(lambda: (out / "train_log.jsonl").exists() and (out / "train_log.jsonl").stat().st_size > 0,
-                 process, log, timeout=240)
+                 process, log, timeout=240, worker=(int(info["pid"]), out / "worker.log"))  # type: ignore[call-overload]
     finally:
         kill(process)
     worker = int(info["pid"])  # type: ignore[call-overload]

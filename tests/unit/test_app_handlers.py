@@ -126,6 +126,9 @@ def test_training_run_succeeds_and_switches_weights(services, nifti: Path) -> No
     session = Session()
     h.load_case(services, session, [str(nifti)])
     h.add_support(services, session, painted(services, session, 2), "blob", 2)
+    with pytest.raises(HandlerError, match="only one labelled slice"):  # refused up front, no worker started
+        training.start_training(services, [session.case_id], 4)
+    assert services.storage.runs.list()[-1].status == "cancelled"
     h.add_support(services, session, painted(services, session, 4), "blob", 4)
     assert training.curated_cases(services)
     run = training.start_training(services, [session.case_id], 4)
