@@ -17,7 +17,7 @@ WINDOWS: dict[str, tuple[float, float] | None] = {
     "CT bone": (400.0, 1800.0),
     "MR / auto": None,
 }
-MIN_DISPLAY = 384
+MIN_DISPLAY = 512  # px: small slices are shown (and painted on) at least about this large
 
 
 def default_window(modality: str | None) -> str:
@@ -81,6 +81,11 @@ def display_scale(shape: tuple[int, int]) -> int:
 
 def upscale(image: np.ndarray, scale: int) -> np.ndarray:
     return image if scale == 1 else np.kron(image, np.ones((scale, scale) + (1,) * (image.ndim - 2), dtype=image.dtype))
+
+
+def enlarge(image: np.ndarray) -> np.ndarray:
+    """A rendered slice upscaled (nearest neighbour, whole pixels) for display only, like the editors' background."""
+    return upscale(image, display_scale(image.shape[:2]))
 
 
 def mask_layer(mask: np.ndarray, color: str, scale: int) -> np.ndarray:

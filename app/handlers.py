@@ -300,7 +300,7 @@ def run_segmentation(services: Services, session: Session, strategy: str, bank_c
                                                      {"seconds": round(seconds, 3), "supports": len(supports)}).id
     session.result = Result(session.case_id, segmentation, ids, segmentation.masks.copy(), seconds)
     return f"{strategy} finished in {seconds:.2f} s: " + ", ".join(
-        f"{row[0]} {row[1]}" for row in result_rows(services, session))
+        f"{row[0]} {row[1]} ({row[3]} voxels)" for row in result_rows(services, session))
 
 
 def cancel_segmentation(session: Session) -> str:

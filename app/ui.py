@@ -23,6 +23,8 @@ from storage.errors import StorageError
 
 log = logging.getLogger(__name__)
 EXPECTED = (handlers.HandlerError, IrisInputError, StorageError)
+VIEW_HEIGHT = display.MIN_DISPLAY + 32  # px of the viewer and both editors (room for the toolbars)
+BRUSH_RADIUS = 12  # image px of the displayed (upscaled) slice: Gradio's brush size is a radius
 
 
 def _atomic_save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: str = "webp") -> str:  # noqa: A002
@@ -69,7 +71,7 @@ def build_ui(services: Services) -> gr.Blocks:
 
     def view_outputs(session: Session, view: str, index: int, window: str, opacity: float, mode: str,
                      result_class: str | None) -> Any:
-        return h.render_slice(services, session, view, index, window, opacity, mode, result_class)
+        return display.enlarge(h.render_slice(services, session, view, index, window, opacity, mode, result_class))
 
     def case_choices() -> list[tuple[str, int]]:
         return [(f"{c.id}: {c.name}", c.id) for c in services.storage.cases.list()]
@@ -81,7 +83,7 @@ def build_ui(services: Services) -> gr.Blocks:
         middle = top // 2
         return (session, gr.update(choices=case_choices(), value=session.case_id), h.case_summary(services, session),
                 gr.update(maximum=max(top, 1), value=middle, interactive=top > 0), "axial", window,
-                h.render_slice(services, session, "axial", middle, window, 0.5),
+                display.enlarge(h.render_slice(services, session, "axial", middle, window, 0.5)),
                 h.editor_value(services, session, middle, window), middle, h.support_rows(session), message,
                 h.result_rows(services, session))
 
@@ -101,7 +103,8 @@ def build_ui(services: Services) -> gr.Blocks:
             case_info = gr.Markdown("No case open.", elem_id="case-info")
             with gr.Row():
                 with gr.Column(scale=1):
-                    viewer = gr.Image(label="Viewer", interactive=False, elem_id="viewer", height=420)
+                    viewer = gr.Image(label="Viewer", interactive=False, elem_id="viewer",
+                                      height=VIEW_HEIGHT)
                     with gr.Row():
                         view = gr.Radio(list(display.VIEWS), value="axial", label="View")
                         window = gr.Dropdown(list(display.WINDOWS), value="MR / auto", label="Window / level")
@@ -113,9 +116,10 @@ def build_ui(services: Services) -> gr.Blocks:
                     with gr.Tab("1 · Support"):
                         editor = gr.ImageEditor(label="Paint the structure on this axial slice", type="numpy",
                                                 sources=(), transforms=(), layers=False, elem_id="support-editor",
-                                                brush=gr.Brush(default_size=12, colors=["#ff3030"],
+                                                brush=gr.Brush(default_size=BRUSH_RADIUS, colors=["#ff3030"],
                                                                color_mode="fixed"),
-                                                eraser=gr.Eraser(default_size=12), height=420)
+                                                eraser=gr.Eraser(default_size=BRUSH_RADIUS),
+                                                height=VIEW_HEIGHT)
                         with gr.Row():
                             class_name = gr.Dropdown(label="Class name (type a new one or pick)",
                                                      choices=h.class_names(services), allow_custom_value=True,
@@ -143,7 +147,7 @@ def build_ui(services: Services) -> gr.Blocks:
                         result_class = gr.Dropdown(label="Class (confidence view, correction)", choices=[])
                     with gr.Tab("3 · Correct & accept"):
                         corrector = gr.ImageEditor(label="Edit the predicted mask on this slice", type="numpy",
-                                                   sources=(), transforms=(), layers=False, height=420,
+                                                   sources=(), transforms=(), layers=False, height=VIEW_HEIGHT,
                                                    brush=gr.Brush(default_size=8, colors=["#30c030"],
                                                                   color_mode="fixed"),
                                                    eraser=gr.Eraser(default_size=8))
@@ -168,9 +172,9 @@ def build_ui(services: Services) -> gr.Blocks:
                 confirm = gr.Checkbox(label="I understand this deletes the case and its masks")
                 delete_btn = gr.Button("Delete case", variant="stop")
             bank_info = gr.Markdown(h.bank_summary(services), elem_id="bank-info")
-            proto_class = gr.Dropdown(label="Class", choices=h.class_names(services))
+            proto_class = gr.Dropdown(label="Class", choices=h.class_names(services), elem_id="proto-class")
             proto_table = gr.Dataframe(headers=["model version", "value", "updates", "time"], interactive=False,
-                                       label="Prototype history")
+                                       label="Prototype history", elem_id="proto-table")
         with gr.Tab("Training"):
             curated = gr.CheckboxGroup(label="Curated cases (accepted masks and annotations)",
                                        choices=t.curated_cases(services))
@@ -250,7 +254,7 @@ def build_ui(services: Services) -> gr.Blocks:
             message = h.run_segmentation(services, s, strat, classes or [], n, rate, gradio_progress(progress))
             names = s.result.segmentation.class_names if s.result else []
             return (message, h.result_rows(services, s), gr.update(choices=names, value=names[0] if names else None),
-                    h.render_slice(services, s, v, i, w, o))
+                    display.enlarge(h.render_slice(services, s, v, i, w, o)))
 
         run_event = run_btn.click(on_run, [session, strategy, bank_classes, steps, lr, view, index, window, opacity],
                                   [status, results, result_class, viewer])
@@ -270,7 +274,7 @@ def build_ui(services: Services) -> gr.Blocks:
             if not c:
                 raise handlers.HandlerError("pick the result class to correct")
             message = h.apply_correction(services, s, c, i, value)
-            return message, h.result_rows(services, s), h.render_slice(services, s, v, vi, w, o)
+            return message, h.result_rows(services, s), display.enlarge(h.render_slice(services, s, v, vi, w, o))
 
         apply_fix_btn.click(on_apply_fix, [session, result_class, paint_index, corrector, view, index, window,
                                            opacity], [status, results, viewer])
