@@ -43,6 +43,18 @@ def group_summary(payload: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {g: {s: float(np.mean(v)) for s, v in per.items()} for g, per in summary.items()}
 
 
+def common_task_summary(payload: dict[str, Any]) -> dict[str, Any]:
+    """Mean Dice over the tasks where every support-based strategy and baseline ran (a like-for-like row).
+
+    The memory bank is left out of the requirement: it has no entry for unseen classes and datasets.
+    """
+    required = [s for s in _strategies(payload) if s != "memory_bank"]
+    means = [{s: _mean_std(t["dice"].get(s, []))[0] for s in required} for t in payload["tasks"]]
+    common = [row for row in means if all(not math.isnan(v) for v in row.values())]
+    return {"tasks": len(common), "of": len(means),
+            "dice": {s: float(np.mean([row[s] for row in common])) if common else float("nan") for s in required}}
+
+
 def _strategies(payload: dict[str, Any]) -> list[str]:
     seen = {s for task in payload["tasks"] for s in task["dice"]}
     return [s for s in STRATEGY_ORDER if s in seen] + sorted(seen - set(STRATEGY_ORDER))
@@ -74,6 +86,11 @@ def render_markdown(payload: dict[str, Any]) -> str:
         count = sum(1 for t in payload["tasks"] if t["group"] == group)
         cells = [f"{per[s]:.3f}" if s in per else "n/a" for s in strategies]
         lines.append(f"| {group} | {count} | " + " | ".join(cells) + " |")
+    common = common_task_summary(payload)
+    lines += ["", f"Like for like, over the {common['tasks']} of {common['of']} tasks where every support-based "
+              "strategy and baseline ran (all groups together):", "",
+              "| " + " | ".join(common["dice"]) + " |", "|" + "---|" * len(common["dice"]),
+              "| " + " | ".join(f"{v:.3f}" for v in common["dice"].values()) + " |"]
     lines += ["", "## Per task (Dice, mean ± std over support draws)", ""]
     lines.append("| group | dataset / class | " + " | ".join(strategies) + " | query patients |")
     lines.append("|---|---|" + "---|" * len(strategies) + "---|")
@@ -132,7 +149,7 @@ def _plot(payload: dict[str, Any], path: Path) -> None:
 def write_report(payload: dict[str, Any], out: Path) -> dict[str, Path]:
     """Write report.md, report.json and report.png into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    payload = {**payload, "summary": group_summary(payload)}
+    payload = {**payload, "summary": group_summary(payload), "common_task_summary": common_task_summary(payload)}
     paths = {"markdown": out / "report.md", "json": out / "report.json", "plot": out / "report.png"}
     atomic_write(paths["markdown"], lambda tmp: tmp.write_text(render_markdown(payload), encoding="utf-8"))
     atomic_write(paths["json"], lambda tmp: tmp.write_text(json.dumps(json_safe(payload), indent=2), encoding="utf-8"))
