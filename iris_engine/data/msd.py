@@ -102,7 +102,11 @@ class MSDDataset:
                 raise IrisInputError(f"{self.name}/{case_id}: missing file {path}")
         if case.is_3d:
             image, spacing = self._read_nifti(case.image)
-            label, _ = self._read_nifti(case.label)
+            label, label_spacing = self._read_nifti(case.label)
+            if not np.allclose(spacing, label_spacing, rtol=1e-3):
+                raise IrisInputError(
+                    f"{self.name}/{case_id}: image spacing {spacing} != label spacing {label_spacing}"
+                )
             spacing = self._spacing_override(case_id, len(spacing)) or spacing
         else:
             image = self._read_image_2d(case.image)

@@ -79,6 +79,15 @@ def test_msd_shape_mismatch_is_clear(tiny_root: Path) -> None:
         MSDDataset(tiny_root / "missing")
 
 
+def test_msd_geometry_mismatch_is_clear(tiny_root: Path) -> None:
+    folder = tiny_root / "toy3d"
+    label_path = folder / "labelsTr" / "toy3d_000.nii.gz"
+    label = nib.load(label_path)
+    nib.save(nib.Nifti1Image(np.asanyarray(label.dataobj), np.diag([1.5, 1.5, 5.0, 1.0])), label_path)
+    with pytest.raises(IrisInputError, match="spacing"):
+        MSDDataset(folder).load_case("toy3d_000")
+
+
 def _split(root: Path, seed: int = 0, **kw) -> Split:
     return make_split(seed, held_out_datasets=(), held_out_classes=(), datasets=("toy2d", "toy3d"), root=root, **kw)
 
