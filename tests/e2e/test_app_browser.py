@@ -35,6 +35,7 @@ from iris_engine.checkpoint import save_checkpoint
 from iris_engine.config import ModelConfig
 from iris_engine.model.iris import IrisModel
 from storage import Storage
+from tests.processes import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -101,12 +102,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, Weights]]:
                 time.sleep(1)
         yield url, data, weights
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop(process)
 
 
 def wait_status(page: Any, text: str, timeout_s: float) -> str:

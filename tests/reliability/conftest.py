@@ -20,6 +20,7 @@ from app.services import Services, build_services
 from iris_engine.checkpoint import save_checkpoint
 from iris_engine.config import ModelConfig
 from iris_engine.model.iris import IrisModel
+from tests.processes import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=64, decoder_channels=8, num_heads=2,
@@ -93,16 +94,6 @@ def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: fl
             assert process.poll() is None, log.read_text(errors="replace")
             time.sleep(0.5)
     raise AssertionError(f"{url} never answered:\n{log.read_text(errors='replace')[-3000:]}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 USER, PASSWORD = "clinician", "s3cret-pass"
