@@ -234,9 +234,18 @@ class Evaluator:
 
 
 def run_evaluation(
-    checkpoint: Path, out: Path, split: Split, bank: SliceBank, config: EvalConfig, datasets: list[str] | None = None
+    checkpoint: Path,
+    out: Path,
+    split: Split,
+    config: EvalConfig,
+    bank: SliceBank | None = None,
+    datasets: list[str] | None = None,
+    data_root: Path | None = None,
 ) -> dict[str, Any]:
+    """Evaluate one checkpoint; the slice bank is built at the model's input size unless given."""
     loaded = load_checkpoint(checkpoint)
+    if bank is None:
+        bank = build_slice_bank(root=data_root, size=loaded.model.config.image_size)
     evaluator = Evaluator(loaded.model, loaded.memory_bank, bank, split, config)
     specs = [s for s in evaluation_tasks(bank, split) if datasets is None or s.dataset in datasets]
     start = time.perf_counter()
@@ -292,9 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     split_path = args.split or args.checkpoint.parent / "split.json"
     split = Split.load(split_path) if split_path.exists() else make_split(args.split_seed, root=args.data_root)
-    loaded_size = load_checkpoint(args.checkpoint).model.config.image_size
-    bank = build_slice_bank(root=args.data_root, size=loaded_size)
     config = EvalConfig(seeds=tuple(args.seeds), max_queries=args.max_queries, tuning_steps=args.tuning_steps)
-    payload = run_evaluation(args.checkpoint, args.out, split, bank, config, args.datasets)
+    payload = run_evaluation(args.checkpoint, args.out, split, config, datasets=args.datasets, data_root=args.data_root)
     print(json.dumps({"report": str(args.out / "report.md"), "seconds": payload["seconds"]}))
     return payload

@@ -58,7 +58,7 @@ def test_harness_keeps_supports_and_queries_apart_and_writes_reports(tmp_path: P
     checkpoint = save_checkpoint(tmp_path / "model.pt", IrisModel(TINY), memory)
     config = EvalConfig(seeds=(0, 1), max_queries=4, ensemble_sizes=(2,), tuning_steps=2)
 
-    payload = run_evaluation(checkpoint, tmp_path / "report", split, bank, config)
+    payload = run_evaluation(checkpoint, tmp_path / "report", split, config, bank)
 
     tasks = {(t["dataset"], t["class_name"]): t for t in payload["tasks"]}
     assert tasks[("toy3d", "organ_b")]["group"] == GROUP_CLASS
