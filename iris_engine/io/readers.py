@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 import nibabel as nib
@@ -19,6 +19,8 @@ import pydicom
 from PIL import Image
 
 from iris_engine.errors import IrisInputError
+from iris_engine.io.dicom_series import DicomScan, DicomSeries, DicomSource, group_series, is_dicom_file, read_dataset
+from iris_engine.io.limits import DEFAULT_LIMITS
 from iris_engine.io.volume import MODALITIES, Volume
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -41,6 +43,21 @@ def read_image(path: str | Path, modality: str | None = None, max_bytes: int = D
     p = Path(path)
     if modality is not None and modality not in MODALITIES:
         raise IrisInputError(f"{p}: unknown modality {modality!r}; expected one of {MODALITIES}")
+    try:
+        volume = _read_volume(p, max_bytes, max_voxels)
+    except IrisInputError:
+        raise
+    except (ValueError, TypeError, OverflowError) as exc:  # a header value that does not parse ('1A' as a number)
+        raise IrisInputError(f"{p}: malformed value in the file's header ({_describe(exc)})") from exc
+    _validate_array(volume.array, p)
+    _check_geometry(volume, p)
+    if modality is not None:
+        volume.modality = modality
+    return volume
+
+
+def _read_volume(p: Path, max_bytes: int, max_voxels: int | None) -> Volume:
+    """Read a file, folder or zip by its kind; headers are checked against `max_voxels` before decoding."""
     if p.is_dir():
         volume = _read_dicom_folder(p, max_bytes)
     else:
@@ -59,16 +76,36 @@ def read_image(path: str | Path, modality: str | None = None, max_bytes: int = D
             volume = _read_dicom_zip(p, max_bytes)
         else:
             volume = _volume_from_dicom([_dcmread(p, p)], str(p))
-    _validate_array(volume.array, p)
-    if modality is not None:
-        volume.modality = modality
     return volume
 
 
+def _check_geometry(volume: Volume, p: Path) -> None:
+    """Refuse a singular or non-finite affine, and 2D images too elongated to squeeze into the model's square."""
+    linear = np.asarray(volume.affine, dtype=np.float64)[:3, :3]
+    if not np.isfinite(linear).all() or abs(np.linalg.det(linear)) < 1e-12:
+        raise IrisInputError(f"{p}: the voxel-to-world matrix (affine) is singular, so the image has no usable "
+                             "orientation; fix the header (NIfTI sform/qform, DICOM orientation and spacing)")
+    if volume.ndim == 2:
+        ratio = max(volume.shape) / min(volume.shape)
+        if ratio > DEFAULT_LIMITS.max_aspect_ratio:
+            raise IrisInputError(f"{p}: a {volume.shape[0]}x{volume.shape[1]} image is {ratio:.0f} times longer "
+                                 f"than wide (at most {DEFAULT_LIMITS.max_aspect_ratio:g}, as the model sees it "
+                                 "squeezed to a square); crop it to the region of interest")
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception's message, or its type's name when the message is empty (MemoryError())."""
+    return str(exc) or type(exc).__name__
+
+
 def read_mask(
-    path: str | Path, reference: Volume | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+    path: str | Path, reference: Volume | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+    max_classes: int = DEFAULT_LIMITS.max_classes,
 ) -> np.ndarray:
-    """Read a label map (NIfTI, PNG/TIFF, NumPy) as int32 values as stored; shape must match `reference`."""
+    """Read a label map (NIfTI, PNG/TIFF, NumPy) as int32 values as stored; shape must match `reference`.
+
+    More distinct values than `max_classes` plus background are refused: every class costs a full-size channel.
+    """
     p = Path(path)
     kind = _file_kind(p, max_bytes)
     if kind == "nifti":
@@ -86,6 +123,14 @@ def read_mask(
         raise IrisInputError(f"{p}: mask has negative labels")
     if raw.max() > np.iinfo(np.int32).max:
         raise IrisInputError(f"{p}: mask labels too large")
+    distinct = np.unique(raw).size
+    if distinct > max_classes + 1:
+        raise IrisInputError(f"{p}: mask has {distinct} distinct values ({distinct - 1} classes); at most {max_classes}"
+                             " classes are supported (is it a greyscale image rather than a label map?)")
+    distinct = np.unique(raw).size
+    if distinct > max_classes + 1:
+        raise IrisInputError(f"{p}: mask has {distinct} distinct values ({distinct - 1} classes); at most {max_classes}"
+                             " classes are supported (is it a greyscale image rather than a label map?)")
     mask = raw.astype(np.int32)
     if reference is not None and mask.shape != reference.shape:
         raise IrisInputError(f"{p}: mask shape {mask.shape} does not match image shape {reference.shape}")
@@ -110,7 +155,7 @@ def _file_kind(p: Path, max_bytes: int) -> str:
         return "numpy"
     if name.endswith(".zip"):
         return "zip"
-    if name.endswith(DICOM_SUFFIXES) or _has_dicom_magic(p):
+    if name.endswith(DICOM_SUFFIXES) or is_dicom_file(p):
         return "dicom"
     raise IrisInputError(
         f"{p}: unknown file type {p.suffix!r} (expected NIfTI, DICOM, PNG/JPEG/TIFF, NumPy, zip)"
@@ -128,7 +173,9 @@ def _header_shape(p: Path, kind: str) -> tuple[int, ...] | None:
         if kind == "numpy" and p.name.lower().endswith(".npy"):
             with p.open("rb") as f:
                 version = np.lib.format.read_magic(f)
-                shape, _, _ = np.lib.format._read_array_header(f, version)  # noqa: SLF001 - header only
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, _ = read_header(f)
                 return tuple(int(n) for n in shape)
     except IrisInputError:
         raise
@@ -198,10 +245,26 @@ def _load_nifti(p: Path) -> nib.Nifti1Image:
 
 def _nifti_data(img: nib.Nifti1Image, p: Path) -> np.ndarray:
     """Read the voxel data of a NIfTI image with scaling applied; corrupt/truncated files raise."""
+    _check_nifti_size(img, p)
     try:
         return np.asanyarray(img.dataobj)
+    except MemoryError as exc:
+        raise IrisInputError(f"{p}: not enough memory for the {'x'.join(map(str, img.shape))} "
+                             f"{img.get_data_dtype()} voxels its header announces") from exc
     except Exception as exc:
-        raise IrisInputError(f"{p}: NIfTI data is truncated or corrupt ({exc})") from exc
+        raise IrisInputError(f"{p}: NIfTI data is truncated or corrupt ({_describe(exc)})") from exc
+
+
+def _check_nifti_size(img: nib.Nifti1Image, p: Path) -> None:
+    """An uncompressed .nii must hold the bytes its header announces (checked before they are allocated)."""
+    if not p.name.lower().endswith(".nii"):
+        return
+    voxels = int(np.prod(img.shape, dtype=np.float64))
+    needed = int(img.header.get_data_offset()) + voxels * img.get_data_dtype().itemsize
+    size = p.stat().st_size
+    if size < needed:
+        raise IrisInputError(f"{p}: NIfTI data is truncated: the header announces {'x'.join(map(str, img.shape))} "
+                             f"{img.get_data_dtype()} voxels ({needed} bytes) but the file holds {size} bytes")
 
 
 def _read_nifti(p: Path) -> Volume:
@@ -271,30 +334,107 @@ def _load_numpy(p: Path) -> np.ndarray:
 def _dcmread(source: Path | io.BytesIO, p: Path) -> pydicom.Dataset:
     """Read one DICOM dataset; non-DICOM or corrupt content raises IrisInputError."""
     try:
-        return pydicom.dcmread(source)
+        ds = read_dataset(source)
     except Exception as exc:
         raise IrisInputError(f"{p}: not a readable DICOM file ({exc})") from exc
+    if ds is None:
+        raise IrisInputError(f"{p}: not a readable DICOM file (no DICOM marker and no dataset found)")
+    return ds
 
 
 def _read_dicom_folder(folder: Path, max_bytes: int) -> Volume:
-    """Read every DICOM file under a folder as one series (non-DICOM files are ignored)."""
-    files = sorted(f for f in folder.rglob("*") if f.is_file())
-    total = sum(f.stat().st_size for f in files)
-    if total > max_bytes:
-        raise IrisInputError(f"{folder}: folder holds {total} bytes, over the limit of {max_bytes}")
-    datasets = [ds for ds in (_try_dcmread(f) for f in files) if ds is not None]
-    if not datasets:
-        raise IrisInputError(f"{folder}: no DICOM files found in the folder")
-    return _volume_from_dicom(datasets, str(folder))
+    """Read the one DICOM series under a folder (nested folders walked, non-DICOM files ignored)."""
+    return _one_series(scan_dicom(folder, max_bytes), folder, "folder")
 
 
-def _try_dcmread(source: Path | io.BytesIO, name: str = "") -> pydicom.Dataset | None:
-    """A DICOM dataset with pixel data, or None for files that are not DICOM images.
+def _one_series(scan: DicomScan, p: Path, container: str) -> Volume:
+    """The volume of a scan that must hold exactly one series."""
+    if not scan.series:
+        raise IrisInputError(f"{p}: no DICOM files found in the {container}")
+    if len(scan.series) > 1:
+        names = ", ".join(f"'{s.name}'" for s in scan.series)
+        raise IrisInputError(f"{p}: holds {len(scan.series)} DICOM series ({names}); give one series at a time "
+                             "(`iris segment` and the studio's upload split them)")
+    return read_dicom_series(scan.series[0], str(p))
+
+
+def scan_dicom(paths: Path | Sequence[Path], max_bytes: int = DEFAULT_MAX_BYTES,
+               headers_only: bool = False) -> DicomScan:
+    """The DICOM series, found by content, in folders (walked), zips and files; other files are listed as skipped.
+
+    `headers_only` reads no pixel data: `read_dicom_series` then reads the series it is given in full.
+    """
+    found: list[tuple[DicomSource, pydicom.Dataset]] = []
+    skipped: list[tuple[str, str]] = []
+    for path in [paths] if isinstance(paths, Path) else paths:
+        for source, name, content in _dicom_candidates(Path(path), max_bytes):
+            ds = _try_dcmread(content, name, headers_only)
+            if ds is None:
+                skipped.append((name, "not a DICOM image"))
+            else:
+                found.append((source, ds))
+    return DicomScan(group_series(found), skipped)
+
+
+def read_dicom_series(series: DicomSeries, source: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Volume:
+    """One series as a `Volume` (read in full when it was scanned headers only), named by the series."""
+    series.check_one_volume()
+    datasets = series.datasets
+    if not all("PixelData" in ds for ds in datasets):
+        datasets = _reread_series(series, max_bytes)
+    volume = _volume_from_dicom(datasets, source)
+    volume.metadata["dicom_series_name"] = series.name
+    return volume
+
+
+def _dicom_candidates(path: Path, max_bytes: int) -> Iterator[tuple[DicomSource, str, Path | io.BytesIO]]:
+    """(source, display name, readable content) for every visible file under a folder, in a zip, or a file."""
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*")
+                       if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts))
+        total = sum(f.stat().st_size for f in files)
+        if total > max_bytes:
+            raise IrisInputError(f"{path}: folder holds {total} bytes, over the limit of {max_bytes}")
+        for f in files:
+            yield (f, ""), f.relative_to(path).as_posix(), f
+    elif path.name.lower().endswith(".zip"):
+        for member, content in _zip_members(path, max_bytes):
+            yield (path, member), member, io.BytesIO(content)
+    else:
+        yield (path, ""), path.name, path
+
+
+def _reread_series(series: DicomSeries, max_bytes: int) -> list[pydicom.Dataset]:
+    """The datasets of a header-scanned series, read again with their pixel data."""
+    total = 0
+    datasets = []
+    for (path, member), name in zip(series.sources, _source_names(series), strict=True):
+        content = io.BytesIO(_zip_member(path, member, max_bytes)) if member else path
+        total += content.getbuffer().nbytes if isinstance(content, io.BytesIO) else path.stat().st_size
+        if total > max_bytes:
+            raise IrisInputError(f"series '{series.name}': over the limit of {max_bytes} bytes")
+        ds = _try_dcmread(content, name)
+        if ds is None:
+            raise IrisInputError(f"{name}: no longer a DICOM image (changed while reading?)")
+        datasets.append(ds)
+    return datasets
+
+
+def _source_names(series: DicomSeries) -> list[str]:
+    return [member or path.name for path, member in series.sources]
+
+
+def _try_dcmread(source: Path | io.BytesIO, name: str = "", headers_only: bool = False) -> pydicom.Dataset | None:
+    """A DICOM dataset with pixel data (headers only: with image rows), or None for files that are not DICOM images.
 
     A file that carries the DICOM marker but cannot be parsed is corrupt: it is refused, not skipped.
     """
     try:
-        ds = pydicom.dcmread(source)
+        ds = read_dataset(source, headers_only)
+        if ds is None:
+            return None
+        if headers_only:
+            return ds if "Rows" in ds else None
     except Exception as exc:
         marked = source.getvalue()[128:132] == b"DICM" if isinstance(source, io.BytesIO) else _has_dicom_magic(source)
         if marked:
@@ -308,18 +448,36 @@ def _try_dcmread(source: Path | io.BytesIO, name: str = "") -> pydicom.Dataset |
 
 
 def _read_dicom_zip(p: Path, max_bytes: int) -> Volume:
-    """Read a DICOM series from a zip archive, refusing unsafe paths and oversized content."""
+    """Read the one DICOM series in a zip archive, refusing unsafe paths and oversized content."""
+    return _one_series(scan_dicom(p, max_bytes), p, "zip archive")
+
+
+def _zip_members(p: Path, max_bytes: int) -> Iterator[tuple[str, bytes]]:
+    """(name, content) of every file in a zip, after the path and size guards; corrupt archives raise."""
     try:
         with zipfile.ZipFile(p) as archive:
             entries = [info for info in archive.infolist() if not info.is_dir()]
             _check_zip_entries(entries, p, max_bytes)
-            read = (_try_dcmread(io.BytesIO(archive.read(info)), info.filename) for info in entries)
-            datasets = [ds for ds in read if ds]
+            for info in entries:
+                yield info.filename, _zip_member_bytes(archive, info)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
         raise IrisInputError(f"{p}: unreadable or corrupt zip archive ({exc})") from exc
-    if not datasets:
-        raise IrisInputError(f"{p}: no DICOM files found in the zip archive")
-    return _volume_from_dicom(datasets, str(p))
+
+
+def _zip_member(p: Path, member: str, max_bytes: int) -> bytes:
+    """One member of a zip, by name, under the same guards."""
+    try:
+        with zipfile.ZipFile(p) as archive:
+            info = archive.getinfo(member)
+            _check_zip_entries([info], p, max_bytes)
+            return _zip_member_bytes(archive, info)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, KeyError) as exc:
+        raise IrisInputError(f"{p}: unreadable or corrupt zip archive ({exc})") from exc
+
+
+def _zip_member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """The uncompressed bytes of one member."""
+    return archive.read(info)
 
 
 def _check_zip_entries(entries: Iterable[zipfile.ZipInfo], p: Path, max_bytes: int) -> None:
