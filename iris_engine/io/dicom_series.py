@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import struct
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import BinaryIO
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from iris_engine.errors import IrisInputError
 
@@ -28,7 +30,7 @@ RAW_START_GROUPS = (0x0002, 0x0008)
 RAW_START_MAX_ELEMENT = 0x00FF
 IDENTIFYING_TAGS = ("SOPClassUID", "Modality", "Rows")
 GEOMETRY_DECIMALS = 3
-DUPLICATE_POSITION = 1e-4  # mm; duplicates are refused by the volume builder
+DUPLICATE_POSITION = 1e-4  # mm; slices this close are duplicates, refused by the volume builder
 UNEVEN_SPACING = 0.2  # largest allowed spread of slice steps, relative to the median step
 NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_STEM = 60
@@ -72,14 +74,26 @@ def read_dataset(source: Path | BinaryIO, headers_only: bool = False) -> Dataset
     if not marked and not starts_like_dataset(head):
         return None
     try:
-        ds = pydicom.dcmread(source, force=not marked, stop_before_pixels=headers_only)
+        with warnings.catch_warnings():
+            if not marked:  # a guess: pydicom's complaints about a file that is not DICOM after all are noise
+                warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(source, force=not marked, stop_before_pixels=headers_only)
     except Exception:
         if marked:
             raise
         return None
     if not marked and not any(_text(ds, tag) for tag in IDENTIFYING_TAGS):
         return None
+    if not marked and "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = _transfer_syntax(*ds.original_encoding)
     return ds
+
+
+def _transfer_syntax(implicit_vr: bool | None, little_endian: bool | None) -> str:
+    """The uncompressed transfer syntax a dataset without file meta was found to be written in."""
+    if implicit_vr:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little_endian is not False else ExplicitVRBigEndian
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -173,8 +187,8 @@ class DicomSeries:
             raise IrisInputError(f"series '{self.name}': its {len(self.datasets)} images have {len(geometries)} "
                                  "different sizes or orientations (a localizer?); they do not form one volume")
         steps = np.diff(_slice_positions(self.datasets))
-        steps = steps[steps > DUPLICATE_POSITION]
-        if steps.size > 1 and steps.max() - steps.min() > UNEVEN_SPACING * float(np.median(steps)) + 0.01:
+        spread = steps.max() - steps.min() if steps.size > 1 else 0.0
+        if steps.size > 1 and steps.min() > DUPLICATE_POSITION and spread > UNEVEN_SPACING * np.median(steps) + 0.01:
             raise IrisInputError(f"series '{self.name}': slice spacing is uneven ({steps.min():.2f} to "
                                  f"{steps.max():.2f} mm; missing slices?); it does not form one regular volume")
 
