@@ -28,7 +28,8 @@ from iris_engine.postprocess import PostprocessOptions, apply_postprocessing
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "weights" / "iris2d.pt"
 FORMATS = ("auto", "nifti", "png", "dicom-seg")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DELEGATED = {"train": "iris_engine.training.run", "evaluate": "iris_engine.evaluation.harness"}
+DELEGATED = {"train": "iris_engine.training.run", "evaluate": "iris_engine.evaluation.harness",
+             "evaluate-propagation": "iris_engine.evaluation.propagation", "propagate": "iris_engine.cli_propagate"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 STEM_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".dicom", ".npy", ".npz", ".zip", *IMAGE_SUFFIXES)
 EXIT_ALL_FAILED = 1
@@ -110,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(handler=run_export)
 
     for name, help_text in (("evaluate", "evaluation harness (iris evaluate --help)"),
+                            ("evaluate-propagation", "propagation evaluation (iris evaluate-propagation --help)"),
+                            ("propagate", "fill a volume from a few painted slices (iris propagate --help)"),
                             ("train", "episodic training (iris train --help)")):
         commands.add_parser(name, help=help_text, add_help=False)
     return parser

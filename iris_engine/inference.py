@@ -32,6 +32,7 @@ from iris_engine.preprocess import (
     volume_to_model_input_3d,
     volume_to_model_slices,
 )
+from iris_engine.propagation import PropagationConfig, PropagationResult, Propagator
 
 ProgressCallback = Callable[[float, str], None]
 MAX_SUPPORT_SLICES = 16
@@ -96,6 +97,7 @@ class IrisSegmenter:
         self.memory_bank = memory_bank or MemoryBank(self.config.memory_momentum)
         self.preprocess = preprocess or PreprocessConfig()
         self._cache: OrderedDict[str, TaskEmbedding] = OrderedDict()
+        self._propagator: Propagator | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: InferenceConfig | None = None) -> IrisSegmenter:
@@ -232,3 +234,23 @@ class IrisSegmenter:
         report(1.0, "done")
         return VolumeSegmentation(probabilities, masks, names, strategy, self.model_version, result.timings,
                                   result.loss_curve, result.embedding)
+
+    @property
+    def propagator(self) -> Propagator:
+        """Within-volume propagation with this model; its per-volume caches live as long as the segmenter."""
+        if self._propagator is None or self._propagator.model is not self.model:
+            config = PropagationConfig(threshold=self.config.threshold, batch_size=self.config.batch_size)
+            self._propagator = Propagator(self.model, self.preprocess, config, self.device)
+        return self._propagator
+
+    def propagate(
+        self,
+        volume: Volume,
+        painted: np.ndarray,
+        class_names: Sequence[str],
+        axis: str | int = "axial",
+        painted_slices: Sequence[int] = (),
+        progress: ProgressCallback | None = None,
+    ) -> PropagationResult:
+        """Segment the other slices of `volume` from its painted slices (see `iris_engine.propagation`)."""
+        return self.propagator.propagate(volume, painted, class_names, axis, painted_slices, progress)
