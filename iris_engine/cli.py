@@ -20,9 +20,10 @@ from iris_engine.config import InferenceConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import CheckpointError, IrisInputError
 from iris_engine.inference import IrisSegmenter, Support
+from iris_engine.inputs import InputItem, discover_inputs
 from iris_engine.io.readers import read_image, read_mask
 from iris_engine.io.volume import Volume
-from iris_engine.io.writers import write_dicom_seg, write_mask
+from iris_engine.io.writers import dicom_seg_missing_references, write_dicom_seg, write_mask
 from iris_engine.postprocess import PostprocessOptions, apply_postprocessing
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "weights" / "iris2d.pt"
@@ -40,7 +41,7 @@ EXIT_USAGE = 2
 class FileResult:
     """One row of the summary table."""
 
-    path: Path
+    path: InputItem
     status: str
     detail: str
     shape: tuple[int, ...] = ()
@@ -51,7 +52,7 @@ class FileResult:
 class _Job:
     """A read, preprocessed input waiting for its batch to be segmented."""
 
-    path: Path
+    path: InputItem
     volume: Volume
     queries: torch.Tensor
     restore: Callable[[torch.Tensor], np.ndarray]
@@ -241,33 +242,12 @@ def task_embedding(
     return tuned.embedding
 
 
-def discover_inputs(paths: Sequence[Path]) -> list[Path]:
-    """Files and DICOM folders to segment: each path itself, or for a plain folder its visible entries."""
-    found: list[Path] = []
-    for path in paths:
-        if not path.exists():
-            raise IrisInputError(f"--input {path} does not exist")
-        if path.is_dir() and not _is_dicom_folder(path):
-            found.extend(sorted(p for p in path.iterdir() if not p.name.startswith(".")))
-        else:
-            found.append(path)
-    return found
-
-
-def _is_dicom_folder(path: Path) -> bool:
-    """A folder whose files are DICOM (a series) rather than a folder of scans."""
-    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
-    if not files or any(p.is_dir() for p in path.iterdir()):
-        return False
-    return all(p.suffix.lower() in (".dcm", ".dicom", "") for p in files)
-
-
-def output_path(source: Path, volume: Volume, fmt: str, out_dir: Path) -> tuple[Path, str]:
-    """Where a mask for `source` goes and in which format."""
+def output_path(source: Path | InputItem, volume: Volume, fmt: str, out_dir: Path) -> tuple[Path, str]:
+    """Where a mask for `source` goes and in which format (auto: DICOM-SEG when the DICOM source can be referenced)."""
     if fmt == "auto":
         name = source.name.lower()
         if volume.metadata.get("dicom_datasets"):
-            fmt = "dicom-seg"
+            fmt = "nifti" if dicom_seg_missing_references(volume.metadata["dicom_datasets"]) else "dicom-seg"
         elif name.endswith(IMAGE_SUFFIXES):
             fmt = "png"
         elif name.endswith((".npy", ".npz")):
@@ -307,11 +287,11 @@ class BatchSegmenter:
         self.pending: list[_Job] = []
         self.results: list[FileResult] = []
 
-    def add(self, path: Path) -> None:
+    def add(self, path: InputItem) -> None:
         """Read and preprocess one input; unreadable inputs are recorded as skipped."""
         start = time.perf_counter()
         try:
-            volume = read_image(path)
+            volume = path.read()
             queries, restore, _ = self.segmenter.to_model_space(volume)
         except (IrisInputError, OSError, ValueError) as error:
             self._record(FileResult(path, "skipped", _reason(error, path)))
@@ -371,7 +351,7 @@ def _label_map(probabilities: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.where(masks.any(axis=0), labels, 0).astype(np.uint16)
 
 
-def _reason(error: Exception, path: Path) -> str:
+def _reason(error: Exception, path: Path | InputItem) -> str:
     """The error message without a repeated file path prefix."""
     message = str(error)
     prefix = f"{path}: "

@@ -358,17 +358,24 @@ def _one_series(scan: DicomScan, p: Path, container: str) -> Volume:
     return read_dicom_series(scan.series[0], str(p))
 
 
-def scan_dicom(paths: Path | Sequence[Path], max_bytes: int = DEFAULT_MAX_BYTES,
-               headers_only: bool = False) -> DicomScan:
+def scan_dicom(paths: Path | Sequence[Path], max_bytes: int = DEFAULT_MAX_BYTES, headers_only: bool = False,
+               skip_corrupt: bool = False) -> DicomScan:
     """The DICOM series, found by content, in folders (walked), zips and files; other files are listed as skipped.
 
     `headers_only` reads no pixel data: `read_dicom_series` then reads the series it is given in full.
+    A corrupt DICOM file is refused, or with `skip_corrupt` listed as skipped with its reason.
     """
     found: list[tuple[DicomSource, pydicom.Dataset]] = []
     skipped: list[tuple[str, str]] = []
     for path in [paths] if isinstance(paths, Path) else paths:
         for source, name, content in _dicom_candidates(Path(path), max_bytes):
-            ds = _try_dcmread(content, name, headers_only)
+            try:
+                ds = _try_dcmread(content, name, headers_only)
+            except IrisInputError as error:
+                if not skip_corrupt:
+                    raise
+                skipped.append((name, str(error).removeprefix(f"{name}: ")))
+                continue
             if ds is None:
                 skipped.append((name, "not a DICOM image"))
             else:

@@ -155,17 +155,20 @@ def _with_sop_uids(ds: Dataset) -> Dataset:
     return fixed
 
 
+def dicom_seg_missing_references(datasets: Sequence[Dataset]) -> list[str]:
+    """The UIDs a DICOM-SEG must reference that some source dataset lacks (file meta counts for SOP UIDs)."""
+    sources = [_with_sop_uids(ds) for ds in datasets]
+    keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
+    return [key for key in keys if not sources or not all(ds.get(key) for ds in sources)]
+
+
 def write_dicom_seg(mask: np.ndarray, reference: Volume, class_names: list[str], path: str | Path) -> Path:
     """Write a binary DICOM-SEG (one segment per class) referencing the DICOM series the volume came from."""
     datasets = reference.metadata.get("dicom_datasets")
     if not datasets:
         raise IrisInputError(f"{reference.source or 'volume'}: DICOM-SEG needs a volume read from DICOM")
     sources = [_with_sop_uids(ds) for ds in datasets]
-    missing = [
-        key
-        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
-        if not all(ds.get(key) for ds in sources)
-    ]
+    missing = dicom_seg_missing_references(sources)
     if missing:
         raise IrisInputError(
             f"{reference.source}: source DICOM lacks {', '.join(missing)} (anonymised?); a DICOM-SEG could not "

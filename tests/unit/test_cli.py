@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom.dataset import Dataset
 
 from iris_engine import cli
 from iris_engine.errors import IrisInputError
+from iris_engine.inputs import BESIDE_SERIES
 from iris_engine.io.volume import Volume
+from tests.dicom_factory import SeriesSpec, write_series
 
 
 def test_python_m_help_lists_the_subcommands():
@@ -58,10 +61,24 @@ def test_discover_inputs_expands_folders_and_skips_hidden_files(tmp_path):
     (tmp_path / "a.nii.gz").write_bytes(b"x")
     (tmp_path / ".DS_Store").write_bytes(b"x")
     series = tmp_path / "series"
-    series.mkdir()
-    (series / "1.dcm").write_bytes(b"x")
-    assert cli.discover_inputs([tmp_path]) == [tmp_path / "a.nii.gz", tmp_path / "b.png", series]
-    assert cli.discover_inputs([series]) == [series]
+    write_series(series, SeriesSpec(slices=3))
+    (series / "README").write_text("beside the series")
+    items = cli.discover_inputs([tmp_path])
+    assert [(i.name, i.path, i.skip_reason) for i in items] == [
+        ("a.nii.gz", tmp_path / "a.nii.gz", ""), ("b.png", tmp_path / "b.png", ""),
+        ("series/README", series / "README", BESIDE_SERIES), (tmp_path.name, tmp_path, "")]
+    assert len(items[-1].series.datasets) == 3
+    alone = cli.discover_inputs([series])
+    assert [(i.name, i.skip_reason) for i in alone] == [("README", BESIDE_SERIES), ("series", "")]
+    assert cli.discover_inputs([tmp_path / "b.png"])[0].path == tmp_path / "b.png"
+
+
+def _dataset(referable: bool) -> Dataset:
+    """A DICOM header with (or, anonymised, without) the UIDs a DICOM-SEG references."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.3"
+    ds.StudyInstanceUID = "1.2" if referable else ""
+    return ds
 
 
 @pytest.mark.parametrize(
@@ -70,7 +87,8 @@ def test_discover_inputs_expands_folders_and_skips_hidden_files(tmp_path):
         ("scan.nii.gz", "auto", {}, ("scan_seg.nii.gz", "nifti")),
         ("photo.JPG", "auto", {}, ("photo_seg.png", "png")),
         ("arr.npy", "auto", {}, ("arr_seg.npy", "npy")),
-        ("series", "auto", {"dicom_datasets": [object()]}, ("series_seg.dcm", "dicom-seg")),
+        ("series", "auto", {"dicom_datasets": [_dataset(referable=True)]}, ("series_seg.dcm", "dicom-seg")),
+        ("anon", "auto", {"dicom_datasets": [_dataset(referable=False)]}, ("anon_seg.nii.gz", "nifti")),
         ("scan.nii", "png", {}, ("scan_seg.png", "png")),
     ],
 )
