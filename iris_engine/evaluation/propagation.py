@@ -121,12 +121,14 @@ def evaluation_structures(root: Path, split: Split, datasets: list[str] | None) 
     out = []
     for name in sorted(split.test_cases):
         info = dataset_info(name)
-        if info.dims != 3 or not split.test_cases[name] or (datasets and name not in datasets):
+        if info.dims == 2 or not split.test_cases[name] or (datasets and name not in datasets):
             continue
         if not (root / name).is_dir():
             continue
         dataset = MSDDataset(root / name)
         for case_id in split.test_cases[name]:
+            if not dataset.case(case_id).is_3d:
+                continue
             _, labels, _ = dataset.load_case(case_id)
             for class_name, value in dataset.foreground_labels.items():
                 if class_name not in info.ignore_labels and (labels == value).any():
@@ -241,6 +243,18 @@ def render_markdown(payload: dict[str, Any]) -> str:
     for k, o in summary["overall"].items():
         lines.append(f"| {k} | {o['propagation']:.3f} | {o['copy_nearest']:.3f} | {o['interpolation']:.3f} | "
                      f"{o['margin_over_best_baseline']:+.3f} | {'yes' if o['beats_copy_on_every_dataset'] else 'no'} |")
+    lines += ["", "## Per structure type (mean over the test volumes that show it)", "",
+              "| dataset | structure | class used in training | k | volumes | propagation | copy | interpolation |",
+              "|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for row in payload["rows"]:
+        if "note" not in row:
+            groups.setdefault((row["dataset"], row["class_name"], row["k"]), []).append(row)
+    for (dataset, class_name, k), members in sorted(groups.items(), key=lambda item: (item[0][2], item[0][:2])):
+        means = [float(np.mean([m[method]["dice"] for m in members])) for method in METHODS]
+        trained = "yes" if members[0].get("class_in_training", True) else "no (held-out class)"
+        lines.append(f"| {dataset} | {class_name} | {trained} | {k} | {len(members)} | "
+                     + " | ".join(f"{v:.3f}" for v in means) + " |")
     lines += ["", "## Per structure", "", "| dataset | case | structure | k | painted | range | propagation "
               "| copy | interpolation | FP mL propagation | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in payload["rows"]:
@@ -278,7 +292,8 @@ def run_propagation_evaluation(checkpoint: Path, split: Split, out: Path, config
         if cache is None or cache[0] != key:
             cache = (key, _load(Path(root), structure))
         volume, labels = cache[1]
-        rows.extend(evaluate_structure(segmenter, volume, labels, structure, config.ks))
+        for row in evaluate_structure(segmenter, volume, labels, structure, config.ks):
+            rows.append({**row, "class_in_training": split.is_train_class(structure.dataset, structure.class_name)})
         done = [r for r in rows[-len(config.ks):] if "note" not in r]
         print(f"[{index + 1}/{len(structures)}] {structure.dataset}/{structure.case_id}/{structure.class_name}: "
               + ", ".join(f"k={r['k']} {r['propagation']['dice']:.3f} (copy {r['copy_nearest']['dice']:.3f}, "
