@@ -32,6 +32,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 DICOM_MODALITIES = {"CT": "CT", "MR": "MR"}
+ZIP_RATIO_FLOOR = 16 * 1024**2  # archives inflating to less than this are never refused for their ratio
 
 
 def read_image(path: str | Path, modality: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -123,10 +124,6 @@ def read_mask(
         raise IrisInputError(f"{p}: mask has negative labels")
     if raw.max() > np.iinfo(np.int32).max:
         raise IrisInputError(f"{p}: mask labels too large")
-    distinct = np.unique(raw).size
-    if distinct > max_classes + 1:
-        raise IrisInputError(f"{p}: mask has {distinct} distinct values ({distinct - 1} classes); at most {max_classes}"
-                             " classes are supported (is it a greyscale image rather than a label map?)")
     distinct = np.unique(raw).size
     if distinct > max_classes + 1:
         raise IrisInputError(f"{p}: mask has {distinct} distinct values ({distinct - 1} classes); at most {max_classes}"
@@ -502,6 +499,9 @@ def _check_zip_entries(entries: Iterable[zipfile.ZipInfo], p: Path, max_bytes: i
         total += info.file_size
         if total > max_bytes:
             raise IrisInputError(f"{p}: zip content is over the limit of {max_bytes} bytes uncompressed")
+    if total > max(ZIP_RATIO_FLOOR, DEFAULT_LIMITS.max_zip_ratio * p.stat().st_size):
+        raise IrisInputError(f"{p}: zip archive of {p.stat().st_size} bytes would inflate to {total} bytes, over "
+                             f"{DEFAULT_LIMITS.max_zip_ratio:g} times its size: refused as a zip bomb")
 
 
 def _dicom_pixels(ds: pydicom.Dataset, source: str) -> np.ndarray:
