@@ -21,14 +21,24 @@ class ModelConfig:
     num_heads: int = 4
     task_encoder_layers: int = 2
     decoder_layers: int = 2
+    similarity_path: bool = False
+    prior_size: int = 32
+    histogram_bins: int = 32
+    region_grid: int = 4
 
     @property
     def embed_dim(self) -> int:
         return self.encoder_channels[-1]
 
     @property
-    def num_task_tokens(self) -> int:
+    def num_iris_tokens(self) -> int:
+        """The IRIS task tokens: one foreground token plus the m learnable query tokens."""
         return self.num_query_tokens + 1
+
+    @property
+    def num_task_tokens(self) -> int:
+        """All tokens of a class embedding: the IRIS tokens, then the support-context tokens (v2)."""
+        return self.num_iris_tokens + (ContextLayout.of(self).num_tokens if self.similarity_path else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -41,6 +51,66 @@ class ModelConfig:
             raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class ContextLayout:
+    """Where each part of the support context (v2) sits in a class embedding, after the IRIS tokens.
+
+    Per class, C-dimensional tokens (zero-padded): the masked foreground and background prototypes of every
+    encoder level, `regions` regional foreground prototypes at the bottleneck, one token of region weights,
+    one token with the foreground and background intensity histograms, and the support mask at
+    `prior_size` per axis, flattened over as many tokens as it needs.
+    """
+
+    start: int
+    levels: int
+    regions: int
+    histogram_bins: int
+    prior_size: int
+    prior_tokens: int
+    spatial_dims: int
+
+    @classmethod
+    def of(cls, config: ModelConfig) -> ContextLayout:
+        dim = config.embed_dim
+        regions = config.region_grid**config.spatial_dims
+        if regions > dim or 2 * config.histogram_bins > dim:
+            raise ValueError(f"region_grid and histogram_bins too large for embed_dim {dim}")
+        prior_values = config.prior_size**config.spatial_dims
+        return cls(
+            start=config.num_iris_tokens,
+            levels=len(config.encoder_channels),
+            regions=regions,
+            histogram_bins=config.histogram_bins,
+            prior_size=config.prior_size,
+            prior_tokens=-(-prior_values // dim),
+            spatial_dims=config.spatial_dims,
+        )
+
+    @property
+    def prototypes(self) -> slice:
+        return slice(self.start, self.start + 2 * self.levels)
+
+    @property
+    def region_prototypes(self) -> slice:
+        return slice(self.prototypes.stop, self.prototypes.stop + self.regions)
+
+    @property
+    def region_weights(self) -> int:
+        return self.region_prototypes.stop
+
+    @property
+    def histogram(self) -> int:
+        return self.region_weights + 1
+
+    @property
+    def prior(self) -> slice:
+        return slice(self.histogram + 1, self.histogram + 1 + self.prior_tokens)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prior.stop - self.start
 
 
 @dataclass(frozen=True)
@@ -69,7 +139,12 @@ class InferenceConfig:
 
 @dataclass
 class TrainConfig:
-    """Episodic training recipe (scaled down from the paper for a 2-core CPU)."""
+    """Episodic training recipe (scaled down from the paper for a 2-core CPU).
+
+    v2 mix: synthetic and superpixel episodes (`superpixel_fraction`) plus real-label episodes, of which
+    `same_volume_fraction` (3D sets) pair slices of one volume and `task_augment_prob` are task-augmented.
+    The v1 recipe is synthetic_fraction=0.3 with the other three at 0 and ModelConfig(similarity_path=False).
+    """
 
     iterations: int = 3000
     batch_size: int = 8
@@ -81,10 +156,13 @@ class TrainConfig:
     warmup_iterations: int = 200
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
-    synthetic_fraction: float = 0.3
+    synthetic_fraction: float = 0.1
+    superpixel_fraction: float = 0.45
+    same_volume_fraction: float = 0.35
+    task_augment_prob: float = 0.5
     seed: int = 0
     checkpoint_every: int = 250
     log_every: int = 25
     memory_momentum: float = 0.999
     num_threads: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(similarity_path=True))

@@ -35,7 +35,7 @@ class SegmentPath(nn.Module):
     def forward(self, query_image: torch.Tensor, task_tokens: torch.Tensor) -> torch.Tensor:
         """Logits of every class for every query image; the same tokens serve the whole batch."""
         tokens = task_tokens.unsqueeze(0).expand(query_image.shape[0], -1, -1, -1)
-        return self.decoder(self.encoder(query_image), tokens)
+        return self.decoder(query_image, self.encoder(query_image), tokens)
 
 
 @contextmanager

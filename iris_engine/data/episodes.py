@@ -1,4 +1,8 @@
-"""Episodic sampler: mixed few-shot tasks (support/query from different patients) as batched tensors."""
+"""Episodic sampler: mixed few-shot tasks as batched tensors.
+
+Real-label episodes take support and query from different patients; same-volume episodes (propagation) take
+them a few slices apart in one volume; superpixel and synthetic episodes cannot be memorised (`pseudo_tasks`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from iris_engine.data.catalog import dataset_info
+from iris_engine.data.pseudo_tasks import (
+    PseudoTaskConfig,
+    SuperpixelCache,
+    augment_intensities,
+    augment_targets,
+    choose_segments,
+    follow_target,
+)
 from iris_engine.data.slices import SliceBank
 from iris_engine.data.splits import Split
 from iris_engine.data.synthetic import SynthTaskGenerator
@@ -28,6 +40,11 @@ class EpisodeConfig:
     queries_per_episode: int = 1
     max_classes: int = 3
     synthetic_fraction: float = 0.3
+    superpixel_fraction: float = 0.0
+    same_volume_fraction: float = 0.0
+    task_augment_prob: float = 0.0
+    max_volume_gap: int = 8
+    pseudo: PseudoTaskConfig = field(default_factory=PseudoTaskConfig)
     class_drop_prob: float = 0.2
     query_positive_prob: float = 0.9
     min_support_area: int = 4
@@ -51,6 +68,9 @@ class EpisodeConfig:
             "queries_per_episode": cfg.queries_per_episode,
             "max_classes": cfg.max_classes_per_episode,
             "synthetic_fraction": cfg.synthetic_fraction,
+            "superpixel_fraction": cfg.superpixel_fraction,
+            "same_volume_fraction": cfg.same_volume_fraction,
+            "task_augment_prob": cfg.task_augment_prob,
         }
         values.update(overrides)
         return cls(**values)
@@ -82,7 +102,10 @@ class _NoQueryError(Exception):
 
 @dataclass
 class _Episode:
-    """One episode before tensor assembly (indices into the bank, or synthetic arrays)."""
+    """One episode before tensor assembly (indices into the bank, or synthetic arrays).
+
+    Slot j's target is `labels == values[j]`, or `masks[:, j]` when explicit masks are given.
+    """
 
     images: np.ndarray
     labels: np.ndarray
@@ -92,6 +115,7 @@ class _Episode:
     query_patients: list[str]
     same_subject: bool = False
     synthetic: bool = False
+    masks: np.ndarray | None = None
 
 
 class EpisodeSampler:
@@ -117,8 +141,11 @@ class EpisodeSampler:
         self.class_slices: dict[str, dict[int, np.ndarray]] = {}
         self.train_slices: dict[str, np.ndarray] = {}
         self.single_subject: dict[str, bool] = {}
+        self.volumetric: dict[str, bool] = {}
         for name in bank.datasets:
             self._index_dataset(name)
+        self.superpixels = SuperpixelCache(bank.images, self.cfg.pseudo)
+        self.pseudo_rows = self._pseudo_rows()
         if not self.datasets and self.cfg.synthetic_fraction < 1.0:
             raise IrisInputError("no dataset of the bank has trainable classes in this split")
         sizes = np.array([len(self.train_slices[d]) for d in self.datasets], dtype=np.float64)
@@ -156,6 +183,24 @@ class EpisodeSampler:
             self.class_slices[name] = per_class
             self.train_slices[name] = idx
             self.single_subject[name] = single
+            self.volumetric[name] = len(np.unique(self.bank.case_ids[idx])) < len(idx)
+
+    def _pseudo_rows(self) -> np.ndarray:
+        """Every slice of every TRAIN case outside the held-out datasets, labelled or not."""
+        keep = np.zeros(len(self.bank), dtype=bool)
+        for name in self.bank.datasets:
+            if name in self.split.held_out_datasets:
+                continue
+            idx = self.bank.dataset_slices(name)
+            keep[idx[np.isin(self.bank.case_ids[idx], self.split.train_cases.get(name, []))]] = True
+        return np.flatnonzero(keep)
+
+    def _volume_neighbours(self, row: int, max_gap: int) -> np.ndarray:
+        """Other slices of the same volume within max_gap slices of `row`."""
+        bank = self.bank
+        same = np.flatnonzero((bank.case_ids == bank.case_ids[row]) & (bank.dataset_index == bank.dataset_index[row]))
+        gap = np.abs(bank.slice_index[same] - bank.slice_index[row])
+        return same[(gap >= 1) & (gap <= max_gap)]
 
     # ----------------------------------------------------------------- episodes
 
@@ -218,6 +263,77 @@ class EpisodeSampler:
             return supports[-1]
         return int(self.rng.choice(cand))
 
+    def _superpixel_episode(self) -> _Episode:
+        """Random superpixels as targets; the query is another augmentation of the slice or a nearby slice."""
+        cfg = self.cfg
+        k, q = cfg.supports_per_episode, cfg.queries_per_episode
+        for _ in range(20):
+            row = int(self.rng.choice(self.pseudo_rows))
+            targets = choose_segments(self.superpixels(row), int(self.rng.integers(1, cfg.max_classes + 1)),
+                                      cfg.pseudo, self.rng)
+            if targets:
+                break
+        else:
+            raise IrisInputError("no slice with usable superpixels")
+        support = np.stack(targets)
+        query_row, query = row, support
+        neighbours = self._volume_neighbours(row, cfg.pseudo.max_slice_gap)
+        if len(neighbours) and self.rng.random() < cfg.pseudo.neighbour_prob:
+            query_row = int(self.rng.choice(neighbours))
+            segments = self.superpixels(query_row)
+            query = np.stack([follow_target(t, segments, cfg.pseudo.follow_overlap) for t in targets])
+        rows = [row] * k + [query_row] * q
+        masks = np.stack([support] * k + [query] * q)
+        tag = f"superpixel_{row}"
+        return _Episode(
+            images=self.bank.images[rows],
+            labels=np.zeros((k + q, *support.shape[1:]), dtype=np.uint8),
+            values=list(range(1, len(targets) + 1)),
+            tasks=[("superpixel", f"segment_{j}") for j in range(len(targets))],
+            support_patients=[tag] * k,
+            query_patients=[tag] * q,
+            same_subject=True,
+            synthetic=True,
+            masks=masks,
+        )
+
+    def _same_volume_episode(self, name: str) -> _Episode:
+        """Support and query a few slices apart in one volume (the query may lie beyond the structure)."""
+        cfg, bank = self.cfg, self.bank
+        per_class = self.class_slices[name]
+        value = int(self.rng.choice(list(per_class)))
+        anchor = int(self.rng.choice(per_class[value]))
+        neighbours = self._volume_neighbours(anchor, cfg.max_volume_gap)
+        if len(neighbours) == 0:
+            raise _NoQueryError(name)
+        present = [v for v in per_class if v != value and bank.areas[anchor, v] >= cfg.min_support_area]
+        n_extra = min(int(self.rng.integers(0, cfg.max_classes)), len(present))
+        chosen = [value, *[int(v) for v in self.rng.choice(present, n_extra, replace=False)]] if n_extra else [value]
+        rows = [anchor] * cfg.supports_per_episode + list(self._choose(neighbours, cfg.queries_per_episode))
+        patient = str(bank.patient_ids[anchor])
+        return _Episode(
+            images=bank.images[rows],
+            labels=bank.labels[rows],
+            values=chosen,
+            tasks=[(name, bank.class_names[name][v - 1]) for v in chosen],
+            support_patients=[patient] * cfg.supports_per_episode,
+            query_patients=[patient] * cfg.queries_per_episode,
+            same_subject=True,
+        )
+
+    def _augment_task(self, episode: _Episode) -> _Episode:
+        """Task augmentation of a real episode: new targets or new intensities, alike for support and query."""
+        if self.rng.random() < 0.5:
+            masks = np.stack([episode.labels == v for v in episode.values], axis=1)
+            masks = augment_targets(masks, self.cfg.pseudo, self.rng)
+            tasks = [(episode.tasks[0][0], "augmented_target")] * masks.shape[1]
+            values = list(range(1, masks.shape[1] + 1))
+            return _Episode(episode.images, episode.labels, values, tasks, episode.support_patients,
+                            episode.query_patients, episode.same_subject, True, masks)
+        images = augment_intensities(episode.images.astype(np.float32), self.rng)
+        return _Episode(images, episode.labels, episode.values, episode.tasks, episode.support_patients,
+                        episode.query_patients, episode.same_subject, True, episode.masks)
+
     def _synthetic_episode(self) -> _Episode:
         """K+Q independent synthetic label maps rendered with one shared intensity table."""
         cfg = self.cfg
@@ -247,15 +363,25 @@ class EpisodeSampler:
         )
 
     def sample_episode(self) -> _Episode:
-        """One episode: synthetic with probability synthetic_fraction, else a weighted real dataset."""
-        if not self.datasets or self.rng.random() < self.cfg.synthetic_fraction:
+        """One episode: synthetic, superpixel, or a real dataset's (across patients or within one volume)."""
+        cfg = self.cfg
+        draw = self.rng.random()
+        if not self.datasets or draw < cfg.synthetic_fraction:
             return self._synthetic_episode()
+        if draw < cfg.synthetic_fraction + cfg.superpixel_fraction and len(self.pseudo_rows):
+            return self._superpixel_episode()
         name = self.datasets[int(self.rng.choice(len(self.datasets), p=self.dataset_weights))]
         for _ in range(20):
             try:
-                return self._real_episode(name)
+                if self.volumetric[name] and self.rng.random() < cfg.same_volume_fraction:
+                    episode = self._same_volume_episode(name)
+                else:
+                    episode = self._real_episode(name)
             except _NoQueryError:
                 continue
+            if self.rng.random() < cfg.task_augment_prob:
+                episode = self._augment_task(episode)
+            return episode
         raise IrisInputError(f"{name}: could not place a query away from the supports in 20 tries")
 
     def sample_batch(self, batch_size: int) -> EpisodeBatch:
@@ -276,7 +402,7 @@ class EpisodeSampler:
             row: list[Task | None] = [None] * n_slots
             for j, (value, task) in enumerate(zip(ep.values, ep.tasks, strict=True)):
                 if keep[j]:
-                    masks[b, :, j] = ep.labels == value
+                    masks[b, :, j] = ep.labels == value if ep.masks is None else ep.masks[:, j]
                     valid[b, j] = True
                     row[j] = task
             tasks.append(row)

@@ -18,7 +18,17 @@ SPLIT_FORMAT_VERSION = 1
 
 
 # Structures that exist in no other shared dataset, so they are truly unseen in training.
-DEFAULT_HELD_OUT_CLASSES = (("segthor_ct", "esophagus"), ("mscmr_cardiac_mr", "right_ventricle"))
+# Spleen and the airways are also held out of the single-subject sets that name them, so no training task shows them.
+DEFAULT_HELD_OUT_CLASSES = (
+    ("segthor_ct", "esophagus"),
+    ("mscmr_cardiac_mr", "right_ventricle"),
+    ("chaos_mr", "spleen"),
+    ("totalseg_ct_small", "spleen"),
+    ("totalseg_mr_small", "spleen"),
+    ("left_atrium_mr", "left_atrium"),
+    ("segthor_ct", "trachea"),
+    ("covid_cxr", "airways"),
+)
 
 @dataclass
 class Split:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iris_engine.config import ModelConfig
+from iris_engine.config import ContextLayout, ModelConfig
 from iris_engine.model.blocks import (
     AttentionBlock,
     FeedForward,
@@ -20,6 +20,7 @@ from iris_engine.model.blocks import (
     conv_layer,
     interpolation_mode,
 )
+from iris_engine.model.context import CONTEXT_MAPS, context_maps
 
 
 class TwoWayBlock(nn.Module):
@@ -51,7 +52,12 @@ class UpBlock(nn.Module):
 
 
 class MaskDecoder(nn.Module):
-    """Decodes one logit map per class from query features and (B, K, T, C) task tokens."""
+    """Decodes one logit map per class from query features and (B, K, T, C) task tokens.
+
+    With the support-context path (v2), dense maps of what the support says (similarity to its prototypes,
+    intensity posterior, mask prior; `context.context_maps`) join the class path at the bottleneck, at the
+    class-specific upsampling and in a full-resolution refinement block before the pixel classifier.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -61,8 +67,14 @@ class MaskDecoder(nn.Module):
         encoder_channels = list(config.encoder_channels)
         conv = conv_layer(dims)
         self.mode = interpolation_mode(dims)
+        self.num_iris_tokens = config.num_iris_tokens
+        self.layout = ContextLayout.of(config) if config.similarity_path else None
+        extra = CONTEXT_MAPS if config.similarity_path else 0
         self.blocks = nn.ModuleList(TwoWayBlock(dim, config.num_heads) for _ in range(config.decoder_layers))
-        self.class_up = UpBlock(dims, dim, encoder_channels[-2], encoder_channels[-2])
+        self.class_up = UpBlock(dims, dim, encoder_channels[-2] + extra, encoder_channels[-2])
+        if config.similarity_path:
+            self.context_in = conv(CONTEXT_MAPS, dim, 1)
+            self.refine = ResidualBlock(dims, width + CONTEXT_MAPS, width)
         self.class_projection = conv(encoder_channels[-2], width, 1)
         self.shared_up = nn.ModuleList()
         in_channels = dim
@@ -83,20 +95,29 @@ class MaskDecoder(nn.Module):
             x = up(x, skip)
         return self.pixel_projection(x)
 
-    def forward(self, features: list[torch.Tensor], task_tokens: torch.Tensor) -> torch.Tensor:
-        """features: encoder outputs of the query (B, C_i, *s_i); task_tokens (B, K, T, C) -> (B, K, *S)."""
+    def forward(self, image: torch.Tensor, features: list[torch.Tensor], task_tokens: torch.Tensor) -> torch.Tensor:
+        """image (B, 1, *S), its encoder features (B, C_i, *s_i), task_tokens (B, K, T, C) -> logits (B, K, *S)."""
         b, k = task_tokens.shape[:2]
-        bottleneck = features[-1]
-        image = bottleneck.flatten(2).transpose(1, 2).repeat_interleave(k, dim=0)
-        tokens = task_tokens.flatten(0, 1)
+        bottleneck = features[-1].repeat_interleave(k, dim=0)
+        skip = features[-2].repeat_interleave(k, dim=0)
+        maps = None
+        if self.layout is not None:
+            maps = [m.flatten(0, 1) for m in context_maps(self.layout, task_tokens, image, features)]
+            bottleneck = bottleneck + self.context_in(maps[-1])
+            skip = torch.cat([skip, maps[-2]], dim=1)
+        spatial = bottleneck.shape[2:]
+        tokens = task_tokens[:, :, : self.num_iris_tokens].flatten(0, 1)
+        image_tokens = bottleneck.flatten(2).transpose(1, 2)
         for block in self.blocks:
-            tokens, image = block(tokens, image)
-        x = image.transpose(1, 2).reshape(b * k, -1, *bottleneck.shape[2:])
-        x = self.class_projection(self.class_up(x, features[-2].repeat_interleave(k, dim=0)))
+            tokens, image_tokens = block(tokens, image_tokens)
+        x = image_tokens.transpose(1, 2).reshape(b * k, -1, *spatial)
+        x = self.class_projection(self.class_up(x, skip))
         pixels = self.pixel_features(features)
         full_size = pixels.shape[2:]
         x = F.interpolate(x, size=full_size, mode=self.mode, align_corners=False)
         x = self.pixel_mixer(x + pixels.repeat_interleave(k, dim=0))
+        if maps is not None:
+            x = self.refine(torch.cat([x, maps[0]], dim=1))
         weights = self.token_to_weights(tokens.mean(dim=1))
         kernel, bias = weights[:, :-1], weights[:, -1]
         logits = torch.einsum("nc,nc...->n...", kernel, x) / kernel.shape[1] ** 0.5

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from iris_engine.config import ModelConfig
+from iris_engine.config import ContextLayout, ModelConfig
 from iris_engine.errors import IrisInputError
+from iris_engine.model.context import encode_context
 from iris_engine.model.decoder import MaskDecoder
 from iris_engine.model.encoder import Encoder
 from iris_engine.model.task_encoding import TaskEncoder
@@ -16,7 +17,8 @@ class IrisModel(nn.Module):
     """In-context segmentation model (Gao et al., CVPR 2025).
 
     `encode_task` turns support pairs into task tokens once; `segment` reuses them for any
-    number of queries. `forward` runs a whole training episode.
+    number of queries. `forward` runs a whole training episode. With `config.similarity_path` (v2) each
+    class embedding also carries the support context (`model/context.py`) after its IRIS tokens.
     """
 
     def __init__(self, config: ModelConfig | None = None, **overrides: object):
@@ -57,22 +59,32 @@ class IrisModel(nn.Module):
                 f"support mask size {tuple(support_masks.shape[2:])} differs from image size "
                 f"{tuple(support_images.shape[2:])}"
             )
-        features = self.encoder(support_images)[-1]
-        return self.task_encoder(features, support_masks.to(features.dtype))
+        features = self.encoder(support_images)
+        masks = support_masks.to(features[-1].dtype)
+        tokens = self.task_encoder(features[-1], masks)
+        if not self.config.similarity_path:
+            return tokens
+        context = encode_context(ContextLayout.of(self.config), support_images, features, masks)
+        return torch.cat([tokens, context], dim=2)
 
     def encode_query(self, query_images: torch.Tensor) -> list[torch.Tensor]:
-        """Multi-scale features of the query, reusable across tasks."""
+        """The query image followed by its multi-scale features, reusable across tasks."""
         self._check_images(query_images, "query_images")
-        return self.encoder(query_images)
+        return [query_images, *self.encoder(query_images)]
 
     def decode(self, query_features: list[torch.Tensor], task_tokens: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K, *S) from query features and tokens (K, T, C) or (B, K, T, C)."""
+        """Logits (B, K, *S) from `encode_query` output and tokens (K, T, C) or (B, K, T, C)."""
         batch = query_features[0].shape[0]
         if task_tokens.ndim == 3:
             task_tokens = task_tokens.unsqueeze(0).expand(batch, -1, -1, -1)
         if task_tokens.ndim != 4 or task_tokens.shape[0] != batch:
             raise IrisInputError(f"task tokens must be (K, T, C) or ({batch}, K, T, C), got {tuple(task_tokens.shape)}")
-        return self.decoder(query_features, task_tokens)
+        if task_tokens.shape[2] != self.config.num_task_tokens:
+            raise IrisInputError(
+                f"task tokens have {task_tokens.shape[2]} tokens per class, this model uses "
+                f"{self.config.num_task_tokens} (an embedding from another model version?)"
+            )
+        return self.decoder(query_features[0], query_features[1:], task_tokens)
 
     def segment(self, query_images: torch.Tensor, task_tokens: torch.Tensor) -> torch.Tensor:
         """query_images (B, 1, *S) and tokens (K, T, C) or (B, K, T, C) -> logits (B, K, *S)."""

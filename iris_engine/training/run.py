@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--image-size", type=int, default=ModelConfig.image_size)
     parser.add_argument("--synthetic-fraction", type=float, default=TrainConfig.synthetic_fraction)
+    parser.add_argument("--superpixel-fraction", type=float, default=TrainConfig.superpixel_fraction,
+                        help="share of superpixel pseudo-label episodes")
+    parser.add_argument("--same-volume-fraction", type=float, default=TrainConfig.same_volume_fraction,
+                        help="share of real 3D episodes whose support and query are nearby slices of one volume")
+    parser.add_argument("--task-augment-prob", type=float, default=TrainConfig.task_augment_prob,
+                        help="probability of task augmentation for a real episode")
+    parser.add_argument("--warmup-iterations", type=int, default=TrainConfig.warmup_iterations)
+    parser.add_argument("--no-similarity-path", action="store_true", help="the v1 architecture (no support context)")
     parser.add_argument("--time-limit-minutes", type=float, default=None, help="stop (and checkpoint) after this")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--init", type=Path, default=None, help="fine-tune from this checkpoint")
@@ -84,10 +92,12 @@ def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    model_config = ModelConfig(image_size=args.image_size)
+    model_config = ModelConfig(image_size=args.image_size, similarity_path=not args.no_similarity_path)
     config = TrainConfig(
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        synthetic_fraction=args.synthetic_fraction, num_threads=args.threads, model=model_config,
+        synthetic_fraction=args.synthetic_fraction, superpixel_fraction=args.superpixel_fraction,
+        same_volume_fraction=args.same_volume_fraction, task_augment_prob=args.task_augment_prob,
+        warmup_iterations=min(args.warmup_iterations, args.iterations), num_threads=args.threads, model=model_config,
     )
     datasets = tuple(args.datasets) if args.datasets else None
     split_path = out / SPLIT_FILE
@@ -103,7 +113,8 @@ def main(argv: list[str] | None = None) -> Path:
     if args.resume and trainer.resume():
         print(f"resumed from iteration {trainer.iteration}", flush=True)
     elif args.init is not None:
-        trainer.initialise_from(args.init)
+        taken = trainer.initialise_from(args.init)
+        print(f"initialised {taken} weight tensors from {args.init}", flush=True)
     result = trainer.fit()
     if trainer.context.is_main:
         loaded = load_checkpoint(result.checkpoint)

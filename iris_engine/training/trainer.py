@@ -101,7 +101,11 @@ def _episode_embeddings(
 
 
 def _update_memory_bank(bank: MemoryBank, tokens: torch.Tensor, batch: EpisodeBatchLike) -> None:
+    """EMA of the named classes of real episodes (pseudo-label and synthetic tasks name no structure)."""
+    pseudo = getattr(batch, "synthetic", None) or [False] * len(batch.task_names)
     for b, names in enumerate(batch.task_names):
+        if pseudo[b]:
+            continue
         for index, task in enumerate(names):
             if task is not None and bool(batch.class_valid[b, index]):
                 dataset, class_name = task
@@ -137,11 +141,22 @@ class Trainer:
         self.iteration = 0
         self.elapsed = 0.0
 
-    def initialise_from(self, checkpoint: str | Path) -> None:
-        """Fine-tuning: start from another checkpoint's weights and memory bank (fresh optimiser)."""
-        loaded = load_checkpoint(checkpoint, map_location=self.device, expected=self.config.model)
-        self.model.load_state_dict(loaded.model.state_dict())
-        self.memory_bank = loaded.memory_bank
+    def initialise_from(self, checkpoint: str | Path) -> int:
+        """Start from another checkpoint (fresh optimiser); returns how many weight tensors were taken.
+
+        Same architecture: every weight and the memory bank. Another architecture (a warm start of v2 from v1):
+        every tensor whose name and shape match; the rest keep their fresh initialisation, the bank starts empty.
+        """
+        loaded = load_checkpoint(checkpoint, map_location=self.device)
+        source = loaded.model.state_dict()
+        if loaded.model.config == self.config.model:
+            self.model.load_state_dict(source)
+            self.memory_bank = loaded.memory_bank
+            return len(source)
+        target = self.model.state_dict()
+        matching = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+        self.model.load_state_dict(matching, strict=False)
+        return len(matching)
 
     def resume(self) -> bool:
         """Restore everything from out_dir/last.pt; False when there is none."""

@@ -169,3 +169,27 @@ def test_eval_pairs_other_patients(tiny_root: Path) -> None:
     for p in pairs:
         assert p.query_patient not in p.support_patients and p.query_case in split.test_cases["toy3d"]
         assert p.support_masks.shape == (1, 1, 32, 32) and p.support_masks.sum() > 0
+
+
+def test_superpixel_episodes_use_train_slices_and_need_no_labels(tiny_root: Path) -> None:
+    bank, split = _bank_and_split(tiny_root, held_out_datasets=("toy2d",), held_out_classes=())
+    cfg = EpisodeConfig(synthetic_fraction=0.0, superpixel_fraction=1.0, augment=False, max_classes=2)
+    sampler = EpisodeSampler(bank, split, cfg, seed=0)
+    train_rows = set(sampler.pseudo_rows.tolist())
+    assert train_rows and all(bank.case_ids[r] in split.train_cases["toy3d"] for r in train_rows)
+    batch = sampler.sample_batch(6)
+    for b in range(6):
+        assert batch.task_names[b][0][0] == "superpixel" and batch.synthetic[b]
+        assert batch.support_masks[b, 0, 0].sum() > 0
+
+
+def test_same_volume_episodes_pair_nearby_slices_of_one_case(tiny_root: Path) -> None:
+    bank, split = _bank_and_split(tiny_root, held_out_datasets=("toy2d",), held_out_classes=())
+    cfg = EpisodeConfig(synthetic_fraction=0.0, same_volume_fraction=1.0, max_volume_gap=3, augment=False)
+    sampler = EpisodeSampler(bank, split, cfg, seed=0)
+    for _ in range(10):
+        episode = sampler.sample_episode()
+        assert episode.same_subject and episode.support_patients == episode.query_patients
+        rows = [int(np.flatnonzero((bank.images == image).all(axis=(1, 2)))[0]) for image in episode.images]
+        gaps = {abs(int(bank.slice_index[rows[0]]) - int(bank.slice_index[r])) for r in rows[1:]}
+        assert gaps and max(gaps) <= 3

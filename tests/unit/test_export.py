@@ -12,12 +12,15 @@ from iris_engine.model.iris import IrisModel
 
 TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=64, decoder_channels=8, num_heads=2,
                    task_encoder_layers=1, decoder_layers=1)
+TINY_V2 = ModelConfig(encoder_channels=(8, 16, 32), image_size=64, decoder_channels=8, num_heads=2,
+                      task_encoder_layers=1, decoder_layers=1, similarity_path=True, prior_size=16,
+                      histogram_bins=8, region_grid=2)
 
 
-@pytest.fixture(scope="module")
-def model() -> IrisModel:
+@pytest.fixture(scope="module", params=[TINY, TINY_V2], ids=["v1", "v2_support_context"])
+def model(request) -> IrisModel:
     torch.manual_seed(0)
-    return IrisModel(TINY).eval()
+    return IrisModel(request.param).eval()
 
 
 def test_segment_path_equals_model_segment(model):

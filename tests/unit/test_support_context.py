@@ -1,0 +1,100 @@
+"""v2 support context: token layout and content, per-class independence, the decoder really reads the support."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from iris_engine import strategies
+from iris_engine.config import ContextLayout, ModelConfig
+from iris_engine.errors import IrisInputError
+from iris_engine.memory_bank import MemoryBank
+from iris_engine.model.iris import IrisModel
+
+TINY_V2 = dict(
+    encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2, task_encoder_layers=1,
+    decoder_layers=1, num_query_tokens=4, similarity_path=True, prior_size=8, histogram_bins=8, region_grid=2,
+)
+
+
+def tiny_v2(spatial_dims: int = 2, seed: int = 0) -> IrisModel:
+    torch.manual_seed(seed)
+    return IrisModel(ModelConfig(spatial_dims=spatial_dims, **TINY_V2)).eval()
+
+
+def square(size: tuple[int, ...], start: int, width: int) -> torch.Tensor:
+    mask = torch.zeros(1, 1, *size)
+    mask[(0, 0, *[slice(start, start + width)] * len(size))] = 1.0
+    return mask
+
+
+def test_layout_counts_every_part():
+    config = ModelConfig(**TINY_V2)
+    layout = ContextLayout.of(config)
+    assert layout.start == config.num_iris_tokens
+    assert layout.num_tokens == 2 * 3 + 4 + 1 + 1 + 2  # prototypes, regions, weights, histogram, 8x8 prior / 32
+    assert config.num_task_tokens == config.num_iris_tokens + layout.num_tokens
+    assert ModelConfig(**{**TINY_V2, "similarity_path": False}).num_task_tokens == config.num_iris_tokens
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_context_tokens_hold_the_mask_prior_and_histograms(spatial_dims: int):
+    model = tiny_v2(spatial_dims)
+    size = (32,) * spatial_dims
+    image = torch.randn(1, 1, *size)
+    mask = square(size, 8, 12)
+    with torch.no_grad():
+        tokens = model.encode_task(image, mask)
+    layout = ContextLayout.of(model.config)
+    assert tokens.shape == (1, 1, model.config.num_task_tokens, model.config.embed_dim)
+    prior = tokens[0, 0, layout.prior].flatten()[: 8**spatial_dims].reshape((8,) * spatial_dims)
+    pool = F.adaptive_avg_pool2d if spatial_dims == 2 else F.adaptive_avg_pool3d
+    torch.testing.assert_close(prior, pool(mask, (8,) * spatial_dims)[0, 0])
+    histogram = tokens[0, 0, layout.histogram, :16]
+    torch.testing.assert_close(histogram[:8].sum(), torch.tensor(1.0))
+    torch.testing.assert_close(histogram[8:].sum(), torch.tensor(1.0))
+
+
+def test_k_classes_in_one_call_equal_separate_calls():
+    model = tiny_v2()
+    image = torch.randn(1, 1, 32, 32)
+    masks = torch.cat([square((32, 32), 2, 10), square((32, 32), 18, 12)], dim=1)
+    queries = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        tokens = model.encode_task(image, masks)[0]
+        together = model.segment(queries, tokens)
+        for k in range(2):
+            torch.testing.assert_close(together[:, k : k + 1], model.segment(queries, tokens[k : k + 1]),
+                                       atol=1e-5, rtol=1e-4)
+
+
+def test_decoder_output_depends_on_the_support_mask():
+    """Same image, same query, two different support masks: an untrained v2 decoder already gives two maps."""
+    model = tiny_v2()
+    image = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        left = model.segment(image, model.encode_task(image, square((32, 32), 2, 10))[0])
+        right = model.segment(image, model.encode_task(image, square((32, 32), 18, 12))[0])
+    assert (left - right).abs().max() > 1e-2
+
+
+def test_tokens_of_another_model_version_are_refused():
+    model = tiny_v2()
+    with pytest.raises(IrisInputError, match="tokens per class"):
+        model.segment(torch.randn(1, 1, 32, 32), torch.randn(1, model.config.num_iris_tokens, 32))
+
+
+def test_memory_bank_and_tuning_work_with_context_tokens():
+    model = tiny_v2()
+    image, mask = torch.randn(1, 1, 32, 32), square((32, 32), 6, 14)
+    embedding = strategies.encode_supports(model, image, mask, ["organ"])
+    bank = MemoryBank(0.5)
+    bank.update("organ", embedding.tokens[0])
+    bank.update("organ", embedding.tokens[0] * 0 + embedding.tokens[0])
+    stored = bank.get("organ")
+    result = strategies.segment_with_embedding(model, image, stored)
+    assert result.probabilities.shape == (1, 1, 32, 32)
+    tuned = strategies.in_context_tuning(model, image, mask, image, ["organ"], steps=3, lr=1e-2)
+    assert tuned.embedding.tokens.shape == embedding.tokens.shape
+    assert len(tuned.loss_curve) == 3
