@@ -68,6 +68,7 @@ class Session:
     supports: list[SupportRef] = field(default_factory=list)
     result: Result | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    fixed_slices: dict[int, set[int]] = field(default_factory=dict)  # case -> axial slices fixed after propagating
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Session:
         """Gradio deep-copies state values; a session (with its cancel event) is kept by reference."""
