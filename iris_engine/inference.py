@@ -20,6 +20,7 @@ from iris_engine.checkpoint import load_checkpoint
 from iris_engine.config import InferenceConfig, PreprocessConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
+from iris_engine.io.limits import DEFAULT_LIMITS
 from iris_engine.io.volume import Volume
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
@@ -166,6 +167,8 @@ class IrisSegmenter:
         """Model-space support images and masks of a support set, concatenated."""
         if not supports:
             raise IrisInputError("at least one support (image + mask) is needed")
+        if len(class_names) > DEFAULT_LIMITS.max_classes:
+            raise IrisInputError(f"{len(class_names)} classes asked for; at most {DEFAULT_LIMITS.max_classes} at once")
         pairs = [self._support_tensors(s, len(class_names)) for s in supports]
         return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 

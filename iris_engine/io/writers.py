@@ -40,7 +40,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(target.suffixes[-2:]) if target.name.lower().endswith(".nii.gz") else target.suffix
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".iris-partial-", suffix=suffix)  # fits any name
     os.close(fd)
     tmp = Path(tmp_name)
     try:
