@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     from app.services import build_services
     from app.ui import build_ui
+    from storage.errors import StorageError
 
     limits = {}
     if args.max_upload_mb is not None:
@@ -69,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    services = build_services(config, with_demo=not args.no_demo)
+    try:
+        services = build_services(config, with_demo=not args.no_demo)
+    except StorageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     demo = build_ui(services)
     try:
         _, _, share_url = demo.queue(default_concurrency_limit=2).launch(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -79,7 +80,10 @@ class Services:
         with tempfile.TemporaryDirectory() as tmp:
             link = Path(tmp) / f"case{file_suffix(case.source_filename)}"
             shutil.copyfile(case.file_path, link)
-            volume = read_image(link, max_bytes=self.config.upload_limit_bytes)
+            try:
+                volume = read_image(link, max_bytes=self.config.upload_limit_bytes)
+            except IrisInputError as error:
+                raise without_paths(error, [link], case.source_filename) from error
         volume.source = case.source_filename
         with self.lock:
             self._volumes[case_id] = volume
@@ -94,7 +98,11 @@ class Services:
         check_upload_size(paths, self.config.upload_limit_bytes)
         with tempfile.TemporaryDirectory() as tmp:
             source = paths[0] if len(paths) == 1 else _zip_files(paths, Path(tmp) / "series.zip")
-            volume = read_image(source, max_bytes=self.config.upload_limit_bytes, max_voxels=self.config.max_voxels)
+            try:
+                volume = read_image(source, max_bytes=self.config.upload_limit_bytes,
+                                    max_voxels=self.config.max_voxels)
+            except IrisInputError as error:
+                raise without_paths(error, [*paths, source]) from error
             if volume.array.size > self.config.max_voxels:
                 raise IrisInputError(f"{source.name}: {volume.array.size} voxels is over this studio's limit of "
                                      f"{self.config.max_voxels} voxels")
@@ -130,6 +138,16 @@ def check_upload_size(paths: list[Path], limit: int) -> None:
     if sum(sizes) > limit:
         raise IrisInputError(f"upload of {sum(sizes)} bytes is over this studio's limit of {limit} bytes "
                              f"({limit / 1024**2:.0f} MiB)")
+
+
+def without_paths(error: IrisInputError, paths: list[Path], name: str | None = None) -> IrisInputError:
+    """The error with the server's paths of these files replaced by the files' own names (or `name`)."""
+    message = str(error)
+    for path in sorted(paths, key=lambda p: len(str(p)), reverse=True):
+        message = message.replace(str(path), name or path.name)
+    for folder in sorted({p.parent for p in paths}, key=lambda p: len(str(p)), reverse=True):
+        message = message.replace(f"{folder}{os.sep}", "").replace(str(folder), "the upload")
+    return IrisInputError(message)
 
 
 def _display_name(path: Path) -> str:

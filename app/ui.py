@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 from gradio import processing_utils
 
-from app import display, handlers, training
+from app import display, handlers, propagation, training
 from app.demo import DEMO_NAME
 from app.handlers import Session
 from app.services import Services
@@ -145,6 +145,19 @@ def build_ui(services: Services) -> gr.Blocks:
                         results = gr.Dataframe(headers=["class", "size", "mean confidence", "voxels"],
                                                label="Result", interactive=False, elem_id="results")
                         result_class = gr.Dropdown(label="Class (confidence view, correction)", choices=[])
+                    with gr.Tab("2b · Propagate", elem_id="propagate-tab") as propagate_tab:
+                        gr.Markdown("Paint the structure on a few axial slices of this case (1 · Support: paint, "
+                                    "name, Add support, on each slice; paint every class that shows on a painted "
+                                    "slice), then fill the other slices. Fix any slice in 3 · Correct & accept and "
+                                    "propagate again: only the slices it affects are recomputed.")
+                        painted_table = gr.Dataframe(headers=["slice", "classes", "kind"], label="Painted slices",
+                                                     interactive=False, elem_id="painted-slices")
+                        with gr.Row():
+                            propagate_btn = gr.Button("Propagate", variant="primary", elem_id="propagate")
+                            accept_all_btn = gr.Button("Accept all", elem_id="accept-all")
+                        slice_table = gr.Dataframe(headers=["slice", "kind", "voxels per class"], interactive=False,
+                                                   label="Result by slice (scroll with the Slice slider)",
+                                                   elem_id="propagated-slices")
                     with gr.Tab("3 · Correct & accept"):
                         corrector = gr.ImageEditor(label="Edit the predicted mask on this slice", type="numpy",
                                                    sources=(), transforms=(), layers=False, height=VIEW_HEIGHT,
@@ -274,6 +287,7 @@ def build_ui(services: Services) -> gr.Blocks:
             if not c:
                 raise handlers.HandlerError("pick the result class to correct")
             message = h.apply_correction(services, s, c, i, value)
+            propagation.note_fixed_slice(s, i)
             return message, h.result_rows(services, s), display.enlarge(h.render_slice(services, s, v, vi, w, o))
 
         apply_fix_btn.click(on_apply_fix, [session, result_class, paint_index, corrector, view, index, window,
@@ -292,6 +306,20 @@ def build_ui(services: Services) -> gr.Blocks:
             return refreshed_lists(h.accept(services, s, gradio_progress(progress)))
 
         accept_btn.click(on_accept, [session], list_outputs)
+        accept_all_btn.click(on_accept, [session], list_outputs)
+
+        @guard
+        def on_propagate(s: Session, v: str, i: int, w: str, o: float,
+                         progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+            message = propagation.run_propagation(services, s, gradio_progress(progress))
+            names = s.result.segmentation.class_names
+            return (message, h.result_rows(services, s), gr.update(choices=names, value=names[0]),
+                    display.enlarge(h.render_slice(services, s, v, i, w, o)), propagation.painted_rows(services, s),
+                    propagation.slice_rows(services, s))
+
+        propagate_btn.click(on_propagate, [session, view, index, window, opacity],
+                            [status, results, result_class, viewer, painted_table, slice_table])
+        propagate_tab.select(guard(lambda s: propagation.painted_rows(services, s)), [session], [painted_table])
         undo_btn.click(guard(lambda s: refreshed_lists(h.undo_accept(services, s))), [session], list_outputs)
         export_btn.click(guard(lambda s, f, i: str(h.export_mask(services, s, f, int(i)))),
                          [session, fmt, paint_index], [download])

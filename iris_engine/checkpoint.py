@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,16 @@ def save_checkpoint(
     return path
 
 
+def _one_line(error: Exception) -> str:
+    """The gist of torch's multi-line load errors in one line (never its advice to load untrusted code)."""
+    text = str(error)
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsafe:
+        return f"it asks to run {unsafe.group(1)}, which a checkpoint never needs; it was not run"
+    joined = " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
+    return joined.split(". ")[0].rstrip(".")[:200]
+
+
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu", expected: ModelConfig | None = None
 ) -> LoadedCheckpoint:
@@ -82,7 +93,8 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise CheckpointError(f"{path.name} is not a loadable IRIS checkpoint (corrupt or unsafe): {error}") from error
+        raise CheckpointError(f"{path.name} is not a loadable IRIS checkpoint (corrupt or unsafe): "
+                              f"{_one_line(error)}") from error
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise CheckpointError(f"{path.name} is not an IRIS checkpoint (no format version)")
     if payload["format_version"] != CHECKPOINT_FORMAT_VERSION:
@@ -101,7 +113,7 @@ def load_checkpoint(
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise CheckpointError(f"{path.name} does not match the model architecture: {error}") from error
+        raise CheckpointError(f"{path.name} does not match the model architecture: {_one_line(error)}") from error
     model.version = str(payload["metadata"].get("model_version", payload["digest"][:12]))
     model.eval()
     return LoadedCheckpoint(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -21,9 +22,10 @@ from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import CheckpointError, IrisInputError
 from iris_engine.inference import IrisSegmenter, Support
 from iris_engine.inputs import InputItem, discover_inputs
+from iris_engine.io.limits import DEFAULT_LIMITS
 from iris_engine.io.readers import read_image, read_mask
 from iris_engine.io.volume import Volume
-from iris_engine.io.writers import dicom_seg_missing_references, write_dicom_seg, write_mask
+from iris_engine.io.writers import atomic_write, dicom_seg_missing_references, write_dicom_seg, write_mask
 from iris_engine.postprocess import PostprocessOptions, apply_postprocessing
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "weights" / "iris2d.pt"
@@ -35,6 +37,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 STEM_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".dicom", ".npy", ".npz", ".zip", *IMAGE_SUFFIXES)
 EXIT_ALL_FAILED = 1
 EXIT_USAGE = 2
+NAME_MAX_BYTES = 255
 
 
 @dataclass
@@ -76,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--input", action="append", required=True, type=Path, metavar="PATH",
                      help="image, volume, DICOM folder or a folder of them; repeatable")
     seg.add_argument("--output", required=True, type=Path, metavar="DIR", help="folder for the masks")
+    seg.add_argument("--max-classes", type=_positive_int, default=DEFAULT_LIMITS.max_classes,
+                     help="most classes a support mask may hold (default %(default)s); masks with more distinct "
+                     "values are refused before anything is allocated")
     seg.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
                      help="class name: mask value k is the k-th --class; memory-bank retrieval looks names up "
                      "(an unambiguous suffix such as 'liver' matches 'Task03_Liver/liver')")
@@ -178,20 +184,26 @@ def _load_segmenter(weights: Path, device: str, batch_size: int, threshold: floa
     return IrisSegmenter.from_checkpoint(weights, config)
 
 
-def _support_label_map(mask: np.ndarray) -> np.ndarray:
-    """A label map; binary masks saved as 0/255 images count as class 1."""
+def _support_label_map(mask: np.ndarray, max_classes: int = DEFAULT_LIMITS.max_classes) -> np.ndarray:
+    """A label map 1..K: a mask with exactly two values is one class (the larger value), whatever the values."""
     values = np.unique(mask)
-    if values.size and set(values.tolist()) <= {0, 255} and values.max() == 255:
-        return (mask // 255).astype(np.int32)
+    if values.size == 2:
+        return (mask == values[1]).astype(np.int32)
+    if values.size and values.max() > max_classes:
+        raise IrisInputError(f"mask labels go up to {int(values.max())}, but a label map holds classes "
+                             f"1..{max_classes} (--max-classes)")
     return mask
 
 
-def read_supports(pairs: Sequence[Sequence[str]]) -> list[Support]:
-    """Read --support IMAGE MASK pairs; masks must match their image's shape."""
+def read_supports(pairs: Sequence[Sequence[str]], max_classes: int = DEFAULT_LIMITS.max_classes) -> list[Support]:
+    """Read --support IMAGE MASK pairs; masks must match their image's shape and hold at most `max_classes`."""
     supports = []
     for image_path, mask_path in pairs:
         volume = read_image(image_path)
-        labels = _support_label_map(read_mask(mask_path, reference=volume))
+        try:
+            labels = _support_label_map(read_mask(mask_path, reference=volume, max_classes=max_classes), max_classes)
+        except IrisInputError as error:
+            raise IrisInputError(f"support mask {mask_path}: {_reason(error, Path(mask_path))}") from error
         if not labels.any():
             raise IrisInputError(f"support mask {mask_path} is empty: it must label the structure to segment")
         supports.append(Support(volume, labels))
@@ -260,7 +272,17 @@ def output_path(source: Path | InputItem, volume: Volume, fmt: str, out_dir: Pat
             stem = stem[: -len(suffix)]
             break
     extension = {"nifti": ".nii.gz", "png": ".png", "npy": ".npy", "dicom-seg": ".dcm"}[fmt]
-    return out_dir / f"{stem}_seg{extension}", fmt
+    return out_dir / f"{_fit_name(stem, f'_seg{extension}')}_seg{extension}", fmt
+
+
+def _fit_name(stem: str, ending: str) -> str:
+    """`stem`, shortened (plus a digest of the whole, to stay unique) so that stem + ending fits a file name."""
+    room = NAME_MAX_BYTES - len(ending.encode())
+    if len(stem.encode()) <= room:
+        return stem
+    digest = hashlib.sha256(stem.encode()).hexdigest()[:8]
+    head = stem.encode()[: room - len(digest) - 1].decode(errors="ignore")
+    return f"{head}-{digest}"
 
 
 def autocast_context(device: str, precision: str) -> AbstractContextManager[object]:
@@ -387,18 +409,22 @@ def run_segment(args: argparse.Namespace) -> int:
         raise IrisInputError(f"{strategy} needs at least one --support IMAGE MASK")
     inputs = discover_inputs(args.input)
     segmenter = _load_segmenter(args.weights, args.device, args.batch_size, args.threshold)
-    supports = read_supports(args.support)
+    supports = read_supports(args.support, args.max_classes)
     names = resolve_classes(args.classes, supports, strategy, segmenter.memory_bank.class_names)
     embedding = task_embedding(segmenter, strategy, supports, names, args.tuning_steps)
     if args.compile:
         segmenter.model.encoder = torch.compile(segmenter.model.encoder)
         segmenter.model.decoder = torch.compile(segmenter.model.decoder)
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "labels.json").write_text(json.dumps({str(k + 1): n for k, n in enumerate(names)}, indent=2))
+    existed = args.output.exists()
     batch = BatchSegmenter(segmenter, embedding, args)
     for path in tqdm(inputs, desc="segmenting", unit="file", disable=args.quiet, file=sys.stderr):
         batch.add(path)
     batch.flush()
+    if any(r.status == "ok" for r in batch.results):
+        labels = json.dumps({str(k + 1): n for k, n in enumerate(names)}, indent=2)
+        atomic_write(args.output / "labels.json", lambda tmp: tmp.write_text(labels))
+    elif not existed and args.output.is_dir() and not any(args.output.iterdir()):
+        args.output.rmdir()  # nothing succeeded: leave no trace
     print(f"{strategy}, classes {', '.join(names)}, model {segmenter.model_version}, device {args.device}")
     order = {path: index for index, path in enumerate(inputs)}
     results = sorted(batch.results, key=lambda r: order[r.path])

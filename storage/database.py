@@ -11,12 +11,15 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
+from storage.errors import StorageError
 from storage.files import BlobStore
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class Database:
@@ -30,9 +33,15 @@ class Database:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.url = url or f"sqlite:///{self.data_dir / 'iris.db'}"
         self.blobs = BlobStore(self.data_dir / "blobs")
+        _check_sqlite_file(self.url)
         self.engine = _create_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.upgrade()
+        try:
+            self.upgrade()
+        except DatabaseError as error:
+            self.engine.dispose()
+            raise StorageError(f"cannot open the database {make_url(self.url).render_as_string()}: "
+                               f"{error.orig or error}") from error
 
     @property
     def dialect(self) -> str:
@@ -76,6 +85,21 @@ def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
+
+
+def _check_sqlite_file(url: str) -> None:
+    """Refuse, before connecting (so it is never written to), an SQLite file that is not an SQLite database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if head != SQLITE_MAGIC:
+        raise StorageError(f"{path} is not an SQLite database (corrupt, or another kind of file); it was left "
+                           "untouched: move it away or choose another --db-url or --data-dir")
 
 
 def _create_engine(url: str) -> Engine:
