@@ -112,6 +112,7 @@ def test_label_map_prefers_the_most_probable_class_where_masks_overlap():
     assert labels.tolist() == [[1, 2, 0]]
 
 
-def test_support_masks_saved_as_0_255_count_as_one_class():
+def test_support_masks_with_two_values_count_as_one_class():
     assert cli._support_label_map(np.array([[0, 255]])).tolist() == [[0, 1]]
-    assert cli._support_label_map(np.array([[0, 2]])).tolist() == [[0, 2]]
+    assert cli._support_label_map(np.array([[0, 2]])).tolist() == [[0, 1]]
+    assert cli._support_label_map(np.array([[0, 1, 2]])).tolist() == [[0, 1, 2]]
