@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from iris_engine.preprocess import (
     volume_to_model_slices,
 )
 from iris_engine.propagation import PropagationConfig, PropagationResult, Propagator
+
+if TYPE_CHECKING:
+    from iris_engine.refinement import Click, RefineConfig
 
 ProgressCallback = Callable[[float, str], None]
 MAX_SUPPORT_SLICES = 16
@@ -237,6 +241,16 @@ class IrisSegmenter:
         report(1.0, "done")
         return VolumeSegmentation(probabilities, masks, names, strategy, self.model_version, result.timings,
                                   result.loss_curve, result.embedding)
+
+    def refine(self, query: Volume, result: VolumeSegmentation | None, clicks: Sequence[Click],
+               config: RefineConfig | None = None) -> VolumeSegmentation:
+        """`result` corrected by positive/negative clicks or scribbles on `query` (see iris_engine.refinement).
+
+        Give all clicks so far with the unrefined result: each call starts from it, so undo = drop a click.
+        """
+        from iris_engine.refinement import refine_segmentation
+
+        return refine_segmentation(self, query, result, clicks, config)
 
     @property
     def propagator(self) -> Propagator:

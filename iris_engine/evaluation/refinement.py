@@ -1,0 +1,288 @@
+"""`iris evaluate-refinement`: the standard click protocol for interactive refinement, per dataset.
+
+Start from the one-shot result on a held-out query slice (support: the middle class slice of another
+patient, as in `iris evaluate`); each next click goes automatically to the centre (maximum of the
+distance transform) of the largest error region: positive in a missed region, negative in a false
+positive. Every method restarts from the one-shot result with all clicks so far. Reported: mean Dice
+after 1, 3 and 5 clicks and the number of clicks to reach Dice 0.85 (cap 10; 0 when the one-shot result
+already reaches it), per dataset/class, for each refinement method and the fixed-radius disc baseline.
+Slices are a fixed-seed random subsample of each task's query slices (3D sets: axial slices of the volumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import zlib
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from iris_engine import strategies
+from iris_engine.checkpoint import load_checkpoint
+from iris_engine.data.episodes import EvalPair, iter_eval_pairs
+from iris_engine.data.slices import SliceBank, build_slice_bank
+from iris_engine.data.splits import Split
+from iris_engine.errors import IrisInputError
+from iris_engine.evaluation.harness import TaskSpec, evaluation_tasks
+from iris_engine.io.writers import atomic_write
+from iris_engine.metrics import json_safe
+from iris_engine.model.iris import IrisModel
+from iris_engine.refinement import NEGATIVE, POSITIVE, ClickTuner, RefineConfig, refine_slab
+
+REPORT_AT = (1, 3, 5)
+
+
+@dataclass(frozen=True)
+class RefineEvalConfig:
+    """Protocol and size of the run."""
+
+    methods: tuple[str, ...] = ("disc", "local", "tuning", "combined")
+    max_queries: int = 3
+    max_clicks: int = 10
+    target: float = 0.85
+    seed: int = 0
+    threshold: float = 0.5
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    total = float(prediction.sum() + truth.sum())
+    return 2.0 * float((prediction & truth).sum()) / total if total else 1.0
+
+
+def next_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[tuple[int, int], bool] | None:
+    """Centre of the largest error region and whether it is a positive click (missed region); None if no error."""
+    best: tuple[int, np.ndarray, bool] | None = None
+    for region, positive in ((truth & ~prediction, True), (prediction & ~truth, False)):
+        labels, count = ndimage.label(region)
+        if count == 0:
+            continue
+        sizes = np.bincount(labels.ravel())[1:]
+        largest = int(np.argmax(sizes))
+        if best is None or sizes[largest] > best[0]:
+            best = (int(sizes[largest]), labels == largest + 1, positive)
+    if best is None:
+        return None
+    inside = np.pad(best[1], 1)
+    distance = ndimage.distance_transform_edt(inside)[1:-1, 1:-1]
+    r, c = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return (int(r), int(c)), best[2]
+
+
+def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: RefineConfig,
+             tuner: ClickTuner | None, max_clicks: int, target: float) -> tuple[list[float], float]:
+    """Dice after 0, 1, ... automatic clicks (each call restarts from `start` with all clicks) and seconds per click.
+
+    Stops once at least max(REPORT_AT) clicks are placed and the target was reached (nothing later is reported).
+    """
+    clicks = np.zeros((*truth.shape, 1), dtype=np.uint8)
+    probability = start
+    scores = [dice(start >= config.threshold, truth)]
+    seconds = []
+    for n in range(max_clicks):
+        if n >= max(REPORT_AT) and max(scores) >= target:
+            break
+        placed = next_click(probability >= config.threshold, truth)
+        if placed is None:
+            scores.append(scores[-1])
+            continue
+        (r, c), positive = placed
+        clicks[r, c, 0] = POSITIVE if positive else NEGATIVE
+        begin = time.perf_counter()
+        probability = refine_slab(image[..., None], start[..., None], clicks, config, tuner)[..., 0]
+        seconds.append(time.perf_counter() - begin)
+        scores.append(dice(probability >= config.threshold, truth))
+    return scores, float(np.mean(seconds)) if seconds else 0.0
+
+
+def clicks_to_target(scores: list[float], target: float, cap: int) -> int:
+    """First click count whose Dice reaches the target (0: already there); `cap` when never."""
+    return next((n for n, s in enumerate(scores) if s >= target), cap)
+
+
+def _sample(pairs: list[EvalPair], spec: TaskSpec, config: RefineEvalConfig) -> list[EvalPair]:
+    positive = [p for p in pairs if p.query_mask.sum() > 0]
+    if len(positive) <= config.max_queries:
+        return positive
+    rng = np.random.default_rng([config.seed, zlib.crc32(f"{spec.dataset}/{spec.class_name}".encode())])
+    return [positive[i] for i in sorted(rng.choice(len(positive), config.max_queries, replace=False))]
+
+
+def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpec, config: RefineEvalConfig,
+                  refine: RefineConfig) -> dict[str, Any]:
+    """Per method: Dice after each click and clicks to the target, averaged over the sampled query slices."""
+    pairs = _sample(list(iter_eval_pairs(bank, split, spec.dataset, spec.class_name, 1, config.seed,
+                                         support_from=spec.support_from)), spec, config)
+    if not pairs:
+        raise IrisInputError(f"{spec.dataset}/{spec.class_name}: no query slice shows the class")
+    embedding = strategies.encode_supports(model, pairs[0].support_images, pairs[0].support_masks)
+    queries = torch.stack([p.query_image for p in pairs])
+    starts = strategies.predict_probabilities(model, queries, embedding)[:, 0].numpy()
+    curves: dict[str, list[list[float]]] = {m: [] for m in config.methods}
+    seconds: dict[str, list[float]] = {m: [] for m in config.methods}
+    for pair, start in zip(pairs, starts, strict=True):
+        image = pair.query_image[0].numpy().astype(np.float32)
+        truth = pair.query_mask[0].numpy() >= 0.5
+        for method in config.methods:
+            method_config = replace(refine, method=method, threshold=config.threshold)
+            tuner = ClickTuner(model, pair.query_image[None], embedding.tokens, method_config)
+            scores, per_click = simulate(image, truth, start, method_config, tuner, config.max_clicks, config.target)
+            curves[method].append(scores)
+            seconds[method].append(per_click)
+    return {
+        **asdict(spec), "queries": len(pairs), "query_patients": sorted({p.query_patient for p in pairs}),
+        "support_patients": pairs[0].support_patients,
+        "dice_curve": {m: np.mean([s[: max(REPORT_AT) + 1] for s in c], axis=0).round(4).tolist()
+                       for m, c in curves.items()},
+        "clicks_to_target": {m: float(np.mean([clicks_to_target(s, config.target, config.max_clicks) for s in c]))
+                             for m, c in curves.items()},
+        "seconds_per_click": {m: float(np.mean(s)) for m, s in seconds.items()},
+    }
+
+
+def dev_split(split: Split) -> Split:
+    """Training patients only, as 'test' cases: for choosing refinement settings without touching test patients."""
+    train = {d: list(c) for d, c in split.train_cases.items()
+             if len({split.patient_of(d, x) for x in c}) >= 2}
+    return Split(split.seed, {}, train, split.patients, (), split.held_out_classes, split.held_out_fraction)
+
+
+def run(checkpoint: Path, split: Split, config: RefineEvalConfig, refine: RefineConfig,
+        bank: SliceBank | None = None, datasets: list[str] | None = None, data_root: Path | None = None,
+        log: bool = True) -> dict[str, Any]:
+    """Evaluate every (dataset, class) with test patients; returns the JSON-ready payload."""
+    loaded = load_checkpoint(checkpoint)
+    model = loaded.model.eval()
+    if bank is None:
+        names = tuple(d for d in split.test_cases if split.test_cases[d] and (datasets is None or d in datasets))
+        bank = build_slice_bank(names, root=data_root, size=model.config.image_size)
+    specs = [s for s in evaluation_tasks(bank, split) if datasets is None or s.dataset in datasets]
+    begin, cpu = time.perf_counter(), time.process_time()
+    tasks, notes = [], []
+    for index, spec in enumerate(specs):
+        try:
+            tasks.append(evaluate_task(model, bank, split, spec, config, refine))
+        except IrisInputError as error:
+            notes.append(str(error))
+            continue
+        if log:
+            row = tasks[-1]
+            print(f"[{index + 1}/{len(specs)}] {spec.dataset}/{spec.class_name}: " + ", ".join(
+                f"{m} {row['dice_curve'][m][-1]:.3f}"
+                for m in config.methods), flush=True)
+    return {
+        "checkpoint": str(checkpoint), "model_version": model.version, "split_seed": split.seed,
+        "split_fingerprint": split.fingerprint(), "protocol": asdict(config), "refine": asdict(refine),
+        "seconds": round(time.perf_counter() - begin, 1), "cpu_seconds": round(time.process_time() - cpu, 1),
+        "tasks": tasks, "notes": notes,
+    }
+
+
+def summary(payload: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per dataset (mean over its classes) and overall (mean over datasets): Dice@0/1/3/5 and clicks to target."""
+    methods = payload["protocol"]["methods"]
+    per: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for task in payload["tasks"]:
+        for m in methods:
+            curve = task["dice_curve"][m]
+            entry = per.setdefault(task["dataset"], {}).setdefault(m, {})
+            for n in (0, *REPORT_AT):
+                entry.setdefault(f"dice@{n}", []).append(curve[min(n, len(curve) - 1)])
+            entry.setdefault("clicks", []).append(task["clicks_to_target"][m])
+            entry.setdefault("seconds", []).append(task["seconds_per_click"][m])
+    table = {d: {m: {k: float(np.mean(v)) for k, v in stats.items()} for m, stats in ms.items()}
+             for d, ms in per.items()}
+    if table:
+        table["mean over datasets"] = {m: {k: float(np.mean([table[d][m][k] for d in per])) for k in
+                                           next(iter(table.values()))[m]} for m in methods}
+    return table
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """The report: protocol, per-dataset table, per-task table."""
+    methods = payload["protocol"]["methods"]
+    cfg = payload["protocol"]
+    lines = [
+        "# Interactive refinement: click protocol", "",
+        f"- checkpoint `{payload['checkpoint']}` (model `{payload['model_version']}`), split seed "
+        f"{payload['split_seed']} (fingerprint `{payload['split_fingerprint']}`), {payload['seconds']} s wall, "
+        f"{payload['cpu_seconds']} s CPU",
+        f"- up to {cfg['max_queries']} query slices per dataset/class, drawn with seed {cfg['seed']} from the held-out "
+        "patients' slices that show the class; support: the middle class slice of another patient (training "
+        "patients where the dataset has them); the start is the one-shot result.",
+        f"- each next click at the centre of the largest error region (positive in a missed region, negative in a "
+        f"false positive); {cfg['max_clicks']} clicks at most; clicks to Dice {cfg['target']} capped at "
+        f"{cfg['max_clicks']} (0 = one-shot already there). Dice per slice on the model grid, averaged over slices, "
+        "then over a dataset's classes. `disc` is the non-learned baseline (a disc of fixed radius at each click).",
+        f"- settings: `{json.dumps(payload['refine'])}`", "",
+        "## Per dataset: Dice after 0 / 1 / 3 / 5 clicks, clicks to target", "",
+        "| dataset | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods),
+    ]
+    for dataset, row in summary(payload).items():
+        cells = [f"{row[m]['dice@0']:.3f} / {row[m]['dice@1']:.3f} / {row[m]['dice@3']:.3f} / {row[m]['dice@5']:.3f}"
+                 f", **{row[m]['clicks']:.1f}**" for m in methods]
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean seconds per refinement call (all clicks so far, 128 x 128 model grid, this run's machine): "
+              + ", ".join(f"{m} {summary(payload)['mean over datasets'][m]['seconds']:.3f}" for m in methods)
+              if payload["tasks"] else "", "", "## Per dataset / class (Dice after 5 clicks, clicks to target)", "",
+              "| dataset / class | 2D/3D | slices | one-shot | " + " | ".join(methods) + " |",
+              "|---|---|---|---|" + "---|" * len(methods)]
+    for t in payload["tasks"]:
+        cells = [f"{t['dice_curve'][m][min(5, len(t['dice_curve'][m]) - 1)]:.3f}, {t['clicks_to_target'][m]:.1f}"
+                 for m in methods]
+        lines.append(f"| {t['dataset']} / {t['class_name']} | {'3D' if t['is_3d'] else '2D'} | {t['queries']} | "
+                     f"{t['dice_curve'][methods[0]][0]:.3f} | " + " | ".join(cells) + " |")
+    if payload["notes"]:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in payload["notes"]]]
+    return "\n".join(lines) + "\n"
+
+
+def write(payload: dict[str, Any], out: Path) -> None:
+    """refinement.json and refinement.md in `out`, written atomically."""
+    text = json.dumps(json_safe(payload), indent=1)
+    atomic_write(out / "refinement.json", lambda tmp: tmp.write_text(text))
+    report = markdown(payload)
+    atomic_write(out / "refinement.md", lambda tmp: tmp.write_text(report))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iris evaluate-refinement", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("assets/weights/iris2d.pt"))
+    parser.add_argument("--split", type=Path, default=None, help="split JSON (default: split.json beside the weights)")
+    parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--datasets", nargs="*", default=None)
+    parser.add_argument("--out", type=Path, default=Path("runs/refinement"))
+    parser.add_argument("--methods", nargs="*", default=list(RefineEvalConfig.methods))
+    parser.add_argument("--max-queries", type=int, default=RefineEvalConfig.max_queries)
+    parser.add_argument("--seed", type=int, default=RefineEvalConfig.seed)
+    parser.add_argument("--dev", action="store_true",
+                        help="run on TRAINING patients (for choosing settings), never for reported numbers")
+    parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    split_path = args.split or args.checkpoint.parent / "split.json"
+    if not split_path.exists():
+        raise IrisInputError(f"split file {split_path} not found: pass --split")
+    split = Split.load(split_path)
+    if args.dev:
+        split = dev_split(split)
+    config = RefineEvalConfig(methods=tuple(args.methods), max_queries=args.max_queries, seed=args.seed)
+    for method in config.methods:
+        RefineConfig(method=method)
+    payload = run(args.checkpoint, split, config, RefineConfig(), datasets=args.datasets, data_root=args.data_root)
+    write(payload, args.out)
+    overall = summary(payload).get("mean over datasets", {})
+    print(json.dumps({"report": str(args.out / "refinement.md"), "seconds": payload["seconds"],
+                      "mean": {m: {k: round(v, 3) for k, v in s.items() if not math.isnan(v)}
+                               for m, s in overall.items()}}))
+    return payload

@@ -1,0 +1,179 @@
+"""Interactive refinement: clicks honoured, edits follow the image, neighbours in volumes, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from iris_engine.config import ModelConfig
+from iris_engine.errors import IrisInputError
+from iris_engine.inference import IrisSegmenter, Support, VolumeSegmentation
+from iris_engine.io.volume import Volume
+from iris_engine.model.iris import IrisModel
+from iris_engine.refinement import (
+    METHODS,
+    NEGATIVE,
+    POSITIVE,
+    Click,
+    ClickTuner,
+    RefineConfig,
+    clicks_from_label_map,
+    refine_slab,
+    scribble,
+)
+
+TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
+                   task_encoder_layers=1, decoder_layers=1)
+
+
+@pytest.fixture()
+def segmenter() -> IrisSegmenter:
+    torch.manual_seed(0)
+    return IrisSegmenter(IrisModel(TINY))
+
+
+def _edge_image(shape: tuple[int, int] = (48, 48), edge: int = 24) -> np.ndarray:
+    """Bright left part (columns < edge), dark right part, a little noise."""
+    image = np.zeros(shape, dtype=np.float32)
+    image[:, :edge] = 2.0
+    return image + 0.05 * np.random.default_rng(0).normal(size=shape).astype(np.float32)
+
+
+def _segmented(segmenter: IrisSegmenter, shape: tuple[int, ...]) -> tuple[Volume, VolumeSegmentation]:
+    rng = np.random.default_rng(1)
+    array = rng.normal(size=shape).astype(np.float32)
+    affine = np.diag([1.0, 1.0, 3.0, 1.0]) if len(shape) == 3 else np.eye(4)
+    volume = Volume(array, affine, "MR")
+    mask = np.zeros(shape, np.uint8)
+    mask[tuple(slice(s // 4, s // 2) for s in shape)] = 1
+    segmented = segmenter.segment(volume, "one_shot", [Support(volume, mask)], ["organ"])
+    probability = np.where(mask[None] > 0, 0.8, 0.2).astype(np.float32)  # a partial mask, whatever the tiny model says
+    return volume, VolumeSegmentation(probability, probability >= 0.5, ["organ"], "one_shot",
+                                      segmenter.model_version, embedding=segmented.embedding)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_honours_every_click(segmenter: IrisSegmenter, method: str) -> None:
+    volume, result = _segmented(segmenter, (40, 36))
+    inside = tuple(np.argwhere(result.masks[0])[0])
+    outside = tuple(np.argwhere(~result.masks[0])[0])
+    clicks = [Click(outside, True), Click(inside, False), *scribble([(30, 2), (30, 12)], True)]
+    refined = segmenter.refine(volume, result, clicks, RefineConfig(method=method))
+    assert refined.masks.shape == result.masks.shape == refined.probabilities.shape
+    assert refined.masks[0][outside] and not refined.masks[0][inside]
+    assert all(refined.masks[0][30, c] for c in range(2, 13))
+    assert np.array_equal(refined.masks, refined.probabilities >= segmenter.config.threshold)
+
+
+def test_local_edit_follows_an_intensity_edge_where_a_disc_does_not() -> None:
+    image = _edge_image()
+    clicks = np.zeros((48, 48, 1), np.uint8)
+    clicks[24, 20, 0] = POSITIVE
+    empty = np.zeros((48, 48, 1), np.float32)
+    local = refine_slab(image[..., None], empty, clicks, RefineConfig(method="local"))[..., 0] >= 0.5
+    disc = refine_slab(image[..., None], empty, clicks, RefineConfig(method="disc", disc_radius=6 / 48))[..., 0] >= 0.5
+    assert disc[24, 25] and disc[24, 15]  # the disc spills over the edge at column 24 ...
+    assert local[24, 15] and local[24, 23] and not local[:, 24:].any()  # ... the local edit stops at it
+    assert local.sum() > disc.sum()  # and reaches further along the bright side
+
+
+def test_negative_click_removes_the_connected_false_positive_only() -> None:
+    image = np.zeros((64, 64), np.float32)
+    image[10:18, 10:18] = image[30:38, 30:38] = 2.0
+    probability = np.zeros((64, 64, 1), np.float32)
+    probability[10:18, 10:18] = probability[30:38, 30:38] = 0.9
+    clicks = np.zeros((64, 64, 1), np.uint8)
+    clicks[14, 14, 0] = NEGATIVE
+    refined = refine_slab(image[..., None], probability, clicks, RefineConfig(method="local"))[..., 0] >= 0.5
+    assert not refined[10:18, 10:18].any() and refined[30:38, 30:38].all()
+
+
+def test_a_click_reaches_neighbour_slices_in_a_volume_only_within_range() -> None:
+    image = np.zeros((32, 32, 9), np.float32)
+    image[8:24, 8:24, :] = 2.0
+    clicks = np.zeros(image.shape, np.uint8)
+    clicks[16, 16, 4] = POSITIVE
+    config = RefineConfig(method="local", neighbour_slices=1)
+    refined = refine_slab(image, np.zeros(image.shape, np.float32), clicks, config) >= 0.5
+    assert refined[:, :, 3:6].any(axis=(0, 1)).all()
+    assert not refined[:, :, :3].any() and not refined[:, :, 6:].any()
+
+
+def test_tuning_moves_the_prediction_towards_the_clicks(segmenter: IrisSegmenter) -> None:
+    volume, result = _segmented(segmenter, (32, 32))
+    queries, _, _ = segmenter.to_model_space(volume)
+    tuner = ClickTuner(segmenter.model, queries, result.embedding.tokens, RefineConfig(method="tuning"))
+    before = tuner.predict(result.embedding.tokens, [0], (32, 32))
+    high = np.unravel_index(int(np.argmax(before[..., 0])), (32, 32))
+    clicks = np.zeros((32, 32, 1), np.uint8)
+    clicks[high[0], high[1], 0] = NEGATIVE
+    tuned = tuner.predict(tuner.tune(before, clicks, [0]), [0], (32, 32))
+    assert tuned[high[0], high[1], 0] < before[high[0], high[1], 0] - 0.05
+
+
+def test_refinement_restarts_from_the_result_so_undo_is_dropping_a_click(segmenter: IrisSegmenter) -> None:
+    volume, result = _segmented(segmenter, (40, 36))
+    first = Click(tuple(np.argwhere(~result.masks[0])[0]), True)
+    second = Click(tuple(np.argwhere(result.masks[0])[0]), False)
+    config = RefineConfig(method="local")
+    once = segmenter.refine(volume, result, [first], config)
+    segmenter.refine(volume, result, [first, second], config)
+    again = segmenter.refine(volume, result, [first], config)
+    assert np.array_equal(once.masks, again.masks)
+
+
+def test_a_volume_click_refines_its_slice_and_keeps_other_classes(segmenter: IrisSegmenter) -> None:
+    shape = (30, 28, 8)
+    volume = Volume(np.random.default_rng(2).normal(size=shape).astype(np.float32), np.eye(4), "MR")
+    mask = np.zeros(shape, np.uint8)
+    mask[5:12, 5:12, 2:6] = 1
+    mask[18:25, 15:24, 2:6] = 2
+    result = segmenter.segment(volume, "one_shot", [Support(volume, mask)], ["a", "b"])
+    refined = segmenter.refine(volume, result, [Click((20, 20, 4), False, "b")], RefineConfig(method="combined"))
+    assert not refined.masks[1][20, 20, 4]
+    assert np.array_equal(refined.masks[0], result.masks[0])
+    assert np.array_equal(refined.masks[1][:, :, :2], result.masks[1][:, :, :2])
+
+
+def test_scribbles_and_click_maps() -> None:
+    stroke = scribble([(2, 2), (2, 6), (5, 6)], False, "a")
+    assert {c.position for c in stroke} == {(2, c) for c in range(2, 7)} | {(r, 6) for r in range(3, 6)}
+    assert all(not c.positive and c.class_name == "a" for c in stroke)
+    assert scribble([(1, 1, 3), (1, 3, 3)])[-1].position == (1, 3, 3)
+    marks = np.zeros((4, 5), np.uint8)
+    marks[1, 2], marks[3, 4] = POSITIVE, NEGATIVE
+    assert {(c.position, c.positive) for c in clicks_from_label_map(marks)} == {((1, 2), True), ((3, 4), False)}
+    with pytest.raises(IrisInputError, match="only 0, 1"):
+        clicks_from_label_map(np.full((3, 3), 5))
+    with pytest.raises(IrisInputError, match="one slice"):
+        scribble([(1, 1, 0), (1, 2, 1)])
+
+
+def test_bad_clicks_and_results_get_clear_errors(segmenter: IrisSegmenter) -> None:
+    volume, result = _segmented(segmenter, (40, 36))
+    click = [Click((3, 3), True)]
+    with pytest.raises(IrisInputError, match="outside the image"):
+        segmenter.refine(volume, result, [Click((40, 3), True)])
+    with pytest.raises(IrisInputError, match="outside the image"):
+        segmenter.refine(volume, result, [Click((-1, 3), True)])
+    with pytest.raises(IrisInputError, match="2 axes"):
+        segmenter.refine(volume, result, [Click((1, 2, 3), True)])
+    with pytest.raises(IrisInputError, match="segment the image first"):
+        segmenter.refine(volume, None, click)
+    empty = VolumeSegmentation(np.zeros((0, 40, 36), np.float32), np.zeros((0, 40, 36), bool), [], "one_shot", "")
+    with pytest.raises(IrisInputError, match="empty or does not belong"):
+        segmenter.refine(volume, empty, click)
+    other = Volume(np.zeros((20, 20), np.float32), np.eye(4), "MR")
+    with pytest.raises(IrisInputError, match="does not belong to this image"):
+        segmenter.refine(other, result, click)
+    with pytest.raises(IrisInputError, match="no clicks"):
+        segmenter.refine(volume, result, [])
+    with pytest.raises(IrisInputError, match="class 'liver'"):
+        segmenter.refine(volume, result, [Click((3, 3), True, "liver")])
+    with pytest.raises(IrisInputError, match="unknown refinement method"):
+        RefineConfig(method="magic")
+    without_embedding = VolumeSegmentation(result.probabilities, result.masks, ["organ"], "mask", "")
+    with pytest.raises(IrisInputError, match="needs the result's task embedding"):
+        segmenter.refine(volume, without_embedding, click, RefineConfig(method="tuning"))
+    assert segmenter.refine(volume, without_embedding, click, RefineConfig(method="local")).masks[0][3, 3]
