@@ -32,6 +32,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 DICOM_MODALITIES = {"CT": "CT", "MR": "MR"}
+ZIP_CHUNK = 1024**2
 ZIP_RATIO_FLOOR = 16 * 1024**2  # archives inflating to less than this are never refused for their ratio
 
 
@@ -462,8 +463,11 @@ def _zip_members(p: Path, max_bytes: int) -> Iterator[tuple[str, bytes]]:
         with zipfile.ZipFile(p) as archive:
             entries = [info for info in archive.infolist() if not info.is_dir()]
             _check_zip_entries(entries, p, max_bytes)
+            remaining = max_bytes
             for info in entries:
-                yield info.filename, _zip_member_bytes(archive, info)
+                content = _zip_member_bytes(archive, info, remaining, p)
+                remaining -= len(content)
+                yield info.filename, content
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
         raise IrisInputError(f"{p}: unreadable or corrupt zip archive ({exc})") from exc
 
@@ -474,14 +478,20 @@ def _zip_member(p: Path, member: str, max_bytes: int) -> bytes:
         with zipfile.ZipFile(p) as archive:
             info = archive.getinfo(member)
             _check_zip_entries([info], p, max_bytes)
-            return _zip_member_bytes(archive, info)
+            return _zip_member_bytes(archive, info, max_bytes, p)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, KeyError) as exc:
         raise IrisInputError(f"{p}: unreadable or corrupt zip archive ({exc})") from exc
 
 
-def _zip_member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    """The uncompressed bytes of one member."""
-    return archive.read(info)
+def _zip_member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, p: Path) -> bytes:
+    """The uncompressed bytes of one member, inflated in chunks and refused past `limit`, whatever its header says."""
+    content = bytearray()
+    with archive.open(info) as member:
+        while chunk := member.read(ZIP_CHUNK):
+            content += chunk
+            if len(content) > limit:
+                raise IrisInputError(f"{p}: zip member {info.filename!r} inflates past the size limit; refused")
+    return bytes(content)
 
 
 def _check_zip_entries(entries: Iterable[zipfile.ZipInfo], p: Path, max_bytes: int) -> None:

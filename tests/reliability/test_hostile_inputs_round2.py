@@ -26,7 +26,7 @@ from iris_engine import cli
 from iris_engine.errors import IrisInputError
 from iris_engine.inference import IrisSegmenter, Support
 from iris_engine.io.limits import DEFAULT_LIMITS
-from iris_engine.io.readers import _header_shape, read_image
+from iris_engine.io.readers import _header_shape, _zip_member_bytes, read_image
 from iris_engine.io.volume import Volume
 from storage.database import Database
 from storage.errors import StorageError
@@ -226,6 +226,16 @@ def test_zip_bomb_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 8 * 1024**2, f"{peak / 1024**2:.0f} MiB allocated while refusing the bomb"
+
+
+def test_zip_members_are_inflated_in_chunks_up_to_the_limit(tmp_path: Path) -> None:
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.dcm", b"\0" * 5000)
+    with zipfile.ZipFile(archive) as z:
+        assert _zip_member_bytes(z, z.infolist()[0], 5000, archive) == b"\0" * 5000
+        with pytest.raises(IrisInputError, match="inflates past the size limit"):
+            _zip_member_bytes(z, z.infolist()[0], 4999, archive)
 
 
 def test_ordinary_dicom_zip_is_still_read(tmp_path: Path) -> None:
