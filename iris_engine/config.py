@@ -165,4 +165,4 @@ class TrainConfig:
     log_every: int = 25
     memory_momentum: float = 0.999
     num_threads: int = 0
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(similarity_path=True))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(similarity_path=True, prior_size=64))

@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task-augment-prob", type=float, default=TrainConfig.task_augment_prob,
                         help="probability of task augmentation for a real episode")
     parser.add_argument("--warmup-iterations", type=int, default=TrainConfig.warmup_iterations)
+    parser.add_argument("--prior-size", type=int, default=TrainConfig().model.prior_size,
+                        help="side of the support-mask prior carried in each class embedding")
     parser.add_argument("--no-similarity-path", action="store_true", help="the v1 architecture (no support context)")
     parser.add_argument("--time-limit-minutes", type=float, default=None, help="stop (and checkpoint) after this")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    model_config = ModelConfig(image_size=args.image_size, similarity_path=not args.no_similarity_path)
+    model_config = ModelConfig(image_size=args.image_size, similarity_path=not args.no_similarity_path,
+                               prior_size=args.prior_size)
     config = TrainConfig(
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         synthetic_fraction=args.synthetic_fraction, superpixel_fraction=args.superpixel_fraction,
