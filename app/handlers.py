@@ -78,13 +78,15 @@ class Session:
 # ---------------------------------------------------------------- cases and viewing
 
 def load_case(services: Services, session: Session, files: Sequence[str | Path] | str | Path | None) -> str:
-    """Store an uploaded file (or several DICOM files) as a new case and open it."""
+    """Store an upload as new cases (DICOM: one per series found) and open the first."""
     if not files:
         raise HandlerError("choose a file to upload first")
     paths = [Path(f) for f in ([files] if isinstance(files, str | Path) else files)]
-    case = services.add_case(paths)
-    open_case(services, session, case.id)
-    return f"Loaded **{case.name}** ({'x'.join(map(str, case.shape))}, {case.modality or 'unknown'})."
+    cases, found = services.add_upload(paths)
+    open_case(services, session, cases[0].id)
+    loaded = ", ".join(f"**{c.name}** ({'x'.join(map(str, c.shape))}, {c.modality or 'unknown'})" for c in cases)
+    opened = f"; **{cases[0].name}** is open" if len(cases) > 1 else ""
+    return f"{found + ' ' if found else ''}Loaded {loaded}{opened}."
 
 
 def open_case(services: Services, session: Session, case_id: int | None) -> CaseRecord:

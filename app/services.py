@@ -18,6 +18,7 @@ import torch
 from app.config import SHIPPED_WEIGHTS, AppConfig
 from app.demo import ensure_demo_case
 from app.jobs import TrainingJobs, clean_run_partials
+from app.uploads import is_dicom_upload, read_dicom_upload
 from iris_engine.config import InferenceConfig, ModelConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import CheckpointError, IrisInputError
@@ -90,6 +91,36 @@ class Services:
             if len(self._volumes) > VOLUME_CACHE:
                 self._volumes.popitem(last=False)
         return volume
+
+    def add_upload(self, paths: list[Path]) -> tuple[list[CaseRecord], str]:
+        """Store an upload: one case, or for DICOM (any file names, a zip, many files) one case per series.
+
+        Returns the new cases and, for DICOM, what was found and skipped; nothing is stored when no series forms
+        a volume.
+        """
+        if not paths:
+            raise IrisInputError("no file was uploaded")
+        check_upload_size(paths, self.config.upload_limit_bytes)
+        if not is_dicom_upload(paths):
+            return [self.add_case(paths)], ""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                upload = read_dicom_upload(paths, Path(tmp), self.config.upload_limit_bytes, self.config.max_voxels)
+            except IrisInputError as error:
+                raise without_paths(error, paths) from error
+            cases = [self._store_case(item.volume, item.source, item.series.name) for item in upload.ready]
+        return cases, upload.summary()
+
+    def _store_case(self, volume: Volume, source: Path, name: str) -> CaseRecord:
+        """Store a checked volume's file as a case and keep the volume in the cache."""
+        metadata = CaseMetadata(
+            name=name, source_filename=source.name, shape=volume.shape, modality=volume.modality,
+            spacing=volume.spacing, affine=tuple(tuple(float(v) for v in row) for row in volume.affine))
+        case = self.storage.cases.add_case(source, metadata)
+        volume.source = case.source_filename
+        with self.lock:
+            self._volumes[case.id] = volume
+        return case
 
     def add_case(self, paths: list[Path], name: str | None = None) -> CaseRecord:
         """Read an upload (one file, or several DICOM files zipped together), check it and store it."""

@@ -382,12 +382,19 @@ def scan_dicom(paths: Path | Sequence[Path], max_bytes: int = DEFAULT_MAX_BYTES,
 
 
 def read_dicom_series(series: DicomSeries, source: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Volume:
-    """One series as a `Volume` (read in full when it was scanned headers only), named by the series."""
-    series.check_one_volume()
-    datasets = series.datasets
-    if not all("PixelData" in ds for ds in datasets):
-        datasets = _reread_series(series, max_bytes)
-    volume = _volume_from_dicom(datasets, source)
+    """One series as a validated `Volume` (read in full when it was scanned headers only), named by the series."""
+    try:
+        series.check_one_volume()
+        datasets = series.datasets
+        if not all("PixelData" in ds for ds in datasets):
+            datasets = _reread_series(series, max_bytes)
+        volume = _volume_from_dicom(datasets, source)
+    except IrisInputError:
+        raise
+    except (ValueError, TypeError, OverflowError) as exc:  # a header value that does not parse ('1A' as a number)
+        raise IrisInputError(f"{source}: malformed value in the file's header ({_describe(exc)})") from exc
+    _validate_array(volume.array, Path(source))
+    _check_geometry(volume, Path(source))
     volume.metadata["dicom_series_name"] = series.name
     return volume
 

@@ -208,8 +208,6 @@ def corpus() -> list[BadInput]:
         b("dicom-1-row", "dims", _one("row.dcm", lambda: dicom_bytes(rows=1, cols=16)), "1D"),
         b("dicom-constant", C, _one("flat.dcm", lambda: dicom_bytes(pixels=np.full(64, 5, np.uint16).tobytes())),
           "constant"),
-        b("dicom-two-series", "dicom", _many({"a.dcm": lambda: dicom_bytes(), "b.dcm": lambda: dicom_bytes(z=1.0)}),
-          "series"),
         b("dicom-series-one-corrupt", "dicom",
           _many({"a.dcm": lambda: dicom_bytes(series="1.2.3", z=0.0),
                  "b.dcm": _truncate(lambda: dicom_bytes(series="1.2.3", z=1.0), 0.8)}),
