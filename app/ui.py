@@ -17,6 +17,7 @@ from gradio import processing_utils
 from app import display, handlers, propagation, training
 from app.demo import DEMO_NAME
 from app.handlers import Session
+from app.refinement_ui import build_click_panel, wire_click_panel
 from app.services import Services
 from iris_engine.errors import IrisInputError
 from storage.errors import StorageError
@@ -167,6 +168,7 @@ def build_ui(services: Services) -> gr.Blocks:
                         with gr.Row():
                             load_fix_btn = gr.Button("Load mask of this slice")
                             apply_fix_btn = gr.Button("Apply edit to slice")
+                        click_panel = build_click_panel(VIEW_HEIGHT)
                         with gr.Row():
                             accept_btn = gr.Button("Accept", variant="primary", elem_id="accept")
                             undo_btn = gr.Button("Undo last accept")
@@ -292,6 +294,8 @@ def build_ui(services: Services) -> gr.Blocks:
 
         apply_fix_btn.click(on_apply_fix, [session, result_class, paint_index, corrector, view, index, window,
                                            opacity], [status, results, viewer])
+        wire_click_panel(click_panel, services, guard, session, result_class, paint_index, window, opacity, status,
+                         results, viewer, view, index)
 
         def refreshed_lists(message: str) -> tuple[Any, ...]:
             return (message, h.bank_summary(services), gr.update(choices=h.stored_supports(services)),
