@@ -7,7 +7,6 @@ import os
 import shutil
 import tempfile
 import threading
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +17,12 @@ import torch
 from app.config import SHIPPED_WEIGHTS, AppConfig
 from app.demo import ensure_demo_case
 from app.jobs import TrainingJobs, clean_run_partials
-from app.uploads import is_dicom_upload, read_dicom_upload
+from app.uploads import check_case_volume, is_dicom_upload, read_dicom_upload
 from iris_engine.config import InferenceConfig, ModelConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import CheckpointError, IrisInputError
 from iris_engine.inference import IrisSegmenter, Support
+from iris_engine.io.dicom_series import is_dicom_file
 from iris_engine.io.readers import read_image
 from iris_engine.io.volume import Volume
 from iris_engine.memory_bank import MemoryBank
@@ -34,6 +34,7 @@ from storage.records import CaseMetadata, CaseRecord
 log = logging.getLogger(__name__)
 UNTRAINED_VERSION = "untrained"
 VOLUME_CACHE = 4
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".npz")
 KNOWN_SUFFIXES = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".npz", ".zip", ".dcm", ".dicom")
 
 
@@ -101,8 +102,14 @@ class Services:
         if not paths:
             raise IrisInputError("no file was uploaded")
         check_upload_size(paths, self.config.upload_limit_bytes)
+        images = [p for p in paths if file_suffix(p.name) in IMAGE_SUFFIXES and not is_dicom_file(p)]
+        if len(paths) > 1 and images:  # several image files are several cases, never one DICOM series
+            cases = [self._add_file(p) for p in images]
+            rest = [p for p in paths if p not in images]
+            more, found = self.add_upload(rest) if rest else ([], "")
+            return cases + more, found
         if not is_dicom_upload(paths):
-            return [self.add_case(paths)], ""
+            return [self._add_file(paths[0])], ""
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 upload = read_dicom_upload(paths, Path(tmp), self.config.upload_limit_bytes, self.config.max_voxels)
@@ -122,33 +129,14 @@ class Services:
             self._volumes[case.id] = volume
         return case
 
-    def add_case(self, paths: list[Path], name: str | None = None) -> CaseRecord:
-        """Read an upload (one file, or several DICOM files zipped together), check it and store it."""
-        if not paths:
-            raise IrisInputError("no file was uploaded")
-        check_upload_size(paths, self.config.upload_limit_bytes)
-        with tempfile.TemporaryDirectory() as tmp:
-            source = paths[0] if len(paths) == 1 else _zip_files(paths, Path(tmp) / "series.zip")
-            try:
-                volume = read_image(source, max_bytes=self.config.upload_limit_bytes,
-                                    max_voxels=self.config.max_voxels)
-            except IrisInputError as error:
-                raise without_paths(error, [*paths, source]) from error
-            if volume.array.size > self.config.max_voxels:
-                raise IrisInputError(f"{source.name}: {volume.array.size} voxels is over this studio's limit of "
-                                     f"{self.config.max_voxels} voxels")
-            if volume.array.min() == volume.array.max():
-                raise IrisInputError(f"{source.name}: the image is constant (every voxel is "
-                                     f"{float(volume.array.flat[0]):g}); there is nothing to segment")
-            metadata = CaseMetadata(
-                name=name or _display_name(source), source_filename=source.name, shape=volume.shape,
-                modality=volume.modality, spacing=volume.spacing,
-                affine=tuple(tuple(float(v) for v in row) for row in volume.affine))
-            case = self.storage.cases.add_case(source, metadata)
-        volume.source = case.source_filename
-        with self.lock:
-            self._volumes[case.id] = volume
-        return case
+    def _add_file(self, source: Path) -> CaseRecord:
+        """Read one uploaded image file (not DICOM), check it and store it as a case named after the file."""
+        try:
+            volume = read_image(source, max_bytes=self.config.upload_limit_bytes, max_voxels=self.config.max_voxels)
+            check_case_volume(volume, source.name, self.config.max_voxels)
+        except IrisInputError as error:
+            raise without_paths(error, [source]) from error
+        return self._store_case(volume, source, _display_name(source))
 
     def forget_case(self, case_id: int) -> None:
         with self.lock:
@@ -183,14 +171,6 @@ def without_paths(error: IrisInputError, paths: list[Path], name: str | None = N
 
 def _display_name(path: Path) -> str:
     return path.name[: -len(file_suffix(path.name))] or path.name
-
-
-def _zip_files(paths: list[Path], target: Path) -> Path:
-    """Several uploaded files (a DICOM series) as one zip, the form the DICOM reader and the store keep."""
-    with zipfile.ZipFile(target, "w") as archive:
-        for i, p in enumerate(paths):
-            archive.write(p, f"{i:05d}_{Path(p).name}")
-    return target
 
 
 def make_segmenter(path: Path | None, device: str) -> tuple[IrisSegmenter, str]:

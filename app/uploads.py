@@ -82,10 +82,17 @@ def _checked_volume(series: DicomSeries, max_bytes: int, max_voxels: int) -> Vol
     if voxels > max_voxels:
         raise IrisInputError(f"{series.name}: {voxels} voxels is over this studio's limit of {max_voxels} voxels")
     volume = read_dicom_series(series, series.name, max_bytes)
-    if volume.array.min() == volume.array.max():
-        raise IrisInputError(f"{series.name}: the image is constant (every voxel is {float(volume.array.flat[0]):g});"
-                             " there is nothing to segment")
+    check_case_volume(volume, series.name, max_voxels)
     return volume
+
+
+def check_case_volume(volume: Volume, name: str, max_voxels: int) -> None:
+    """Refuse a volume over the studio's voxel limit, or a constant one (nothing to segment)."""
+    if volume.array.size > max_voxels:
+        raise IrisInputError(f"{name}: {volume.array.size} voxels is over this studio's limit of {max_voxels} voxels")
+    if volume.array.min() == volume.array.max():
+        raise IrisInputError(f"{name}: the image is constant (every voxel is {float(volume.array.flat[0]):g}); "
+                             "there is nothing to segment")
 
 
 def _series_file(series: DicomSeries, scan: DicomScan, paths: list[Path], work: Path) -> Path:
