@@ -96,7 +96,7 @@ def build_ui(services: Services) -> gr.Blocks:
                              elem_id="weights-warning")
         with gr.Tab("Segment"):
             with gr.Row():
-                upload = gr.File(label="Upload NIfTI, DICOM (.dcm files or a .zip), PNG/JPEG/TIFF or NumPy",
+                upload = gr.File(label="Upload NIfTI, DICOM (any file names, many series, .zip), PNG/JPEG/TIFF, NumPy",
                                  file_count="multiple", scale=2)
                 with gr.Column(scale=1):
                     case_pick = gr.Dropdown(label="Stored case", choices=case_choices(), elem_id="case-pick")
