@@ -70,15 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = commands.add_parser(
         "segment", help="segment files or folders from reference examples or stored classes",
-        description="Segment every image/volume in --input (files, folders, DICOM series folders) and write one "
-        "label map per input (value k = k-th class) with the input's geometry. Unreadable inputs are reported "
-        "and skipped. Exit code 1 only when every input failed; 2 for bad arguments.",
+        description="Segment every image/volume in --input (files, folders, DICOM exports) and write one "
+        "label map per input (value k = k-th class) with the input's geometry. DICOM is found by content (any file "
+        "names, nested folders, zips) and each series is one input. Unreadable inputs are reported and skipped. "
+        "Exit code 1 only when every input failed; 2 for bad arguments.",
     )
     seg.add_argument("--support", nargs=2, action="append", default=[], metavar=("IMAGE", "MASK"),
                      help="reference image and its label map (values 1..K; 0/255 masks count as one class); "
                      "repeat for more supports")
     seg.add_argument("--input", action="append", required=True, type=Path, metavar="PATH",
-                     help="image, volume, DICOM folder or a folder of them; repeatable")
+                     help="image, volume, DICOM folder or zip (one input per series), or a folder of them; repeatable")
     seg.add_argument("--output", required=True, type=Path, metavar="DIR", help="folder for the masks")
     seg.add_argument("--max-classes", type=_positive_int, default=DEFAULT_LIMITS.max_classes,
                      help="most classes a support mask may hold (default %(default)s); masks with more distinct "
