@@ -96,7 +96,7 @@ def _subset(pairs: list[EvalPair], max_queries: int) -> list[EvalPair]:
     return [positive[i] for i in index]
 
 
-def _case_dice(predictions: torch.Tensor, pairs: list[EvalPair]) -> float:
+def case_dice(predictions: torch.Tensor, pairs: list[EvalPair]) -> float:
     """Dice aggregated per query case over its slices, then averaged over cases."""
     sums: dict[str, list[float]] = {}
     for prediction, pair in zip(predictions, pairs, strict=True):
@@ -130,17 +130,17 @@ class Evaluator:
         self.config = config
         self.inference = InferenceConfig(threshold=config.threshold, batch_size=16)
 
-    def _pairs(self, spec: TaskSpec, n_supports: int, seed: int) -> list[EvalPair]:
+    def pairs(self, spec: TaskSpec, n_supports: int, seed: int) -> list[EvalPair]:
         pairs = list(iter_eval_pairs(self.bank, self.split, spec.dataset, spec.class_name, n_supports, seed,
                                      support_from=spec.support_from))
         return _subset(pairs, self.config.max_queries)
 
-    def _masks(self, embedding: strategies.TaskEmbedding, queries: torch.Tensor) -> torch.Tensor:
+    def masks(self, embedding: strategies.TaskEmbedding, queries: torch.Tensor) -> torch.Tensor:
         result = strategies.segment_with_embedding(self.model, queries, embedding, self.inference)
         return result.masks[:, 0]
 
     def _record(self, result: TaskResult, name: str, predictions: torch.Tensor, pairs: list[EvalPair]) -> None:
-        result.dice.setdefault(name, []).append(_case_dice(predictions, pairs))
+        result.dice.setdefault(name, []).append(case_dice(predictions, pairs))
         if result.spec.is_3d:
             result.hd95.setdefault(name, []).append(_mean_hd95(predictions, pairs))
         result.support_patients.setdefault(name, []).append(pairs[0].support_patients)
@@ -149,7 +149,7 @@ class Evaluator:
         result = TaskResult(spec)
         for seed in self.config.seeds:
             try:
-                pairs = self._pairs(spec, 1, seed)
+                pairs = self.pairs(spec, 1, seed)
             except IrisInputError as error:
                 result.notes.append(f"seed {seed}: {error}")
                 continue
@@ -158,17 +158,17 @@ class Evaluator:
                 continue
             queries = torch.stack([p.query_image for p in pairs])
             result.query_patients = sorted({p.query_patient for p in pairs})
-            self._record(result, "one_shot", self._masks(self._embed(pairs), queries), pairs)
+            self._record(result, "one_shot", self.masks(self.embed(pairs), queries), pairs)
             largest = pairs
             for k in self.config.ensemble_sizes:
                 try:
-                    ensemble_pairs = self._pairs(spec, k, seed)
+                    ensemble_pairs = self.pairs(spec, k, seed)
                 except IrisInputError as error:
                     result.notes.append(f"ensemble k={k}, seed {seed}: {error}")
                     continue
                 largest = ensemble_pairs
                 ensemble_queries = torch.stack([p.query_image for p in ensemble_pairs])
-                self._record(result, f"context_ensemble_k{k}", self._masks(self._embed(ensemble_pairs),
+                self._record(result, f"context_ensemble_k{k}", self.masks(self.embed(ensemble_pairs),
                                                                             ensemble_queries), ensemble_pairs)
             tuned = strategies.in_context_tuning(
                 self.model, largest[0].support_images, largest[0].support_masks,
@@ -179,7 +179,7 @@ class Evaluator:
             key = f"{spec.dataset}/{spec.class_name}"
             if key in self.memory_bank:
                 embedding = self.memory_bank.get(key)
-                self._record(result, "memory_bank", self._masks(embedding, queries), pairs)
+                self._record(result, "memory_bank", self.masks(embedding, queries), pairs)
             self._record(result, "baseline_copy_support", torch.stack(
                 [copy_support_mask(p.support_masks)[0] for p in pairs]), pairs)
             self._record(result, "baseline_intensity_knn", torch.stack([
@@ -187,7 +187,7 @@ class Evaluator:
                 for p in pairs]), pairs)
         return result
 
-    def _embed(self, pairs: list[EvalPair]) -> strategies.TaskEmbedding:
+    def embed(self, pairs: list[EvalPair]) -> strategies.TaskEmbedding:
         first = pairs[0]
         return strategies.encode_supports(self.model, first.support_images, first.support_masks)
 
@@ -213,8 +213,8 @@ class Evaluator:
         queries = torch.stack([p.query_image for p in both])
         truth_a = torch.stack([torch.from_numpy(self.bank.labels[self.bank_row(p)] == value_a) for p in both])
         truth_b = torch.stack([torch.from_numpy(self.bank.labels[self.bank_row(p)] == value_b) for p in both])
-        pred_a = self._masks(self._embed(pairs_a[:1]), queries)
-        pred_b = self._masks(self._embed(pairs_b[:1]), queries)
+        pred_a = self.masks(self.embed(pairs_a[:1]), queries)
+        pred_b = self.masks(self.embed(pairs_b[:1]), queries)
 
         def dice(x: torch.Tensor, y: torch.Tensor) -> float:
             total = float(x.sum() + y.sum())
