@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--click-class", default=None, metavar="NAME",
                         help="class of the clicks in a label-map click file (needed with several classes)")
     parser.add_argument("--method", choices=METHODS, default=None,
-                        help=f"default: {RefineConfig.method} after --support, local for a --mask (no task embedding)")
+                        help=f"default: {RefineConfig.method} (tuning and combined need --support: a --mask has no "
+                        "task embedding)")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="model checkpoint (default: %(default)s)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threshold", type=float, default=InferenceConfig.threshold)
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         names = resolve_classes(args.classes, supports, strategy, [])
         result = segmenter.segment(volume, strategy, supports, names)
     clicks = read_clicks(args.clicks, volume, args.click_class)
-    method = args.method or (RefineConfig.method if result.embedding is not None else "local")
+    method = args.method or RefineConfig.method
     refined = segmenter.refine(volume, result, clicks, RefineConfig(method=method))
     path = write_mask(refined.label_map(), volume, args.output)
     changed = int((refined.masks != result.masks).sum())

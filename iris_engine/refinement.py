@@ -53,7 +53,7 @@ class Click:
 class RefineConfig:
     """How clicks change a prediction. Lengths are fractions of the slice's larger side."""
 
-    method: str = "combined"
+    method: str = "local"  # the best in the click-protocol evaluation (assets/evaluation/refinement.md)
     reach: float = 0.2
     intensity_cost: float = 4.0
     probability_cost: float = 4.0
