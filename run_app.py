@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -37,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def argument_problem(args: argparse.Namespace) -> str:
+    """What is wrong with the arguments that the parser cannot see ('' when nothing), checked before anything slow."""
+    if not 0 < args.port < 65536:
+        return f"--port must be between 1 and 65535, got {args.port}"
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", args.device):
+        return f"--device must be cpu, mps, cuda or cuda:N, got {args.device!r}"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -52,10 +62,6 @@ def main(argv: list[str] | None = None) -> int:
         print("error: cannot create a share link: the Gradio share server (api.gradio.app) is unreachable "
               "from this machine (no internet?). Run without --share, or check the network.", file=sys.stderr)
         return 3
-    from app.services import build_services
-    from app.ui import build_ui
-    from storage.errors import StorageError
-
     limits = {}
     if args.max_upload_mb is not None:
         limits["upload_limit_bytes"] = int(args.max_upload_mb * 1024**2)
@@ -70,6 +76,26 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    problem = argument_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    from app.startup import AlreadyRunning, install_patient_url_check, lock_data_dir
+
+    try:
+        lock = lock_data_dir(config.data_dir)
+    except AlreadyRunning as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from app.services import build_services
+    from app.ui import build_ui
+    from storage.errors import StorageError
+
+    if on_space:
+        logging.getLogger("run_app").info(
+            "SPACE_ID is set (Hugging Face Space): listening on %s:%s with %s", config.host, config.port,
+            "a login" if auth else "NO login: anyone who can open the Space can use it and see its cases")
+    install_patient_url_check()
     try:
         services = build_services(config, with_demo=not args.no_demo)
     except StorageError as error:
@@ -86,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         demo.block_thread()
     finally:
         services.close()
+        lock.close()
     return 0
 
 

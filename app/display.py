@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from app.editor_canvas import LETTERBOX, Placement, from_canvas, place, to_canvas
 from iris_engine.errors import IrisInputError
 
 VIEWS = ("axial", "coronal", "sagittal")
@@ -17,6 +17,7 @@ WINDOWS: dict[str, tuple[float, float] | None] = {
     "CT bone": (400.0, 1800.0),
     "MR / auto": None,
 }
+STROKE_ALPHA = 140  # of 255: masks and brush strokes in the editors let the anatomy show through
 MIN_DISPLAY = 512  # px: small slices are shown (and painted on) at least about this large
 
 
@@ -42,9 +43,49 @@ def unview_slice(image: np.ndarray, ndim: int) -> np.ndarray:
     return image if ndim == 2 else np.rot90(image, -1)
 
 
+def parse_window(preset: str | None) -> tuple[float, float] | None:
+    """(level, width) of a preset name or of a manual 'level/width' (e.g. '40/400'); None: automatic."""
+    if not preset or preset in WINDOWS:
+        return WINDOWS.get(preset or "")
+    level, sep, width = str(preset).partition("/")
+    try:
+        window = (float(level), float(width))
+    except ValueError:
+        window = None
+    if not sep or window is None or not np.isfinite(window).all() or window[1] <= 0:
+        raise IrisInputError(f"window {preset!r}: pick a preset or type level/width with a positive width, "
+                             "e.g. 40/400")
+    return window
+
+
+def manual_window(level: float | None, width: float | None) -> str:
+    """The window value for a manual level and width."""
+    if level is None or width is None or not np.isfinite([level, width]).all() or width <= 0:
+        raise IrisInputError("manual window: give a level and a positive width")
+    return f"{level:g}/{width:g}"
+
+
+def pixel_mm(spacing: tuple[float, ...], view: str) -> tuple[float, float]:
+    """(row, column) pixel size in mm of a canonical volume's slice in a view (as view_slice orients it)."""
+    kept = [a for a in range(3) if a != VIEW_AXIS[view]]
+    return float(spacing[kept[1]]), float(spacing[kept[0]])
+
+
+def with_aspect(image: np.ndarray, row_mm: float, col_mm: float) -> np.ndarray:
+    """Stretch rows or columns (nearest neighbour, never shrinking) so pixels show at their physical aspect."""
+    if row_mm <= 0 or col_mm <= 0 or abs(row_mm / col_mm - 1) < 0.05:
+        return image
+    rows, cols = image.shape[:2]
+    if row_mm > col_mm:
+        index = np.minimum((np.arange(round(rows * row_mm / col_mm)) + 0.5) * col_mm / row_mm, rows - 1)
+        return image[index.astype(int)]
+    index = np.minimum((np.arange(round(cols * col_mm / row_mm)) + 0.5) * row_mm / col_mm, cols - 1)
+    return image[:, index.astype(int)]
+
+
 def window_to_uint8(image: np.ndarray, preset: str) -> np.ndarray:
-    """Grey levels 0..255 with a CT window (level, width) or the 1st..99th percentile."""
-    window = WINDOWS.get(preset)
+    """Grey levels 0..255 with a window (preset or manual 'level/width') or the 1st..99th percentile."""
+    window = parse_window(preset)
     if window is None:
         lo, hi = np.percentile(image, (1.0, 99.0)) if image.size else (0.0, 1.0)
     else:
@@ -88,17 +129,22 @@ def enlarge(image: np.ndarray) -> np.ndarray:
     return upscale(image, display_scale(image.shape[:2]))
 
 
-def mask_layer(mask: np.ndarray, color: str, scale: int) -> np.ndarray:
-    """An RGBA editor layer showing a mask in a colour (transparent elsewhere)."""
+def mask_layer(mask: np.ndarray, color: str, placement: Placement, alpha: int = 255) -> np.ndarray:
+    """An RGBA canvas layer showing a slice mask in a colour (transparent elsewhere)."""
     layer = np.zeros((*mask.shape, 4), dtype=np.uint8)
-    layer[mask] = (*hex_to_rgb(color), 255)
-    return upscale(layer, scale)
+    layer[mask] = (*hex_to_rgb(color), alpha)
+    return to_canvas(layer, placement)
 
 
-def painted_mask(editor_value: dict[str, Any] | None, shape: tuple[int, int]) -> np.ndarray:
-    """Pixels painted in any editor layer (alpha > 0), brought back to the slice's (H, W)."""
+def editor_background(grey: np.ndarray) -> np.ndarray:
+    """The RGB canvas an editor shows: the slice scaled to fit, letterboxed."""
+    return to_canvas(np.repeat(grey[..., None], 3, axis=2), place(grey.shape), LETTERBOX)
+
+
+def painted_canvas(editor_value: dict[str, Any] | None) -> np.ndarray | None:
+    """Pixels painted in any editor layer (alpha > 0) on the editor's canvas; None when nothing was drawn."""
     if not editor_value or not editor_value.get("layers"):
-        return np.zeros(shape, dtype=bool)
+        return None
     painted = None
     for layer in editor_value["layers"]:
         if layer is None:
@@ -112,8 +158,16 @@ def painted_mask(editor_value: dict[str, Any] | None, shape: tuple[int, int]) ->
             alpha = array[..., 3] > 0 if array.shape[2] == 4 else (array > 0).any(axis=2)
         else:
             alpha = array > 0
-        painted = alpha if painted is None or painted.shape != alpha.shape else painted | alpha
+        if painted is not None and painted.shape != alpha.shape:
+            raise IrisInputError(f"the editor's layers differ in size ({painted.shape} and {alpha.shape}); "
+                                 "show the slice again and repaint")
+        painted = alpha if painted is None else painted | alpha
+    return painted
+
+
+def painted_mask(editor_value: dict[str, Any] | None, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels painted in any editor layer, as a mask of the (rows, cols) slice the editor showed."""
+    painted = painted_canvas(editor_value)
     if painted is None:
         return np.zeros(shape, dtype=bool)
-    small = Image.fromarray(painted.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.BOX)
-    return np.asarray(small) > 64
+    return from_canvas(painted, place(shape))

@@ -48,6 +48,12 @@ def exit_with_parent(parent_pid: int, interval_s: float = 0.5) -> threading.Thre
     return thread
 
 
+def carry_over(base: dict[str, object], fresh: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+    """The fresh bank's embeddings and counts, plus every class of the base bank the fresh one lacks (kept as
+    the base model encoded it: the fine-tuned model starts from the same weights)."""
+    return {key: {**dict(base[key]), **fresh[key]} for key in ("embeddings", "counts")}  # type: ignore[call-overload]
+
+
 def main(argv: list[str] | None = None) -> Path:
     """Train, rebuild the memory bank from the final weights (plain class names) and write final.pt."""
     args = build_parser().parse_args(argv)
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None) -> Path:
     refreshed = refresh_memory_bank(loaded.model, bank, split, config.memory_momentum).state_dict()
     prefix = f"{DATASET}/"
     renamed = {k: {name.removeprefix(prefix): v for name, v in refreshed[k].items()} for k in ("embeddings", "counts")}
+    if args.init is not None:  # every class of the base model's bank stays usable; re-encoded ones win
+        renamed = carry_over(load_checkpoint(args.init).memory_bank.state_dict(), renamed)
     memory = MemoryBank.from_state_dict({**refreshed, **renamed})
     final = save_checkpoint(args.out / FINAL_FILE, loaded.model, memory, {}, loaded.metadata)
     summary = {"iterations": result.iterations, "final_loss": result.final_loss, "seconds": round(result.seconds, 1)}

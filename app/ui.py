@@ -16,6 +16,7 @@ from gradio import processing_utils
 
 from app import display, handlers, propagation, training
 from app.demo import DEMO_NAME
+from app.editor_canvas import editor_options
 from app.handlers import Session
 from app.refinement_ui import build_click_panel, wire_click_panel
 from app.services import Services
@@ -25,7 +26,9 @@ from storage.errors import StorageError
 log = logging.getLogger(__name__)
 EXPECTED = (handlers.HandlerError, IrisInputError, StorageError)
 VIEW_HEIGHT = display.MIN_DISPLAY + 32  # px of the viewer and both editors (room for the toolbars)
-BRUSH_RADIUS = 12  # image px of the displayed (upscaled) slice: Gradio's brush size is a radius
+BRUSH_RADIUS = 12  # px of the editor's canvas (CANVAS px square): Gradio's brush size is a radius
+CORRECTOR_RADIUS = 8
+NEUTRAL_STROKE = "#ff3030"  # support strokes before a class is chosen
 
 
 def _atomic_save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", format: str = "webp") -> str:  # noqa: A002
@@ -45,6 +48,28 @@ def _atomic_save_pil_to_cache(img: Any, cache_dir: str, name: str = "image", for
 processing_utils.save_pil_to_cache = _atomic_save_pil_to_cache
 
 
+WHEEL_JS = """() => {
+  document.addEventListener("wheel", (event) => {
+    const viewer = document.querySelector("#viewer");
+    const range = document.querySelector("#slice input[type=range]");
+    if (!viewer || !range || !viewer.contains(event.target) || range.disabled) return;
+    event.preventDefault();
+    const step = Math.sign(event.deltaY);
+    const value = Math.min(Number(range.max), Math.max(Number(range.min), Number(range.value) + step));
+    if (value === Number(range.value)) return;
+    range.value = value;
+    range.dispatchEvent(new Event("input", {bubbles: true}));
+    range.dispatchEvent(new Event("change", {bubbles: true}));
+  }, {passive: false});
+}"""  # the mouse wheel over the viewer steps the slice slider
+
+
+def stroke_brush(radius: int, color: str | None) -> gr.Brush:
+    """A semi-transparent brush in a class's colour (a neutral one before the class is known)."""
+    return gr.Brush(default_size=radius, colors=[(color or NEUTRAL_STROKE, display.STROKE_ALPHA / 255)],
+                    color_mode="fixed")
+
+
 def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn any failure into a readable gr.Error; the server keeps running."""
 
@@ -53,12 +78,29 @@ def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except EXPECTED as error:
-            raise gr.Error(str(error)) from error
+            log.info("%s refused: %s", fn.__name__, error)
+            raise gr.Error(str(error), print_exception=False) from error
         except gr.Error:
             raise
         except Exception as error:
             log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"Unexpected error ({type(error).__name__}): {error}") from error
+            raise gr.Error(f"Unexpected error ({type(error).__name__}): {error}", print_exception=False) from error
+
+    return wrapper
+
+
+def keep(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Like guard, for events that redraw the viewer or editors: a failure leaves every output as it was (no
+    'Error' badge, no blank image) and shows its message as a warning."""
+    guarded = guard(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return guarded(*args, **kwargs)
+        except gr.Error as error:
+            gr.Warning(error.message, duration=20)
+            return gr.skip()
 
     return wrapper
 
@@ -86,7 +128,8 @@ def build_ui(services: Services) -> gr.Blocks:
                 gr.update(maximum=max(top, 1), value=middle, interactive=top > 0), "axial", window,
                 display.enlarge(h.render_slice(services, session, "axial", middle, window, 0.5)),
                 h.editor_value(services, session, middle, window), middle, h.support_rows(session), message,
-                h.result_rows(services, session))
+                h.result_rows(services, session), gr.update(value=[]), gr.update(choices=[], value=None), None,
+                h.legend(services, session))
 
     with gr.Blocks(title="IRIS Studio") as demo:
         session = gr.State(lambda: Session())
@@ -108,35 +151,52 @@ def build_ui(services: Services) -> gr.Blocks:
                                       height=VIEW_HEIGHT)
                     with gr.Row():
                         view = gr.Radio(list(display.VIEWS), value="axial", label="View")
-                        window = gr.Dropdown(list(display.WINDOWS), value="MR / auto", label="Window / level")
-                    index = gr.Slider(0, 1, value=0, step=1, label="Slice", elem_id="slice")
+                        window = gr.Dropdown(list(display.WINDOWS), value="MR / auto", label="Window / level",
+                                             allow_custom_value=True, elem_id="window")
+                    with gr.Row():
+                        level = gr.Number(label="Level (manual window; Enter applies)", elem_id="level")
+                        width = gr.Number(label="Width", elem_id="width")
+                    index = gr.Slider(0, 1, value=0, step=1, label="Slice (wheel over the viewer, arrow keys, or "
+                                      "type a number)", elem_id="slice")
+                    legend_box = gr.HTML("", elem_id="legend")
                     with gr.Row():
                         opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
                         mode = gr.Radio(list(handlers.DISPLAY_MODES), value="overlay", label="Show")
                 with gr.Column(scale=1):
                     with gr.Tab("1 · Support"):
-                        editor = gr.ImageEditor(label="Paint the structure on this axial slice", type="numpy",
-                                                sources=(), transforms=(), layers=False, elem_id="support-editor",
-                                                brush=gr.Brush(default_size=BRUSH_RADIUS, colors=["#ff3030"],
-                                                               color_mode="fixed"),
-                                                eraser=gr.Eraser(default_size=BRUSH_RADIUS),
-                                                height=VIEW_HEIGHT)
+                        editor = gr.ImageEditor(label="Paint the structure on this axial slice",
+                                                elem_id="support-editor", brush=stroke_brush(BRUSH_RADIUS, None),
+                                                eraser=gr.Eraser(default_size=BRUSH_RADIUS), height=VIEW_HEIGHT,
+                                                **editor_options())
                         with gr.Row():
-                            class_name = gr.Dropdown(label="Class name (type a new one or pick)",
-                                                     choices=h.class_names(services), allow_custom_value=True,
-                                                     elem_id="class-name")
+                            class_name = gr.Textbox(label="Class name (what you type is the name)", max_lines=1,
+                                                    placeholder="e.g. liver", elem_id="class-name")
+                            class_suggest = gr.Dropdown(label="…or pick a known class", choices=h.class_names(services),
+                                                        value=None, elem_id="class-suggest")
                             add_btn = gr.Button("Add support", variant="primary", elem_id="add-support")
                         with gr.Row():
                             stored = gr.Dropdown(label="…or a stored mask from any case",
                                                  choices=h.stored_supports(services))
                             add_stored_btn = gr.Button("Add stored support")
-                        supports = gr.Dataframe(headers=["class", "support"], label="Supports", interactive=False)
-                        clear_btn = gr.Button("Clear supports", size="sm")
+                        with gr.Row():
+                            label_file = gr.File(label="…or a label file of the open case (NIfTI/PNG/NumPy label map)",
+                                                 elem_id="label-file", scale=2)
+                            label_value = gr.Number(value=1, precision=0, label="Label value", minimum=1,
+                                                    elem_id="label-value", scale=1)
+                            add_file_btn = gr.Button("Add label file as support", elem_id="add-label-file", scale=1)
+                        supports = gr.Dataframe(headers=["class", "support"], elem_id="supports", interactive=False,
+                                                label="Supports (kept when you open another case; click one to "
+                                                      "select it)")
+                        with gr.Row():
+                            remove_btn = gr.Button("Remove selected support", size="sm", elem_id="remove-support")
+                            clear_btn = gr.Button("Clear supports", size="sm")
                     with gr.Tab("2 · Segment"):
                         strategy = gr.Radio(list(handlers.STRATEGIES), value="One-shot", label="Strategy",
                                             elem_id="strategy")
-                        bank_classes = gr.Dropdown(label="Memory-bank classes", multiselect=True,
-                                                   choices=services.segmenter.memory_bank.class_names)
+                        bank_classes = gr.Dropdown(label="Memory-bank classes (type to search; cleared when "
+                                                         "another case opens)", multiselect=True,
+                                                   choices=services.segmenter.memory_bank.class_names,
+                                                   elem_id="bank-classes")
                         with gr.Row():
                             steps = gr.Slider(1, 100, value=20, step=1, label="Tuning steps")
                             lr = gr.Number(value=1e-2, label="Tuning learning rate")
@@ -160,11 +220,11 @@ def build_ui(services: Services) -> gr.Blocks:
                                                    label="Result by slice (scroll with the Slice slider)",
                                                    elem_id="propagated-slices")
                     with gr.Tab("3 · Correct & accept"):
-                        corrector = gr.ImageEditor(label="Edit the predicted mask on this slice", type="numpy",
-                                                   sources=(), transforms=(), layers=False, height=VIEW_HEIGHT,
-                                                   brush=gr.Brush(default_size=8, colors=["#30c030"],
-                                                                  color_mode="fixed"),
-                                                   eraser=gr.Eraser(default_size=8))
+                        corrector = gr.ImageEditor(label="Edit the predicted mask on this slice",
+                                                   elem_id="corrector", height=VIEW_HEIGHT,
+                                                   brush=stroke_brush(CORRECTOR_RADIUS, None),
+                                                   eraser=gr.Eraser(default_size=CORRECTOR_RADIUS),
+                                                   **editor_options())
                         with gr.Row():
                             load_fix_btn = gr.Button("Load mask of this slice")
                             apply_fix_btn = gr.Button("Apply edit to slice")
@@ -206,13 +266,13 @@ def build_ui(services: Services) -> gr.Blocks:
 
         view_inputs = [session, view, index, window, opacity, mode, result_class]
         open_outputs = [session, case_pick, case_info, index, view, window, viewer, editor, paint_index, supports,
-                        status, results]
+                        status, results, bank_classes, result_class, corrector, legend_box]
 
-        @guard
+        @keep
         def on_upload(s: Session, files: list[str] | None) -> tuple[Any, ...]:
             return opened(s, h.load_case(services, s, files))
 
-        @guard
+        @keep
         def on_open(s: Session, case_id: int | None) -> tuple[Any, ...]:
             case = h.open_case(services, s, case_id)
             return opened(s, f"Opened **{case.name}**.")
@@ -221,40 +281,67 @@ def build_ui(services: Services) -> gr.Blocks:
             cases = services.storage.cases.list()
             demo_cases = [c for c in cases if c.name == DEMO_NAME]
             if not cases:
-                return (s, gr.update(), "No case yet: upload one.", *[gr.update()] * 9)
+                return (s, gr.update(), "No case yet: upload one.", *[gr.update()] * 13)
             case = (demo_cases or cases)[-1]
             h.open_case(services, s, case.id)
             return opened(s, f"Demo case **{case.name}** is open: paint a structure, name it, add it as a support.")
 
-        upload.upload(on_upload, [session, upload], open_outputs)
+        upload.upload(on_upload, [session, upload], open_outputs).success(lambda: None, None, upload)
         open_btn.click(on_open, [session, case_pick], open_outputs)
         demo.load(on_start, [session], open_outputs)
 
-        @guard
+        @keep
         def on_view(s: Session, v: str, i: int, w: str, o: float, m: str, c: str | None) -> tuple[Any, ...]:
             top = h.slider_max(services, s, v)
-            i = min(int(i), top)
+            i = top // 2  # the indices of another view mean another place: start in its middle
             return gr.update(maximum=max(top, 1), value=i), view_outputs(s, v, i, w, o, m, c)
 
-        @guard
+        @keep
         def on_slice(s: Session, v: str, i: int, w: str, o: float, m: str, c: str | None) -> tuple[Any, ...]:
             image = view_outputs(s, v, i, w, o, m, c)
             if v != "axial":
                 return image, gr.update(), gr.update()
             return image, h.editor_value(services, s, i, w), int(i)
 
-        view.change(on_view, view_inputs, [index, viewer])
-        index.release(on_slice, view_inputs, [viewer, editor, paint_index])
+        light = {"concurrency_id": "view", "concurrency_limit": 4}  # redraws never wait behind a segmentation
+        view.input(on_view, view_inputs, [index, viewer], **light)
+        index.change(on_slice, view_inputs, [viewer, editor, paint_index], trigger_mode="always_last",
+                     show_progress="hidden", **light)
+        demo.load(None, None, None, js=WHEEL_JS)
         for control in (window, opacity, mode, result_class):
-            control.change(guard(view_outputs), view_inputs, [viewer])
+            control.change(keep(view_outputs), view_inputs, [viewer], **light)
+        gr.on([level.submit, width.submit], keep(display.manual_window), [level, width], [window])
+
+        def class_brush(name: str | None) -> Any:
+            return gr.update(brush=stroke_brush(BRUSH_RADIUS, h.class_color(services, name)))
+
+        class_suggest.input(lambda name: name, [class_suggest], [class_name]).then(class_brush, [class_name], [editor])
+        gr.on([class_name.submit, class_name.blur], class_brush, [class_name], [editor])
 
         @guard
         def on_add(s: Session, value: dict[str, Any], name: str, i: int) -> tuple[Any, ...]:
             message = h.add_support(services, s, value, name, i)
-            return h.support_rows(s), message, gr.update(choices=h.class_names(services), value=name.strip()), \
+            return h.support_rows(s), message, gr.update(choices=h.class_names(services)), \
                 gr.update(choices=h.stored_supports(services))
 
-        add_btn.click(on_add, [session, editor, class_name, paint_index], [supports, status, class_name, stored])
+        add_btn.click(on_add, [session, editor, class_name, paint_index], [supports, status, class_suggest, stored])
+
+        @guard
+        def on_add_file(s: Session, path: str | None, value: float | None, name: str) -> tuple[Any, ...]:
+            message = h.add_label_file_support(services, s, path, value, name)
+            return h.support_rows(s), message, gr.update(choices=h.class_names(services)), \
+                gr.update(choices=h.stored_supports(services))
+
+        add_file_btn.click(on_add_file, [session, label_file, label_value, class_name],
+                           [supports, status, class_suggest, stored])
+        selected_support = gr.State(None)
+
+        def on_pick_support(evt: gr.SelectData) -> int | None:
+            return evt.index[0] if evt.index else None
+
+        supports.select(on_pick_support, None, selected_support)
+        remove_btn.click(guard(lambda s, row: (h.support_rows(s), h.remove_support(s, row), None)),
+                         [session, selected_support], [supports, status, selected_support])
 
         @guard
         def on_add_stored(s: Session, key: str | None) -> tuple[Any, ...]:
@@ -263,31 +350,34 @@ def build_ui(services: Services) -> gr.Blocks:
         add_stored_btn.click(on_add_stored, [session, stored], [supports, status])
         clear_btn.click(lambda s: ([], h.clear_supports(s)), [session], [supports, status])
 
-        @guard
+        @keep
         def on_run(s: Session, strat: str, classes: list[str], n: int, rate: float, v: str, i: int, w: str,
                    o: float, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
             message = h.run_segmentation(services, s, strat, classes or [], n, rate, gradio_progress(progress))
             names = s.result.segmentation.class_names if s.result else []
             return (message, h.result_rows(services, s), gr.update(choices=names, value=names[0] if names else None),
-                    display.enlarge(h.render_slice(services, s, v, i, w, o)))
+                    display.enlarge(h.render_slice(services, s, v, i, w, o)), h.legend(services, s))
 
-        run_event = run_btn.click(on_run, [session, strategy, bank_classes, steps, lr, view, index, window, opacity],
-                                  [status, results, result_class, viewer])
-        cancel_btn.click(h.cancel_segmentation, [session], [status], cancels=[run_event])
+        run_btn.click(on_run, [session, strategy, bank_classes, steps, lr, view, index, window, opacity],
+                      [status, results, result_class, viewer, legend_box])
+        cancel_btn.click(h.cancel_segmentation, [session], [status], concurrency_id="cancel", concurrency_limit=None)
 
-        @guard
-        def on_load_fix(s: Session, c: str | None, i: int, w: str) -> Any:
-            if not c:
-                raise handlers.HandlerError("pick the result class to correct")
-            return h.editor_value(services, s, i, w, c)
+        @keep
+        def on_load_fix(s: Session, c: str | None, i: int, w: str) -> tuple[Any, ...]:
+            value = h.load_correction(services, s, c, i, w)
+            color = services.storage.classes.get_or_create(c).color
+            return (gr.update(value=value, brush=stroke_brush(CORRECTOR_RADIUS, color)),
+                    f"Mask of **{c}** on slice {int(i)} loaded: paint to add, erase to remove, then Apply.")
 
-        load_fix_btn.click(on_load_fix, [session, result_class, paint_index, window], [corrector])
+        load_fix_btn.click(on_load_fix, [session, result_class, paint_index, window], [corrector, status], **light)
 
-        @guard
+        @keep
         def on_apply_fix(s: Session, c: str | None, i: int, value: dict[str, Any], v: str, vi: int, w: str,
                          o: float) -> tuple[Any, ...]:
-            if not c:
-                raise handlers.HandlerError("pick the result class to correct")
+            loaded = s.corrector
+            if loaded is None or loaded.case_id != s.case_id:
+                raise handlers.HandlerError("load the mask of a slice first (Load mask of this slice)")
+            c, i = loaded.class_name, loaded.index
             message = h.apply_correction(services, s, c, i, value)
             propagation.note_fixed_slice(s, i)
             return message, h.result_rows(services, s), display.enlarge(h.render_slice(services, s, v, vi, w, o))
