@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import tempfile
 import threading
 import time
@@ -14,20 +15,24 @@ import numpy as np
 
 from app import display
 from app.demo import stored_slices
+from app.editor_canvas import from_canvas, place, touched
 from app.services import Services, prototype_tokens
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
 from iris_engine.inference import Support, VolumeSegmentation
+from iris_engine.io.readers import read_mask
 from iris_engine.io.volume import Volume
 from iris_engine.io.writers import write_dicom_seg, write_mask, write_overlay_png
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.preprocess import to_canonical
+from storage.errors import StorageError
 from storage.records import CaseRecord
 
 Progress = Callable[[float, str], None]
 STRATEGIES = {"One-shot": "one_shot", "Context ensemble": "context_ensemble", "Memory bank": "memory_bank",
               "In-context tuning": "in_context_tuning"}
 DISPLAY_MODES = ("overlay", "confidence", "uncertainty")
+CANCEL_WAIT_S = 120.0
 
 
 class HandlerError(ValueError):
@@ -60,6 +65,16 @@ class Result:
     seconds: float
 
 
+@dataclass(frozen=True)
+class LoadedSlice:
+    """A class's mask on one axial slice as it was given to the correction editor (its canvas pixels)."""
+
+    case_id: int
+    class_name: str
+    index: int
+    canvas: np.ndarray
+
+
 @dataclass
 class Session:
     """What one browser tab is doing; everything worth keeping is also in the database."""
@@ -69,6 +84,8 @@ class Session:
     result: Result | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     fixed_slices: dict[int, set[int]] = field(default_factory=dict)  # case -> axial slices fixed after propagating
+    corrector: LoadedSlice | None = None  # what "Load mask of this slice" put in the correction editor
+    running: threading.Event = field(default_factory=threading.Event)  # set while a segmentation runs
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Session:
         """Gradio deep-copies state values; a session (with its cancel event) is kept by reference."""
@@ -90,12 +107,13 @@ def load_case(services: Services, session: Session, files: Sequence[str | Path] 
 
 
 def open_case(services: Services, session: Session, case_id: int | None) -> CaseRecord:
-    """Make a stored case the current one (its supports and result start empty)."""
+    """Make a stored case the current one; its result starts empty, the supports (which belong to the task, not
+    to a case) stay."""
     if case_id is None:
         raise HandlerError("pick a case")
     case = services.storage.cases.get(int(case_id))
     services.case_volume(case.id)
-    session.case_id, session.supports, session.result = case.id, [], None
+    session.case_id, session.result, session.corrector = case.id, None, None
     return case
 
 
@@ -126,7 +144,16 @@ def case_summary(services: Services, session: Session) -> str:
 
 def render_slice(services: Services, session: Session, view: str, index: int, window: str, opacity: float,
                  mode: str = "overlay", class_name: str | None = None) -> np.ndarray:
-    """RGB image of a slice with the result's class overlays (or a confidence/uncertainty map)."""
+    """RGB image of a slice with the result's class overlays (or a confidence/uncertainty map); coronal and
+    sagittal slices are stretched to the voxel spacing's aspect."""
+    image = _render(services, session, view, index, window, opacity, mode, class_name)
+    if view == "axial":
+        return image
+    return display.with_aspect(image, *display.pixel_mm(canonical(services, session).spacing, view))
+
+
+def _render(services: Services, session: Session, view: str, index: int, window: str, opacity: float,
+            mode: str, class_name: str | None) -> np.ndarray:
     volume = canonical(services, session)
     grey = display.window_to_uint8(display.view_slice(volume.array, view, index), window)
     result = session.result if session.result and session.result.case_id == session.case_id else None
@@ -154,19 +181,38 @@ def class_index(result: Result, class_name: str | None) -> int:
 
 def editor_value(services: Services, session: Session, index: int, window: str, class_name: str | None = None
                  ) -> dict[str, Any]:
-    """ImageEditor value for the axial slice: background, plus the result's mask of a class as an editable layer."""
+    """ImageEditor value for the axial slice on the editors' fixed canvas: background, plus the result's mask of a
+    class as an editable, semi-transparent layer."""
     volume = canonical(services, session)
     grey = display.window_to_uint8(display.view_slice(volume.array, "axial", index), window)
-    scale = display.display_scale(grey.shape)
-    value: dict[str, Any] = {"background": display.upscale(np.repeat(grey[..., None], 3, axis=2), scale),
-                             "layers": [], "composite": None}
+    value: dict[str, Any] = {"background": display.editor_background(grey), "layers": [], "composite": None}
     if class_name and session.result and session.result.case_id == session.case_id:
-        k = class_index(session.result, class_name)
-        mask = display.view_slice(to_canonical(current_volume(services, session))[1].apply(session.result.masks[k]),
-                                  "axial", index)
+        mask = _result_plane(services, session, class_name, index)
         color = services.storage.classes.get_or_create(class_name).color
-        value["layers"] = [display.mask_layer(mask, color, scale)]
+        value["layers"] = [display.mask_layer(mask, color, place(grey.shape), display.STROKE_ALPHA)]
     return value
+
+
+def load_correction(services: Services, session: Session, class_name: str | None, index: int, window: str
+                    ) -> dict[str, Any]:
+    """The correction editor's value for a class on axial slice `index`; remembers it so that Apply changes only
+    what was drawn, on that slice and class."""
+    if not class_name:
+        raise HandlerError("pick the result class to correct")
+    result = session.result
+    if result is None or result.case_id != session.case_id:
+        raise HandlerError("run a segmentation on this case first")
+    class_index(result, class_name)
+    value = editor_value(services, session, index, window, class_name)
+    session.corrector = LoadedSlice(result.case_id, class_name, int(index), display.painted_canvas(value))
+    return value
+
+
+def _result_plane(services: Services, session: Session, class_name: str, index: int) -> np.ndarray:
+    """The result's mask of a class on axial slice `index`, display-oriented."""
+    k = class_index(session.result, class_name)
+    canon_mask = to_canonical(current_volume(services, session))[1].apply(session.result.masks[k])
+    return display.view_slice(canon_mask, "axial", index)
 
 
 def _painted_volume(services: Services, session: Session, painted: dict[str, Any] | None, index: int) -> np.ndarray:
@@ -245,6 +291,66 @@ def clear_supports(session: Session) -> str:
     return "Supports cleared."
 
 
+def remove_support(session: Session, row: int | None) -> str:
+    """Drop one support (its row in the supports list); the stored annotation stays."""
+    if row is None or not 0 <= int(row) < len(session.supports):
+        raise HandlerError("click a support in the list first, then remove it")
+    ref = session.supports.pop(int(row))
+    return f"Support removed: {ref.label}."
+
+
+def add_label_file_support(services: Services, session: Session, path: str | Path | None, label: float | None,
+                           class_name: str) -> str:
+    """Store one label value of a label-map file (NIfTI/PNG/NumPy, the open case's shape) as an annotation of a
+    class and use it as a support."""
+    name = (class_name or "").strip()
+    if not name:
+        raise HandlerError("name the class of the label file (type it in the class name box)")
+    if not path:
+        raise HandlerError("choose a label file (NIfTI, PNG or NumPy label map) first")
+    if label is None or label != int(label) or label < 1:
+        raise HandlerError(f"the label value must be a whole number of at least 1, got {label}")
+    volume = current_volume(services, session)
+    source = Path(path)
+    try:
+        labels = read_mask(source, reference=volume, max_bytes=services.config.upload_limit_bytes)
+    except IrisInputError as error:
+        raise HandlerError(str(error).replace(str(source.parent) + "/", "")) from error
+    mask = labels == int(label)
+    if not mask.any():
+        present = ", ".join(str(v) for v in np.unique(labels) if v) or "none"
+        raise HandlerError(f"{source.name} has no voxel with label {int(label)} (labels present: {present})")
+    record = services.storage.annotations.add(session.case_id, name, mask, stored_slices(mask),
+                                              author=services.config.author)
+    case = services.storage.cases.get(record.case_id)
+    session.supports.append(SupportRef("annotation", record.id, record.case_id, name,
+                                       f"{name} on {case.name} from {source.name} (label {int(label)})"))
+    return f"Support added: **{name}** from {source.name}, label {int(label)} ({int(mask.sum())} voxels)."
+
+
+def class_color(services: Services, name: str | None) -> str | None:
+    """A stored class's colour (None for a name not stored yet)."""
+    if not name or not name.strip():
+        return None
+    try:
+        return services.storage.classes.get(name.strip()).color
+    except StorageError:
+        return None
+
+
+def legend(services: Services, session: Session) -> str:
+    """HTML colour legend of the result's classes as the viewer draws them."""
+    result = session.result if session.result and session.result.case_id == session.case_id else None
+    if result is None:
+        return ""
+    items = []
+    for name in result.segmentation.class_names:
+        color = services.storage.classes.get_or_create(name).color
+        items.append(f'<span class="legend-item"><span style="display:inline-block;width:0.9em;height:0.9em;'
+                     f'background:{color};border-radius:2px;margin-right:4px"></span>{html.escape(name)}</span>')
+    return "<div id='legend-items'>" + " &nbsp; ".join(items) + "</div>"
+
+
 def _support_mask(services: Services, ref: SupportRef) -> np.ndarray:
     repo = services.storage.annotations if ref.kind == "annotation" else services.storage.corrections
     return repo.load_mask(ref.record_id).astype(bool)
@@ -293,9 +399,15 @@ def run_segmentation(services: Services, session: Session, strategy: str, bank_c
             raise HandlerError(f"one-shot uses supports from one image; yours come from {len(supports)} images: "
                                "use context ensemble or in-context tuning")
     start = time.perf_counter()
-    with services.lock:
-        segmentation = services.segmenter.segment(query, key, supports, names, tuning_steps=int(tuning_steps),
-                                                  tuning_lr=float(tuning_lr), progress=checked)
+    session.running.set()
+    try:
+        with services.lock:
+            segmentation = services.segmenter.segment(query, key, supports, names, tuning_steps=int(tuning_steps),
+                                                      tuning_lr=float(tuning_lr), progress=checked)
+    finally:
+        session.running.clear()
+    if session.cancel.is_set():
+        raise Cancelled("segmentation cancelled")
     seconds = time.perf_counter() - start
     ids = {}
     for name, mask in zip(names, segmentation.masks, strict=True):
@@ -306,22 +418,35 @@ def run_segmentation(services: Services, session: Session, strategy: str, bank_c
         f"{row[0]} {row[1]} ({row[3]} voxels)" for row in result_rows(services, session))
 
 
-def cancel_segmentation(session: Session) -> str:
+def cancel_segmentation(session: Session, wait_s: float = CANCEL_WAIT_S) -> str:
+    """Ask the running segmentation to stop and wait until it has."""
+    if not session.running.is_set():
+        return "Nothing to cancel: no segmentation is running."
     session.cancel.set()
-    return "Cancelling…"
+    deadline = time.monotonic() + wait_s
+    while session.running.is_set() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if session.running.is_set():
+        return "Cancelling… the current step is still finishing; the result will not be kept."
+    return "Segmentation cancelled."
 
 
 def result_rows(services: Services, session: Session) -> list[list[str]]:
-    """Per class: size (mL for volumes, mm² for images), mean confidence inside the mask, voxel count."""
+    """Per class: size (mL for volumes; mm² for images whose file states a pixel spacing, else pixels), mean
+    confidence inside the mask, voxel count."""
     result = session.result
     if result is None:
         return []
     volume = services.case_volume(result.case_id)
     voxel = float(np.prod(volume.spacing))
+    stated = volume.ndim == 3 or (volume.modality != "photo" and not np.allclose(volume.spacing, 1.0))
     rows = []
     for k, name in enumerate(result.segmentation.class_names):
         mask = result.masks[k]
-        size = f"{mask.sum() * voxel / 1000:.2f} mL" if volume.ndim == 3 else f"{mask.sum() * voxel:.1f} mm²"
+        if volume.ndim == 3:
+            size = f"{mask.sum() * voxel / 1000:.2f} mL"
+        else:
+            size = f"{mask.sum() * voxel:.1f} mm²" if stated else f"{int(mask.sum())} px"
         inside = result.segmentation.probabilities[k][mask]
         rows.append([name, size, f"{inside.mean():.2f}" if inside.size else "–", str(int(mask.sum()))])
     return rows
@@ -329,21 +454,34 @@ def result_rows(services: Services, session: Session) -> list[list[str]]:
 
 def apply_correction(services: Services, session: Session, class_name: str, index: int,
                      painted: dict[str, Any] | None) -> str:
-    """Replace a class's mask on one axial slice by what the correction editor shows."""
+    """Put what the correction editor shows into a class's mask on one axial slice. When that slice and class were
+    loaded with `load_correction`, only the pixels drawn or erased change; otherwise the drawing replaces the slice."""
     result = session.result
     if result is None or result.case_id != session.case_id:
         raise HandlerError("run a segmentation on this case first")
     k = class_index(result, class_name)
     canon, transform = to_canonical(current_volume(services, session))
-    edited = _painted_volume(services, session, painted, index)
-    masks = transform.apply(result.masks[k])
-    new = transform.apply(edited)
-    if canon.ndim == 3:
-        masks[:, :, int(index)] = new[:, :, int(index)]
+    index = int(index)
+    before = _result_plane(services, session, class_name, index)
+    loaded = session.corrector
+    if loaded is not None and (loaded.case_id, loaded.class_name, loaded.index) == (result.case_id, class_name, index):
+        placement = place(before.shape)
+        drawn = display.painted_canvas(painted)
+        drawn = np.zeros_like(loaded.canvas) if drawn is None else drawn
+        changed = touched(drawn, loaded.canvas, placement)
+        after = before.copy()
+        after[changed] = from_canvas(drawn, placement)[changed]
     else:
-        masks = new
+        after = display.painted_mask(painted, before.shape)
+    masks = transform.apply(result.masks[k])
+    if canon.ndim == 3:
+        masks[:, :, index] = display.unview_slice(after, 3)
+    else:
+        masks = after
     result.masks[k] = transform.invert(masks)
-    return f"Slice {index} of **{class_name}** updated ({int(new.sum())} voxels on it)."
+    added, removed = int((after & ~before).sum()), int((before & ~after).sum())
+    return (f"Slice {index} of **{class_name}** updated: {added} voxels added, {removed} removed "
+            f"({int(after.sum())} voxels on it).")
 
 
 def accept(services: Services, session: Session, progress: Progress | None = None) -> str:
@@ -499,6 +637,15 @@ def prototype_rows(services: Services, class_name: str | None) -> list[list[Any]
 
 
 def bank_summary(services: Services) -> str:
+    """The memory bank's classes grouped by dataset (the part before '/'), each group folded."""
     bank = services.segmenter.memory_bank
-    items = ", ".join(f"{n} ({bank.count(n)})" for n in bank.class_names) or "empty"
-    return f"Memory bank of model `{services.model_version}`: {items}"
+    groups: dict[str, list[str]] = {}
+    for name in bank.class_names:
+        group, _, short = name.rpartition("/")
+        groups.setdefault(group or "studio", []).append(f"{short} ({bank.count(name)})")
+    title = f"Memory bank of model `{services.model_version}`: {len(bank.class_names)} classes"
+    if not groups:
+        return f"{title} (empty)"
+    folded = "\n".join(f"<details><summary>{group} ({len(items)})</summary>{', '.join(items)}</details>"
+                       for group, items in sorted(groups.items()))
+    return f"{title}; pick them by typing in the memory-bank class box.\n\n{folded}"
