@@ -30,6 +30,7 @@ from scipy import ndimage
 from app import display
 from app.config import SHIPPED_WEIGHTS
 from app.demo import demo_volume
+from app.editor_canvas import place
 from app.ui import BRUSH_RADIUS
 from iris_engine.checkpoint import save_checkpoint
 from iris_engine.config import ModelConfig
@@ -106,9 +107,10 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, Weights]]:
 
 
 def wait_status(page: Any, text: str, timeout_s: float) -> str:
-    """Until #status contains `text`; fails at once with the message of an error toast (no waiting it out)."""
+    """Until #status contains `text`; fails at once with the message of an error or warning toast (no waiting it
+    out)."""
     deadline = time.monotonic() + timeout_s
-    status, errors = page.locator("#status"), page.locator(".toast-body.error")
+    status, errors = page.locator("#status"), page.locator(".toast-body.error, .toast-body.warning")
     while True:
         shown = status.inner_text()
         if text in shown:
@@ -146,7 +148,7 @@ def paint(page: Any, canvas: Any, mask: np.ndarray) -> None:
     """Brush strokes whose round tip stays inside the mask: along rows of the mask eroded by the brush radius,
     rows a brush radius apart, so the strokes cover the mask's core (its thin fingers left out). Few pointer events,
     as each costs a software-rendered canvas redraw (~0.4 s on a loaded 2-core machine)."""
-    radius = max(1, BRUSH_RADIUS // display.display_scale(mask.shape))  # in slice pixels
+    radius = max(1, int(np.ceil(BRUSH_RADIUS / place(mask.shape).scale)))  # in slice pixels
     yy, xx = np.mgrid[-radius: radius + 1, -radius: radius + 1]
     core = ndimage.binary_erosion(mask, structure=yy**2 + xx**2 <= radius**2)
     x0, y0, width, height = image_rect(canvas)

@@ -53,7 +53,7 @@ def logged_in(url: str, password: str = PASSWORD) -> tuple[urllib.request.Opener
 def test_non_localhost_bind_without_login_exits_clearly(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "IRIS_AUTH"} | {"GRADIO_ANALYTICS_ENABLED": "False"}
     result = subprocess.run(["nice", "-n", "19", sys.executable, str(ROOT / "run_app.py"), "--host", "0.0.0.0",
-                             "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, env=env,
+                             "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env,
                             cwd=ROOT)
     assert result.returncode == 2 and "refusing to listen on 0.0.0.0 without a login" in result.stderr
     assert not (tmp_path / "iris.db").exists()

@@ -47,16 +47,16 @@ def run_app(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 def test_share_without_auth_is_refused(tmp_path: Path) -> None:
-    result = run_app("--share", "--data-dir", str(tmp_path), timeout=60)
+    result = run_app("--share", "--data-dir", str(tmp_path), timeout=600)
     assert result.returncode == 2 and "without a login" in result.stderr
 
 
 def test_share_without_internet_fails_clearly(tmp_path: Path) -> None:
-    result = run_app("--share", "--auth", "u:p", "--data-dir", str(tmp_path), timeout=60)
+    result = run_app("--share", "--auth", "u:p", "--data-dir", str(tmp_path), timeout=600)
     assert result.returncode != 0 and "share" in result.stderr
 
 
 def test_help_documents_options() -> None:
-    out = run_app("--help", timeout=60).stdout
+    out = run_app("--help", timeout=600).stdout
     for option in ("--share", "--host", "--port", "--data-dir", "--db-url", "--device", "--auth", "--weights"):
         assert option in out
