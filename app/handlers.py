@@ -86,6 +86,7 @@ class Session:
     fixed_slices: dict[int, set[int]] = field(default_factory=dict)  # case -> axial slices fixed after propagating
     corrector: LoadedSlice | None = None  # what "Load mask of this slice" put in the correction editor
     running: threading.Event = field(default_factory=threading.Event)  # set while a segmentation runs
+    editor_shows: tuple[int | None, int, str] | None = None  # (case, axial slice, window) in the support editor
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Session:
         """Gradio deep-copies state values; a session (with its cancel event) is kept by reference."""

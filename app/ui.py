@@ -124,6 +124,7 @@ def build_ui(services: Services) -> gr.Blocks:
         window = display.default_window(h.current_volume(services, session).modality)
         top = display.depth(volume.shape, "axial") - 1
         middle = top // 2
+        session.editor_shows = (session.case_id, middle, window)
         return (session, gr.update(choices=case_choices(), value=session.case_id), h.case_summary(services, session),
                 gr.update(maximum=max(top, 1), value=middle, interactive=top > 0), "axial", window,
                 display.enlarge(h.render_slice(services, session, "axial", middle, window, 0.5)),
@@ -299,8 +300,9 @@ def build_ui(services: Services) -> gr.Blocks:
         @keep
         def on_slice(s: Session, v: str, i: int, w: str, o: float, m: str, c: str | None) -> tuple[Any, ...]:
             image = view_outputs(s, v, i, w, o, m, c)
-            if v != "axial":
-                return image, gr.update(), gr.update()
+            if v != "axial" or s.editor_shows == (s.case_id, int(i), w):  # never wipe paint with the same slice
+                return image, gr.skip(), gr.skip()
+            s.editor_shows = (s.case_id, int(i), w)
             return image, h.editor_value(services, s, i, w), int(i)
 
         light = {"concurrency_id": "view", "concurrency_limit": 4}  # redraws never wait behind a segmentation
