@@ -402,7 +402,7 @@ def run_segmentation(services: Services, session: Session, strategy: str, bank_c
     start = time.perf_counter()
     session.running.set()
     try:
-        with services.lock:
+        with services.model_lock:  # not services.lock: viewing and storing never wait for a segmentation
             segmentation = services.segmenter.segment(query, key, supports, names, tuning_steps=int(tuning_steps),
                                                       tuning_lr=float(tuning_lr), progress=checked)
     finally:

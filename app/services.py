@@ -55,6 +55,7 @@ class Services:
     warning: str = ""
     jobs: TrainingJobs = field(default_factory=TrainingJobs)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    model_lock: threading.Lock = field(default_factory=threading.Lock)  # one segmentation at a time, all threads
     _volumes: OrderedDict[int, Volume] = field(default_factory=OrderedDict)
 
     @property
