@@ -1,0 +1,72 @@
+"""Click-protocol evaluation: click placement, simulation, clicks to target, a whole run on tiny MSD folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from iris_engine.checkpoint import save_checkpoint
+from iris_engine.config import ModelConfig
+from iris_engine.data.slices import build_slice_bank
+from iris_engine.data.splits import make_split
+from iris_engine.evaluation import refinement as ev
+from iris_engine.model.iris import IrisModel
+from iris_engine.refinement import RefineConfig
+from tests.unit.test_data_msd_split_bank import _write_msd
+
+TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
+                   task_encoder_layers=1, decoder_layers=1)
+
+
+def test_next_click_goes_to_the_centre_of_the_largest_error_region() -> None:
+    truth = np.zeros((40, 40), bool)
+    truth[5:25, 5:25] = True
+    prediction = truth.copy()
+    prediction[5:17, 13:25] = False  # missed: 12 x 12
+    prediction[30:36, 30:36] = True  # false positive: 6 x 6
+    (r, c), positive = ev.next_click(prediction, truth)
+    assert positive and 10 <= r <= 11 and 18 <= c <= 19
+    prediction = truth.copy()
+    prediction[28:40, 28:40] = True  # false positive 12 x 12 touching the border
+    (r, c), positive = ev.next_click(prediction, truth)
+    assert not positive and (r, c) == (33, 33)
+    assert ev.next_click(truth, truth) is None
+
+
+def test_simulation_reaches_the_target_and_counts_clicks() -> None:
+    image = np.zeros((48, 48), np.float32)
+    image[10:30, 12:36] = 2.0
+    truth = image > 1
+    start = np.zeros((48, 48), np.float32)
+    scores, seconds = ev.simulate(image, truth, start, RefineConfig(method="local"), None, 10, 0.85)
+    disc, _ = ev.simulate(image, truth, start, RefineConfig(method="disc"), None, 10, 0.85)
+    assert scores[0] == 0.0 and max(scores) >= 0.85 and seconds >= 0.0
+    assert ev.clicks_to_target(scores, 0.85, 10) < ev.clicks_to_target(disc, 0.85, 10)
+    assert ev.clicks_to_target([0.1, 0.2], 0.85, 10) == 10 and ev.clicks_to_target([0.9], 0.85, 10) == 0
+
+
+def test_a_run_on_tiny_folders_keeps_patients_apart_and_writes_the_report(tmp_path: Path) -> None:
+    _write_msd(tmp_path, "toy2d", 6, False, {"disc": 1}, seed=1)
+    _write_msd(tmp_path, "toy3d", 6, True, {"organ": 1}, seed=2)
+    datasets = ("toy2d", "toy3d")
+    split = make_split(0, held_out_fraction=0.5, held_out_datasets=(), held_out_classes=(), datasets=datasets,
+                       root=tmp_path)
+    bank = build_slice_bank(datasets=datasets, root=tmp_path, size=32, cache_dir=None)
+    checkpoint = save_checkpoint(tmp_path / "model.pt", IrisModel(TINY))
+    config = ev.RefineEvalConfig(methods=("disc", "local", "combined"), max_queries=2, max_clicks=6)
+    payload = ev.run(checkpoint, split, config, RefineConfig(tuning_steps=1), bank=bank, log=False)
+    assert {t["dataset"] for t in payload["tasks"]} == set(datasets)
+    for task in payload["tasks"]:
+        assert task["queries"] <= 2 and not set(task["query_patients"]) & set(task["support_patients"])
+        for method in config.methods:
+            curve = task["dice_curve"][method]
+            assert len(curve) == 6 and curve[0] == task["dice_curve"]["disc"][0]
+            assert 0 <= task["clicks_to_target"][method] <= 6
+    table = ev.summary(payload)
+    assert set(table) == {*datasets, "mean over datasets"} and set(table["toy2d"]) == set(config.methods)
+    ev.write(payload, tmp_path / "out")
+    report = (tmp_path / "out" / "refinement.md").read_text()
+    assert "| toy3d |" in report and "disc" in report
+    assert json.loads((tmp_path / "out" / "refinement.json").read_text())["protocol"]["max_clicks"] == 6
