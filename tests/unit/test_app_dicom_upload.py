@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 
 import highdicom as hd
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -60,6 +61,28 @@ def test_uid_named_files_are_one_case_with_the_series_geometry(services, tmp_pat
     seg = hd.seg.segread(write_dicom_seg(mask, stored, ["liver"], tmp_path / "seg.dcm"))
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == spec.series_uid
     assert int(seg.NumberOfFrames) == spec.slices
+
+
+def test_uploaded_series_is_segmented_and_exported_on_its_geometry(services, tmp_path: Path) -> None:
+    spec = SeriesSpec(slices=5, rows=40, cols=36)
+    files = write_series(tmp_path / "upload", spec)
+    session = Session()
+    h.load_case(services, session, [str(p) for p in files])
+    value = h.editor_value(services, session, 2, "CT soft tissue")
+    layer = np.zeros((*value["background"].shape[:2], 4), dtype=np.uint8)
+    height, width = layer.shape[:2]
+    layer[height // 4: height // 2, width // 3: 2 * width // 3, 3] = 255
+    h.add_support(services, session, {**value, "layers": [layer]}, "organ", 2)
+    h.run_segmentation(services, session, "One-shot")
+    source = read_image(tmp_path / "upload")
+    seg = hd.seg.segread(h.export_mask(services, session, "DICOM-SEG"))
+    assert int(seg.NumberOfFrames) == spec.slices and seg.SegmentSequence[0].SegmentLabel == "organ"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == spec.series_uid
+    assert {uid for _, _, uid in seg.get_source_image_uids()} == {
+        ds.SOPInstanceUID for ds in source.metadata["dicom_datasets"]}
+    nifti = nib.load(h.export_mask(services, session, "NIfTI"))
+    assert nifti.shape == source.shape == (36, 40, 5)
+    np.testing.assert_allclose(nifti.affine, source.affine, atol=1e-6)
 
 
 def test_two_series_in_one_zip_become_two_cases(services, tmp_path: Path) -> None:
