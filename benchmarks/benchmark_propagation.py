@@ -1,0 +1,93 @@
+"""Propagation latency on a 128-slice volume: first propagation, re-propagation after a fixed slice, no change.
+
+Usage: python benchmarks/benchmark_propagation.py [--slices 128] [--size 256] [--threads 2] [--repeats 3]
+Prints a table (median wall and CPU seconds, slices sent to the model) and writes
+benchmarks/propagation_results.md. The goal is an interactive re-propagation (< 5 s on 2 CPU cores). On a
+shared machine wall times are upper bounds; CPU seconds / threads estimates the wall time on idle cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from iris_engine.inference import IrisSegmenter
+from iris_engine.io.volume import Volume
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "assets" / "weights" / "iris2d.pt"
+
+
+def ellipsoid(size: int, slices: int, seed: int = 0) -> tuple[Volume, np.ndarray]:
+    """A bright ellipsoid over the middle 70 % of the slices, in noise."""
+    grids = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), np.linspace(-1, 1, slices),
+                        indexing="ij")
+    truth = grids[0] ** 2 / 0.35 + grids[1] ** 2 / 0.25 + grids[2] ** 2 / 0.5 < 1
+    image = 100.0 * truth + np.random.default_rng(seed).normal(0, 20, truth.shape)
+    return Volume(image.astype(np.float32), np.diag([1.0, 1.0, 2.0, 1.0]), "MR"), truth
+
+
+def run(segmenter: IrisSegmenter, volume: Volume, painted: np.ndarray) -> tuple[float, float, int]:
+    """Wall seconds, process CPU seconds and slices sent to the model of one propagation."""
+    start, cpu = time.perf_counter(), time.process_time()
+    result = segmenter.propagate(volume, painted, ["organ"])
+    return time.perf_counter() - start, time.process_time() - cpu, result.recomputed_slices
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--slices", type=int, default=128)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "propagation_results.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    volume, truth = ellipsoid(args.size, args.slices)
+    shown = np.flatnonzero(truth.any(axis=(0, 1)))
+    lo, hi = int(shown[0]), int(shown[-1])
+    painted_at = [lo + round(f * (hi - lo)) for f in (1 / 6, 1 / 2, 5 / 6)]
+    painted = np.zeros(truth.shape, dtype=np.uint8)
+    painted[:, :, painted_at] = truth[:, :, painted_at]
+    fixed = (painted_at[0] + painted_at[1]) // 2
+    corrected = painted.copy()
+    corrected[:, :, fixed] = truth[:, :, fixed]
+    rows: dict[str, list[tuple[float, float, int]]] = {"first propagation (3 painted slices)": [],
+                                                f"re-propagation after fixing slice {fixed}": [],
+                                                "re-propagation, nothing changed": []}
+    for _ in range(args.repeats):
+        segmenter = IrisSegmenter.from_checkpoint(args.weights)
+        names = list(rows)
+        rows[names[0]].append(run(segmenter, volume, painted))
+        rows[names[1]].append(run(segmenter, volume, corrected))
+        rows[names[2]].append(run(segmenter, volume, corrected))
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    lines = [
+        "# Propagation latency",
+        "",
+        f"{args.size} x {args.size} x {args.slices} synthetic volume, weights `{args.weights.name}`, "
+        f"{args.threads} torch threads, {platform.processor() or platform.machine()}, median of {args.repeats}; "
+        f"load average at the end {load} (wall times on a shared machine are upper bounds).",
+        "",
+        "| step | median wall s | median CPU s | CPU s / threads | slices sent to the model |",
+        "|---|---|---|---|---|",
+    ]
+    for name, values in rows.items():
+        cpu = statistics.median(v[1] for v in values)
+        lines.append(f"| {name} | {statistics.median(v[0] for v in values):.2f} | {cpu:.2f} | "
+                     f"{cpu / args.threads:.2f} | {values[-1][2]} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
