@@ -58,6 +58,8 @@ class RefineConfig:
     intensity_cost: float = 4.0
     probability_cost: float = 4.0
     smoothing: float = 1.0
+    adaptive_reach: float = 0.0  # > 0: reach = this x the click's distance to the mask (better after 1-3 clicks, worse
+    # after 5 on the training patients, so off by default)
     tuning_steps: int = 5
     tuning_lr: float = 0.5
     click_weight: float = 50.0
@@ -127,10 +129,23 @@ def validate_clicks(clicks: Sequence[Click], shape: tuple[int, ...], class_names
 # ----------------------------------------------------------------------------------- slab-level edits
 
 
+def _reach(probability: np.ndarray, seeds: np.ndarray, positive: bool, config: RefineConfig) -> float:
+    """Reach in pixels of a seed group: the configured one, or with adaptive_reach a multiple of the distance from
+    the clicks to the nearest pixel that already has their label (the current mask's boundary), at most the former."""
+    largest = config.reach * max(probability.shape[:2])
+    if config.adaptive_reach <= 0:
+        return largest
+    z = int(np.argwhere(seeds)[0][2])
+    wanted = (probability[:, :, z] >= config.threshold) == positive
+    if not wanted.any():
+        return largest
+    distance = ndimage.distance_transform_edt(~wanted)[seeds[:, :, z]].max()
+    return float(np.clip(config.adaptive_reach * distance, 2.0, largest))
+
+
 def _influence(image: np.ndarray, probability: np.ndarray, seeds: np.ndarray, sampling: tuple[float, ...],
-               config: RefineConfig) -> np.ndarray:
+               config: RefineConfig, reach: float) -> np.ndarray:
     """Influence in [0, 1] of one group of seed voxels: exp(-(geodesic distance / reach)^2)."""
-    reach = config.reach * max(image.shape[:2])
     cost = 1.0 + config.intensity_cost * np.abs(image - image[seeds].mean()) \
         + config.probability_cost * np.abs(probability - probability[seeds].mean())
     starts = [tuple(int(v) for v in p) for p in np.argwhere(seeds)]
@@ -158,7 +173,8 @@ def local_edit(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, c
     weight = np.zeros(image.shape, dtype=np.float32)
     target = np.zeros(image.shape, dtype=np.float32)
     for seeds, value in _seed_groups(clicks):
-        influence = _influence(smooth, probability, seeds, sampling, config)
+        reach = _reach(probability, seeds, value == POSITIVE, config)
+        influence = _influence(smooth, probability, seeds, sampling, config, reach)
         stronger = influence > weight
         weight[stronger] = influence[stronger]
         target[stronger] = 1.0 if value == POSITIVE else 0.0

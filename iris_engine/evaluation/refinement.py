@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import time
 import zlib
 from dataclasses import asdict, dataclass, replace
@@ -26,6 +27,7 @@ from scipy import ndimage
 
 from iris_engine import strategies
 from iris_engine.checkpoint import load_checkpoint
+from iris_engine.data.catalog import default_datasets
 from iris_engine.data.episodes import EvalPair, iter_eval_pairs
 from iris_engine.data.slices import SliceBank, build_slice_bank
 from iris_engine.data.splits import Split
@@ -44,7 +46,7 @@ class RefineEvalConfig:
     """Protocol and size of the run."""
 
     methods: tuple[str, ...] = ("disc", "local", "tuning", "combined")
-    max_queries: int = 3
+    max_queries: int = 2
     max_clicks: int = 10
     target: float = 0.85
     seed: int = 0
@@ -94,9 +96,9 @@ def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: Re
             continue
         (r, c), positive = placed
         clicks[r, c, 0] = POSITIVE if positive else NEGATIVE
-        begin = time.perf_counter()
+        begin = time.process_time()
         probability = refine_slab(image[..., None], start[..., None], clicks, config, tuner)[..., 0]
-        seconds.append(time.perf_counter() - begin)
+        seconds.append(time.process_time() - begin)
         scores.append(dice(probability >= config.threshold, truth))
     return scores, float(np.mean(seconds)) if seconds else 0.0
 
@@ -146,6 +148,20 @@ def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpe
     }
 
 
+_WORK: dict[str, Any] = {}
+
+
+def _task(spec: TaskSpec) -> tuple[dict[str, Any] | None, str | None, float]:
+    """One task in this process (or a forked worker sharing `_WORK`): its row or the reason it was skipped."""
+    torch.set_num_threads(1)
+    begin = time.process_time()
+    try:
+        row = evaluate_task(_WORK["model"], _WORK["bank"], _WORK["split"], spec, _WORK["config"], _WORK["refine"])
+        return row, None, time.process_time() - begin
+    except IrisInputError as error:
+        return None, str(error), time.process_time() - begin
+
+
 def dev_split(split: Split) -> Split:
     """Training patients only, as 'test' cases: for choosing refinement settings without touching test patients."""
     train = {d: list(c) for d, c in split.train_cases.items()
@@ -155,32 +171,43 @@ def dev_split(split: Split) -> Split:
 
 def run(checkpoint: Path, split: Split, config: RefineEvalConfig, refine: RefineConfig,
         bank: SliceBank | None = None, datasets: list[str] | None = None, data_root: Path | None = None,
-        log: bool = True) -> dict[str, Any]:
+        log: bool = True, workers: int = 1) -> dict[str, Any]:
     """Evaluate every (dataset, class) with test patients; returns the JSON-ready payload."""
     loaded = load_checkpoint(checkpoint)
     model = loaded.model.eval()
     if bank is None:
-        names = tuple(d for d in split.test_cases if split.test_cases[d] and (datasets is None or d in datasets))
+        names = tuple(d for d in default_datasets() if split.test_cases.get(d) and (datasets is None or d in datasets))
         bank = build_slice_bank(names, root=data_root, size=model.config.image_size)
     specs = [s for s in evaluation_tasks(bank, split) if datasets is None or s.dataset in datasets]
     begin, cpu = time.perf_counter(), time.process_time()
-    tasks, notes = [], []
-    for index, spec in enumerate(specs):
-        try:
-            tasks.append(evaluate_task(model, bank, split, spec, config, refine))
-        except IrisInputError as error:
-            notes.append(str(error))
-            continue
-        if log:
-            row = tasks[-1]
-            print(f"[{index + 1}/{len(specs)}] {spec.dataset}/{spec.class_name}: " + ", ".join(
-                f"{m} {row['dice_curve'][m][-1]:.3f}"
-                for m in config.methods), flush=True)
+    _WORK.update(model=model, bank=bank, split=split, config=config, refine=refine)
+    tasks, notes, worker_cpu = [], [], 0.0
+    if workers > 1:
+        pool = multiprocessing.get_context("fork").Pool(workers)
+        outcomes = pool.imap(_task, specs)
+    else:
+        pool, outcomes = None, map(_task, specs)
+    try:
+        for index, (spec, (row, note, seconds)) in enumerate(zip(specs, outcomes, strict=True)):
+            worker_cpu += seconds if pool is not None else 0.0
+            if row is None:
+                notes.append(str(note))
+                continue
+            tasks.append(row)
+            if log:
+                print(f"[{index + 1}/{len(specs)}] {spec.dataset}/{spec.class_name}: Dice after 5 clicks "
+                      + ", ".join(f"{m} {row['dice_curve'][m][-1]:.3f}" for m in config.methods), flush=True)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+        _WORK.clear()
     return {
         "checkpoint": str(checkpoint), "model_version": model.version, "split_seed": split.seed,
-        "split_fingerprint": split.fingerprint(), "protocol": asdict(config), "refine": asdict(refine),
-        "seconds": round(time.perf_counter() - begin, 1), "cpu_seconds": round(time.process_time() - cpu, 1),
-        "tasks": tasks, "notes": notes,
+        "split_fingerprint": split.fingerprint(), "protocol": asdict(config),
+        "refine": {k: v for k, v in asdict(refine).items() if k != "method"},
+        "seconds": round(time.perf_counter() - begin, 1), "workers": workers,
+        "cpu_seconds": round(time.process_time() - cpu + worker_cpu, 1), "tasks": tasks, "notes": notes,
     }
 
 
@@ -215,7 +242,8 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{payload['cpu_seconds']} s CPU",
         f"- up to {cfg['max_queries']} query slices per dataset/class, drawn with seed {cfg['seed']} from the held-out "
         "patients' slices that show the class; support: the middle class slice of another patient (training "
-        "patients where the dataset has them); the start is the one-shot result.",
+        "patients where the dataset has them); the start is the one-shot result. 3D sets are scored on axial slices "
+        "(the neighbour-slice reach of the volume path is not exercised here).",
         f"- each next click at the centre of the largest error region (positive in a missed region, negative in a "
         f"false positive); {cfg['max_clicks']} clicks at most; clicks to Dice {cfg['target']} capped at "
         f"{cfg['max_clicks']} (0 = one-shot already there). Dice per slice on the model grid, averaged over slices, "
@@ -228,7 +256,7 @@ def markdown(payload: dict[str, Any]) -> str:
         cells = [f"{row[m]['dice@0']:.3f} / {row[m]['dice@1']:.3f} / {row[m]['dice@3']:.3f} / {row[m]['dice@5']:.3f}"
                  f", **{row[m]['clicks']:.1f}**" for m in methods]
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean seconds per refinement call (all clicks so far, 128 x 128 model grid, this run's machine): "
+    lines += ["", "Mean CPU seconds per refinement call (all clicks so far, 128 x 128 model grid, one thread): "
               + ", ".join(f"{m} {summary(payload)['mean over datasets'][m]['seconds']:.3f}" for m in methods)
               if payload["tasks"] else "", "", "## Per dataset / class (Dice after 5 clicks, clicks to target)", "",
               "| dataset / class | 2D/3D | slices | one-shot | " + " | ".join(methods) + " |",
@@ -263,13 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=RefineEvalConfig.seed)
     parser.add_argument("--dev", action="store_true",
                         help="run on TRAINING patients (for choosing settings), never for reported numbers")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="processes, one task each at a time (CPU time is "
+                        "reported summed over them)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(1)
     split_path = args.split or args.checkpoint.parent / "split.json"
     if not split_path.exists():
         raise IrisInputError(f"split file {split_path} not found: pass --split")
@@ -279,7 +308,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = RefineEvalConfig(methods=tuple(args.methods), max_queries=args.max_queries, seed=args.seed)
     for method in config.methods:
         RefineConfig(method=method)
-    payload = run(args.checkpoint, split, config, RefineConfig(), datasets=args.datasets, data_root=args.data_root)
+    payload = run(args.checkpoint, split, config, RefineConfig(), datasets=args.datasets, data_root=args.data_root,
+                  workers=max(1, args.workers))
     write(payload, args.out)
     overall = summary(payload).get("mean over datasets", {})
     print(json.dumps({"report": str(args.out / "refinement.md"), "seconds": payload["seconds"],

@@ -177,3 +177,14 @@ def test_bad_clicks_and_results_get_clear_errors(segmenter: IrisSegmenter) -> No
     with pytest.raises(IrisInputError, match="needs the result's task embedding"):
         segmenter.refine(volume, without_embedding, click, RefineConfig(method="tuning"))
     assert segmenter.refine(volume, without_embedding, click, RefineConfig(method="local")).masks[0][3, 3]
+
+
+def test_adaptive_reach_shrinks_a_click_near_the_mask_boundary() -> None:
+    image = np.zeros((64, 64, 1), np.float32)
+    probability = np.zeros((64, 64, 1), np.float32)
+    probability[10:50, 10:30] = 0.9
+    clicks = np.zeros((64, 64, 1), np.uint8)
+    clicks[30, 33, 0] = POSITIVE  # 4 px right of the mask
+    fixed = refine_slab(image, probability, clicks, RefineConfig(method="local"))[..., 0] >= 0.5
+    adaptive = refine_slab(image, probability, clicks, RefineConfig(method="local", adaptive_reach=2.0))[..., 0] >= 0.5
+    assert adaptive[30, 33] and adaptive.sum() < fixed.sum() and not adaptive[:, 45:].any()
