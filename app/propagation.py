@@ -87,7 +87,7 @@ def run_propagation(services: Services, session: Session, progress: Progress | N
         report(fraction, message)
 
     start = time.perf_counter()
-    with services.lock:
+    with services.model_lock:  # like segmentations: viewing and storing never wait for it
         result = services.segmenter.propagate(volume, labels, names, painted_slices=fixed, progress=checked)
     seconds = time.perf_counter() - start
     ids = {}
