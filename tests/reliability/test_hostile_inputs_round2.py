@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -325,3 +326,39 @@ def test_checkpoint_refusal_is_one_clear_line(tmp_path: Path, pair: tuple[Path, 
     lines = [line for line in text.splitlines() if line.strip()]
     assert code == cli.EXIT_USAGE and len(lines) == 1 and "evil.pt" in lines[0] and "exec" in lines[0], text
     assert "weights_only" not in text and not marker.exists()
+
+
+# ---------------------------------------------------------------- 8. a running segmentation does not block viewers
+
+def test_viewer_is_not_blocked_by_a_running_segmentation(module_services: Services, tmp_path: Path) -> None:
+    """A segmentation paused mid-way (inside the model) must leave opening and rendering the case to others."""
+    image = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(7).random((24, 24, 5), dtype=np.float32), np.eye(4)), image)
+    segmenting, viewing = Session(), Session()
+    h.load_case(module_services, segmenting, [str(image)])
+    mask = np.zeros((24, 24, 5), dtype=bool)
+    mask[6:16, 8:18, 2] = True
+    record = module_services.storage.annotations.add(segmenting.case_id, "blob", mask, [2], author="test")
+    h.add_stored_support(module_services, segmenting, f"annotation:{record.id}")
+    inside, release = threading.Event(), threading.Event()
+
+    def paused(fraction: float, message: str) -> None:
+        if fraction >= 0.2:  # the model is at work
+            inside.set()
+            release.wait(600)
+
+    worker = threading.Thread(target=h.run_segmentation, args=(module_services, segmenting, "One-shot"),
+                              kwargs={"progress": paused})
+    worker.start()
+    try:
+        assert inside.wait(600), "the segmentation never reached the model"
+        viewer = threading.Thread(target=lambda: (h.open_case(module_services, viewing, segmenting.case_id),
+                                                  h.render_slice(module_services, viewing, "axial", 2, "MR / auto",
+                                                                 0.5)))
+        viewer.start()
+        viewer.join(300)  # a liveness check: blocked viewers wait until the segmentation ends, here never
+        assert not viewer.is_alive(), "opening and rendering the case waited for the running segmentation"
+    finally:
+        release.set()
+        worker.join(600)
+    assert segmenting.result is not None
