@@ -329,7 +329,7 @@ def test_4_supports_stay_across_cases_can_be_removed_and_come_from_label_files(p
     painted = "block on rect"
     count = supports_text(page).count(painted)
     assert count >= 2, supports_text(page)  # both painted on rect; "first" is open now
-    page.locator("#supports").get_by_text(painted).first.click()
+    page.locator("#supports").get_by_text(painted).filter(visible=True).first.click()
     page.locator("#remove-support").click()
     wait_status(page, "Support removed")
     deadline = time.monotonic() + UI_S
