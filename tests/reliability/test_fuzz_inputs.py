@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from app import handlers as h
+from app.editor_canvas import CANVAS
 from app.handlers import HandlerError, Session
 from app.services import Services
 from app.ui import EXPECTED
@@ -66,8 +67,9 @@ def _layer(shape: tuple[int, ...], value: int) -> np.ndarray:
 MASK_CASES: dict[str, tuple[object, str]] = {
     "mask-none": (None, "nothing painted"),
     "mask-no-layers": ({"background": None, "layers": []}, "nothing painted"),
-    "mask-empty-layer": ({"layers": [_layer((64, 64, 4), 0)]}, "nothing painted"),
-    "mask-all-ones": ({"layers": [_layer((64, 64, 4), 255)]}, "whole slice"),
+    "mask-empty-layer": ({"layers": [_layer((CANVAS, CANVAS, 4), 0)]}, "nothing painted"),
+    "mask-all-ones": ({"layers": [_layer((CANVAS, CANVAS, 4), 255)]}, "whole slice"),
+    "mask-wrong-canvas-size": ({"layers": [_layer((64, 64, 4), 255)]}, "expected 512x512"),
     "mask-1d-layer": ({"layers": [_layer((64,), 255)]}, "painted layer"),
     "mask-4d-layer": ({"layers": [_layer((2, 8, 8, 4), 255)]}, "painted layer"),
     "mask-nan-layer": ({"layers": [np.full((16, 16, 4), np.nan)]}, "painted layer"),

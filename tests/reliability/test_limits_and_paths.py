@@ -66,7 +66,7 @@ def test_2gb_upload_refused_before_reading(count: int, tmp_path: Path, tiny_chec
             raise AssertionError("the upload was read although it is over the limit")
 
         monkeypatch.setattr(services_module, "read_image", forbidden)
-        monkeypatch.setattr(services_module, "_zip_files", forbidden)
+        monkeypatch.setattr(services_module, "read_dicom_upload", forbidden)
         before = snapshot(services)
         with pytest.raises(IrisInputError, match=r"over this studio's limit of 1073741824 bytes \(1024 MiB\)"):
             h.load_case(services, Session(), [str(p) for p in paths])
@@ -156,7 +156,7 @@ def test_export_names_do_not_come_from_the_user(module_services: Services, tmp_p
     h.load_case(module_services, session, [str(path)])
     value = h.editor_value(module_services, session, 2, "MR / auto")
     layer = np.zeros((*value["background"].shape[:2], 4), dtype=np.uint8)
-    layer[10:30, 10:30, 3] = 255
+    layer[100:300, 100:300, 3] = 255
     h.add_support(module_services, session, {**value, "layers": [layer]}, "../../evil", 2)
     h.run_segmentation(module_services, session, "One-shot")
     out = h.export_mask(module_services, session, "NIfTI")
