@@ -17,34 +17,13 @@ from PIL import Image
 
 from app import display
 from app import handlers as h
-from app.config import AppConfig
 from app.editor_canvas import CANVAS, from_canvas, place, to_canvas, touched
 from app.handlers import HandlerError, Session
-from app.services import build_services
 from app.startup import AlreadyRunning, lock_data_dir
 from app.train_worker import carry_over
-from iris_engine.checkpoint import save_checkpoint
-from iris_engine.config import ModelConfig
 from iris_engine.errors import IrisInputError
-from iris_engine.model.iris import IrisModel
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=64, decoder_channels=8, num_heads=2,
-                   task_encoder_layers=1, decoder_layers=1)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("w") / "tiny.pt", IrisModel(TINY))
-
-
-@pytest.fixture
-def services(tmp_path: Path, checkpoint: Path):
-    s = build_services(AppConfig(data_dir=tmp_path / "data", weights=checkpoint), with_demo=False)
-    yield s
-    s.close()
-
-
 def nifti(path: Path, shape: tuple[int, ...], spacing: tuple[float, float, float] = (1.5, 1.0, 4.0)) -> Path:
     image = np.zeros(shape, dtype=np.float32)
     image[shape[0] // 5: shape[0] // 2, shape[1] // 4: 3 * shape[1] // 4] = 100.0

@@ -14,25 +14,7 @@ from app import training
 from app.config import AppConfig
 from app.handlers import HandlerError, Session
 from app.services import build_services
-from iris_engine.checkpoint import save_checkpoint
-from iris_engine.config import ModelConfig
 from iris_engine.errors import IrisInputError
-from iris_engine.model.iris import IrisModel
-
-TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=64, decoder_channels=8, num_heads=2,
-                   task_encoder_layers=1, decoder_layers=1)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("w") / "tiny.pt", IrisModel(TINY))
-
-
-@pytest.fixture
-def services(tmp_path: Path, checkpoint: Path):
-    s = build_services(AppConfig(data_dir=tmp_path / "data", weights=checkpoint), with_demo=False)
-    yield s
-    s.close()
 
 
 @pytest.fixture

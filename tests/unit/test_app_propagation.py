@@ -10,9 +10,7 @@ import pytest
 
 from app import handlers as h
 from app import propagation as p
-from app.config import AppConfig
 from app.handlers import HandlerError, Session
-from app.services import build_services
 from iris_engine.checkpoint import save_checkpoint
 from iris_engine.config import ModelConfig
 from iris_engine.model.iris import IrisModel
@@ -24,13 +22,6 @@ TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=32, decoder_channels
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(tmp_path_factory.mktemp("w") / "tiny.pt", IrisModel(TINY))
-
-
-@pytest.fixture
-def services(tmp_path: Path, checkpoint: Path):
-    s = build_services(AppConfig(data_dir=tmp_path / "data", weights=checkpoint), with_demo=False)
-    yield s
-    s.close()
 
 
 @pytest.fixture
