@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prior-size", type=int, default=TrainConfig().model.prior_size,
                         help="side of the support-mask prior carried in each class embedding")
     parser.add_argument("--no-similarity-path", action="store_true", help="the v1 architecture (no support context)")
-    parser.add_argument("--time-limit-minutes", type=float, default=None, help="stop (and checkpoint) after this")
+    parser.add_argument("--time-limit-minutes", type=float, default=None,
+                        help="stop (and checkpoint) after this many minutes of this invocation (a resumed run gets "
+                             "the full limit again)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--init", type=Path, default=None, help="fine-tune from this checkpoint")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly")

@@ -140,6 +140,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(it, config))
         self.iteration = 0
         self.elapsed = 0.0
+        self._resumed_at = 0.0  # elapsed time restored by resume(): the time limit counts this session only
 
     def initialise_from(self, checkpoint: str | Path) -> int:
         """Start from another checkpoint (fresh optimiser); returns how many weight tensors were taken.
@@ -170,7 +171,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.iteration = int(state["iteration"])
-        self.elapsed = float(state["elapsed"])
+        self.elapsed = self._resumed_at = float(state["elapsed"])
         _set_rng_state(state["rng"])
         self.episodes.set_state(state["episodes"][self.context.rank])
         return True
@@ -233,7 +234,7 @@ class Trainer:
 
     def _out_of_time(self) -> bool:
         """The time limit, decided identically on every rank."""
-        flag = torch.tensor(float(self.time_limit is not None and self.elapsed >= self.time_limit))
+        flag = torch.tensor(float(self.time_limit is not None and self.elapsed - self._resumed_at >= self.time_limit))
         return bool(all_reduce_mean(flag, self.context) > 0)
 
     def _checkpoint(self, name: str) -> Path:

@@ -106,6 +106,21 @@ def test_resume_without_checkpoint_returns_false(tmp_path):
     assert trainer.iteration == 0
 
 
+def test_time_limit_counts_this_invocation_not_the_resumed_runs_past(tmp_path):
+    """A run resumed after a long first session still trains: its time limit starts at the resume."""
+    config = train_config(iterations=6, checkpoint_every=3)
+    first = Trainer(config, CrashingEpisodes(3, seed=11), tmp_path, show_progress=False)
+    with pytest.raises(Crash):
+        first.fit()
+    checkpoint = load_checkpoint(tmp_path / LAST_CHECKPOINT)
+    state = {**checkpoint.training_state, "elapsed": 3600.0}  # an hour already spent before this session
+    torch.save({**torch.load(tmp_path / LAST_CHECKPOINT, weights_only=False), "training_state": state},
+               tmp_path / LAST_CHECKPOINT)
+    resumed = Trainer(config, ToyEpisodes(seed=11), tmp_path, time_limit_minutes=10, show_progress=False)
+    assert resumed.resume() and resumed.elapsed == pytest.approx(3600.0)
+    assert resumed.fit().iterations == 6
+
+
 def test_log_memory_bank_and_checkpoint_contents(tmp_path):
     config = train_config(iterations=4, batch_size=4, log_every=2, checkpoint_every=100)
     trainer = Trainer(config, ToyEpisodes(seed=1), tmp_path, show_progress=False)
