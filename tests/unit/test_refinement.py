@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -179,12 +181,19 @@ def test_bad_clicks_and_results_get_clear_errors(segmenter: IrisSegmenter) -> No
     assert segmenter.refine(volume, without_embedding, click, RefineConfig(method="local")).masks[0][3, 3]
 
 
-def test_adaptive_reach_shrinks_a_click_near_the_mask_boundary() -> None:
-    image = np.zeros((64, 64, 1), np.float32)
-    probability = np.zeros((64, 64, 1), np.float32)
-    probability[10:50, 10:30] = 0.9
-    clicks = np.zeros((64, 64, 1), np.uint8)
-    clicks[30, 33, 0] = POSITIVE  # 4 px right of the mask
-    fixed = refine_slab(image, probability, clicks, RefineConfig(method="local"))[..., 0] >= 0.5
-    adaptive = refine_slab(image, probability, clicks, RefineConfig(method="local", adaptive_reach=2.0))[..., 0] >= 0.5
-    assert adaptive[30, 33] and adaptive.sum() < fixed.sum() and not adaptive[:, 45:].any()
+def test_a_click_on_a_thin_structure_edits_a_thin_region() -> None:
+    """The reach follows the structure's size: a click beside a 4 px wide strip stays narrow, beside a 40 px
+    wide block it may reach further (same image, same click distance)."""
+    image = np.zeros((96, 96, 1), np.float32)
+    clicks = np.zeros((96, 96, 1), np.uint8)
+    clicks[48, 60, 0] = POSITIVE
+    thin = np.zeros((96, 96, 1), np.float32)
+    thin[8:88, 52:56] = 0.9
+    wide = np.zeros((96, 96, 1), np.float32)
+    wide[8:88, 16:56] = 0.9
+    scaled = RefineConfig(method="local")
+    unscaled = replace(scaled, structure_scale=0.0)
+    grown_thin = (refine_slab(image, thin, clicks, scaled) >= 0.5).sum() - (thin >= 0.5).sum()
+    grown_wide = (refine_slab(image, wide, clicks, scaled) >= 0.5).sum() - (wide >= 0.5).sum()
+    grown_unscaled = (refine_slab(image, thin, clicks, unscaled) >= 0.5).sum() - (thin >= 0.5).sum()
+    assert 0 < grown_thin < grown_wide and grown_thin < grown_unscaled
