@@ -270,8 +270,14 @@ def build_ui(services: Services) -> gr.Blocks:
                         status, results, bank_classes, result_class, corrector, legend_box]
 
         @keep
-        def on_upload(s: Session, files: list[str] | None) -> tuple[Any, ...]:
+        def load_upload(s: Session, files: list[str] | None) -> tuple[Any, ...]:
             return opened(s, h.load_case(services, s, files))
+
+        def on_upload(s: Session, files: list[str] | None) -> tuple[Any, ...]:
+            """Load, and empty the upload box in the same event (read or refused) so that the next upload is read
+            alone; a separate clearing event could race with a quick next upload."""
+            loaded = load_upload(s, files)
+            return (*(loaded if isinstance(loaded, tuple) else [gr.skip()] * len(open_outputs)), None)
 
         @keep
         def on_open(s: Session, case_id: int | None) -> tuple[Any, ...]:
@@ -287,7 +293,7 @@ def build_ui(services: Services) -> gr.Blocks:
             h.open_case(services, s, case.id)
             return opened(s, f"Demo case **{case.name}** is open: paint a structure, name it, add it as a support.")
 
-        upload.upload(on_upload, [session, upload], open_outputs).success(lambda: None, None, upload)
+        upload.upload(on_upload, [session, upload], [*open_outputs, upload])
         open_btn.click(on_open, [session, case_pick], open_outputs)
         demo.load(on_start, [session], open_outputs)
 
@@ -328,22 +334,26 @@ def build_ui(services: Services) -> gr.Blocks:
 
         add_btn.click(on_add, [session, editor, class_name, paint_index], [supports, status, class_suggest, stored])
 
-        @guard
+        @keep
         def on_add_file(s: Session, path: str | None, value: float | None, name: str) -> tuple[Any, ...]:
             message = h.add_label_file_support(services, s, path, value, name)
             return h.support_rows(s), message, gr.update(choices=h.class_names(services)), \
-                gr.update(choices=h.stored_supports(services))
+                gr.update(choices=h.stored_supports(services)), None  # emptied, ready for the next label file
 
         add_file_btn.click(on_add_file, [session, label_file, label_value, class_name],
-                           [supports, status, class_suggest, stored])
+                           [supports, status, class_suggest, stored, label_file])
         selected_support = gr.State(None)
 
         def on_pick_support(evt: gr.SelectData) -> int | None:
             return evt.index[0] if evt.index else None
 
         supports.select(on_pick_support, None, selected_support)
-        remove_btn.click(guard(lambda s, row: (h.support_rows(s), h.remove_support(s, row), None)),
-                         [session, selected_support], [supports, status, selected_support])
+        @guard
+        def on_remove_support(s: Session, row: int | None) -> tuple[Any, ...]:
+            message = h.remove_support(s, row)  # before listing: the list shown must be the one after removal
+            return h.support_rows(s), message, None
+
+        remove_btn.click(on_remove_support, [session, selected_support], [supports, status, selected_support])
 
         @guard
         def on_add_stored(s: Session, key: str | None) -> tuple[Any, ...]:
