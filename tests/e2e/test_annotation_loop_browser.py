@@ -7,11 +7,7 @@ One studio (a tiny untrained model whose memory bank holds "chaos_mr/liver") and
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -33,10 +29,9 @@ from iris_engine.config import ModelConfig
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
 from storage import Storage
-from tests.e2e.test_app_browser import CHROMIUM, CHROMIUM_ARGS, free_port
-from tests.processes import stop
+from tests.e2e.test_app_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.processes import free_port, start_studio, stop, wait_http
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=64, decoder_channels=8, num_heads=2,
                    task_encoder_layers=1, decoder_layers=1)
 BANK_CLASS = "chaos_mr/liver"
@@ -83,23 +78,10 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
     weights = save_checkpoint(folder / "tiny.pt", model, bank)
     log = folder / "server.log"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("IRIS_AUTH", "IRIS_WEIGHTS")}
-    env |= {"GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, str(ROOT / "run_app.py"), "--port", str(port), "--data-dir",
-                                    str(folder / "data"), "--weights", str(weights)], stdout=out,
-                                   stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    process = start_studio(["--port", str(port), "--data-dir", str(folder / "data"), "--weights", str(weights)], log)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + START_S
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=10)
-                break
-            except OSError:
-                assert process.poll() is None, f"the studio died:\n{log.read_text(errors='replace')[-4000:]}"
-                assert time.monotonic() < deadline, f"no answer in {START_S} s:\n{log.read_text()[-4000:]}"
-                time.sleep(1)
+        wait_http(url, process, log, START_S)
         yield Studio(url, folder / "data", files, log)
     finally:
         stop(process)

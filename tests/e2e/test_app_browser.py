@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +32,8 @@ from iris_engine.checkpoint import save_checkpoint
 from iris_engine.config import ModelConfig
 from iris_engine.model.iris import IrisModel
 from storage import Storage
-from tests.processes import stop
+from tests.processes import free_port, start_studio, stop, wait_http
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -59,12 +54,6 @@ class Weights:
     trained: bool  # True: the strict branch (real partial mask, prototype in the DB and the UI)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def choose_weights(tmp_path: Path) -> Weights:
     """$IRIS_E2E_WEIGHTS, else the shipped weights, else a tiny untrained model (fixed seed)."""
     explicit = os.environ.get("IRIS_E2E_WEIGHTS")
@@ -83,24 +72,11 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, Weights]]:
     weights = choose_weights(tmp_path)
     data = tmp_path / "data"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("IRIS_AUTH", "IRIS_WEIGHTS")}
-    env |= {"GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    log_path = tmp_path / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, str(ROOT / "run_app.py"), "--port", str(port), "--data-dir",
-                                    str(data), "--weights", str(weights.path)], stdout=log, stderr=subprocess.STDOUT,
-                                   env=env, cwd=ROOT)
+    log = tmp_path / "server.log"
+    process = start_studio(["--port", str(port), "--data-dir", str(data), "--weights", str(weights.path)], log)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + START_S
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=5)
-                break
-            except OSError:
-                assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
-                assert time.monotonic() < deadline, f"no answer in {START_S} s:\n{log_path.read_text()[-3000:]}"
-                time.sleep(1)
+        wait_http(url, process, log, START_S)
         yield url, data, weights
     finally:
         stop(process)

@@ -10,7 +10,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -21,12 +20,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from storage.database import Database
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.processes import free_port
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +42,7 @@ def postgres_url() -> Iterator[str]:
             pytest.skip("running as root and there is no 'postgres' user to run the server")
         os.chown(root, user.pw_uid, user.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
     try:
         subprocess.run(

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +14,8 @@ from app.services import Services, build_services
 from iris_engine.checkpoint import save_checkpoint
 from iris_engine.config import ModelConfig
 from iris_engine.model.iris import IrisModel
-from tests.processes import stop
+from tests.processes import free_port, start_studio, stop, wait_http
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=64, decoder_channels=8, num_heads=2,
                    task_encoder_layers=1, decoder_layers=1)
 UPLOAD_LIMIT = 64 * 1024**2
@@ -66,36 +59,6 @@ def snapshot(services: Services) -> tuple[dict[str, int], dict[str, str]]:
     return services.storage.maintenance.row_counts(), tree_digest(services.config.data_dir)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_app(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """run_app.py in a child process at the lowest CPU priority, output in `log`."""
-    environment = {k: v for k, v in os.environ.items() if k != "IRIS_AUTH"}
-    environment |= {"GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
-    with log.open("wb") as out:
-        return subprocess.Popen(["nice", "-n", "19", sys.executable, str(ROOT / "run_app.py"), *args], stdout=out,
-                                stderr=subprocess.STDOUT, env=environment, cwd=ROOT)
-
-
-def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 240) -> None:
-    """Until the URL answers at all (any HTTP status counts)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=5)
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            assert process.poll() is None, log.read_text(errors="replace")
-            time.sleep(0.5)
-    raise AssertionError(f"{url} never answered:\n{log.read_text(errors='replace')[-3000:]}")
-
-
 USER, PASSWORD = "clinician", "s3cret-pass"
 SERVER_UPLOAD_MB = 1
 
@@ -106,7 +69,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> I
     folder = tmp_path_factory.mktemp("server")
     port = free_port()
     log = folder / "server.log"
-    process = start_app(["--host", "0.0.0.0", "--port", str(port), "--auth", f"{USER}:{PASSWORD}", "--data-dir",
+    process = start_studio(["--host", "0.0.0.0", "--port", str(port), "--auth", f"{USER}:{PASSWORD}", "--data-dir",
                          str(folder / "data"), "--weights", str(tiny_checkpoint), "--max-upload-mb",
                          str(SERVER_UPLOAD_MB)], log)
     url = f"http://127.0.0.1:{port}"

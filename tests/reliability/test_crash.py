@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from app.services import Services
-from tests.reliability.conftest import ROOT, make_services
+from tests.processes import ROOT
+from tests.reliability.conftest import make_services
 
 STUDIO = r'''
 import json, sys, time

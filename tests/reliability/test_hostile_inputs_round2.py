@@ -31,7 +31,8 @@ from iris_engine.io.readers import _header_shape, _zip_member_bytes, read_image
 from iris_engine.io.volume import Volume
 from storage.database import Database
 from storage.errors import StorageError
-from tests.reliability.conftest import ROOT, snapshot
+from tests.processes import ROOT
+from tests.reliability.conftest import snapshot
 from tests.reliability.corpus import dicom_bytes, zip_bomb
 from tests.reliability.test_checkpoint_safety import malicious
 

@@ -18,7 +18,8 @@ from app.handlers import Session
 from app.services import Services, file_suffix
 from iris_engine.errors import IrisInputError
 from storage.records import CaseMetadata
-from tests.reliability.conftest import ROOT, make_services, snapshot
+from tests.processes import ROOT
+from tests.reliability.conftest import make_services, snapshot
 from tests.reliability.corpus import SENTINEL, good_png
 
 GB2 = 2 * 1024**3

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import PASSWORD, ROOT, SERVER_UPLOAD_MB, USER
+from tests.processes import ROOT
+from tests.reliability.conftest import PASSWORD, SERVER_UPLOAD_MB, USER
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 REQUESTS = 20

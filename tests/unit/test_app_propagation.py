@@ -11,17 +11,6 @@ import pytest
 from app import handlers as h
 from app import propagation as p
 from app.handlers import HandlerError, Session
-from iris_engine.checkpoint import save_checkpoint
-from iris_engine.config import ModelConfig
-from iris_engine.model.iris import IrisModel
-
-TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
-                   task_encoder_layers=1, decoder_layers=1)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("w") / "tiny.pt", IrisModel(TINY))
 
 
 @pytest.fixture
