@@ -29,7 +29,7 @@ from iris_engine.config import ModelConfig
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
 from storage import Storage
-from tests.e2e.test_app_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.test_app_browser import CHROMIUM, CHROMIUM_ARGS, wait_status
 from tests.processes import free_port, start_studio, stop, wait_http
 
 TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=64, decoder_channels=8, num_heads=2,
@@ -102,20 +102,6 @@ def page(studio: Studio) -> Iterator[Any]:
 
 def stored(studio: Studio) -> Storage:
     return Storage.open(None, studio.data)
-
-
-def wait_status(page: Any, text: str, timeout_s: float = UI_S, warnings: bool = False) -> str:
-    """Until #status contains `text`; fails at once on an error toast (and on a warning, unless `warnings`)."""
-    deadline = time.monotonic() + timeout_s
-    status = page.locator("#status")
-    bad = page.locator(".toast-body.error" + ("" if warnings else ", .toast-body.warning"))
-    while True:
-        shown = status.inner_text()
-        if text in shown:
-            return shown
-        assert bad.count() == 0, f"the studio reported: {bad.first.inner_text()}"
-        assert time.monotonic() < deadline, f"status never contained {text!r} in {timeout_s} s; it shows {shown!r}"
-        page.wait_for_timeout(250)
 
 
 def slice_rect(canvas: Any, shown: tuple[int, int], timeout_s: float = UI_S) -> tuple[float, float, float, float]:
@@ -212,7 +198,7 @@ def test_1_paint_and_erase_land_on_the_voxels_under_the_pointer(page: Any, studi
     wait_status(page, "finished", SEGMENT_S)
     page.get_by_role("tab", name="3 · Correct & accept").click()
     page.get_by_role("button", name="Load mask of this slice").click()
-    wait_status(page, "loaded")
+    wait_status(page, "loaded", UI_S)
     canvas = page.locator("#corrector canvas").first
     page.wait_for_timeout(2000)
     rect = slice_rect_under_mask(canvas)
@@ -220,7 +206,7 @@ def test_1_paint_and_erase_land_on_the_voxels_under_the_pointer(page: Any, studi
     erase_box = (120, 160, 30, 110)
     radius = strokes(page, rect, (SHAPE[1], SHAPE[0]), erase_box, CORRECTOR_RADIUS)
     page.get_by_role("button", name="Apply edit to slice").click()
-    wait_status(page, "updated: 0 voxels added")
+    wait_status(page, "updated: 0 voxels added", UI_S)
     page.locator("#accept").click()
     wait_status(page, "Accepted", SEGMENT_S)
     storage = stored(studio)
@@ -279,7 +265,7 @@ def test_3_several_nifti_files_are_several_cases_and_a_bad_file_keeps_the_view(p
     first.write_bytes((studio.files / "rect.nii.gz").read_bytes())
     upload = page.locator("input[type=file]").first
     upload.set_input_files([str(first), str(studio.files / "other.nii.gz")])
-    shown = wait_status(page, "Loaded")
+    shown = wait_status(page, "Loaded", UI_S)
     assert "first" in shown and "other" in shown, shown
     storage = stored(studio)
     try:
@@ -313,7 +299,7 @@ def test_4_supports_stay_across_cases_can_be_removed_and_come_from_label_files(p
     assert count >= 2, supports_text(page)  # both painted on rect; "first" is open now
     page.locator("#supports").get_by_text(painted).filter(visible=True).first.click()
     page.locator("#remove-support").click()
-    wait_status(page, "Support removed")
+    wait_status(page, "Support removed", UI_S)
     deadline = time.monotonic() + UI_S
     while supports_text(page).count(painted) != count - 1:
         assert time.monotonic() < deadline, supports_text(page)
@@ -329,7 +315,7 @@ def test_4_supports_stay_across_cases_can_be_removed_and_come_from_label_files(p
     page.locator("#label-value input").fill("2")
     page.locator("#class-name input, #class-name textarea").first.fill("kidney")
     page.locator("#add-label-file").click()
-    wait_status(page, f"label 2 ({int((labels == 2).sum())} voxels)")
+    wait_status(page, f"label 2 ({int((labels == 2).sum())} voxels)", UI_S)
     sync_api.expect(page.locator("#supports")).to_contain_text("kidney")
     storage = stored(studio)
     try:

@@ -82,16 +82,17 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, Weights]]:
         stop(process)
 
 
-def wait_status(page: Any, text: str, timeout_s: float) -> str:
-    """Until #status contains `text`; fails at once with the message of an error or warning toast (no waiting it
-    out)."""
+def wait_status(page: Any, text: str, timeout_s: float, warnings: bool = False) -> str:
+    """Until #status contains `text`; fails at once with the message of an error toast, or of a warning toast unless
+    `warnings` (no waiting it out)."""
     deadline = time.monotonic() + timeout_s
-    status, errors = page.locator("#status"), page.locator(".toast-body.error, .toast-body.warning")
+    status = page.locator("#status")
+    bad = page.locator(".toast-body.error" + ("" if warnings else ", .toast-body.warning"))
     while True:
         shown = status.inner_text()
         if text in shown:
             return shown
-        assert errors.count() == 0, f"the studio reported an error: {errors.first.inner_text()}"
+        assert bad.count() == 0, f"the studio reported: {bad.first.inner_text()}"
         assert time.monotonic() < deadline, f"status never contained {text!r} in {timeout_s} s; it shows {shown!r}"
         page.wait_for_timeout(250)
 
