@@ -88,11 +88,22 @@ def encode_context(
 
 
 def _cosine(features: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of features (B, c, *s) to vectors (B, K, [G,] c) -> (B, K, [G,] *s)."""
-    f = F.normalize(features.flatten(2), dim=1)
-    v = F.normalize(vectors, dim=-1)
-    sim = torch.einsum("bcx,bk...c->bk...x", f, v)
+    """Cosine similarity of features (B, c, *s) to vectors (B, K, G, c) -> (B, K, G, *s).
+
+    The feature norms are taken once for all G vectors (as F.normalize: divided by max(norm, 1e-12))."""
+    flat = features.flatten(2)
+    inverse_norm = flat.square().sum(1).sqrt().clamp_min(1e-12).reciprocal()
+    sim = torch.einsum("bcx,bkgc->bkgx", flat, F.normalize(vectors, dim=-1)) * inverse_norm[:, None, None]
     return sim.reshape(*sim.shape[:-1], *features.shape[2:])
+
+
+def _intensity_posterior(image: torch.Tensor, posterior: torch.Tensor) -> torch.Tensor:
+    """Each pixel's foreground posterior looked up by its intensity bin: image (B, 1, *S), posterior (B, K, bins)."""
+    low, high = HISTOGRAM_RANGE
+    bins = posterior.shape[-1]
+    index = ((image.flatten(1).clamp(low, high - 1e-6) - low) / (high - low) * bins).long()
+    looked_up = torch.gather(posterior, 2, index.unsqueeze(1).expand(-1, posterior.shape[1], -1))
+    return looked_up.reshape(*posterior.shape[:2], *image.shape[2:])
 
 
 def context_maps(
@@ -111,8 +122,7 @@ def context_maps(
     histogram = tokens[:, :, layout.histogram, : 2 * bins]
     fg_hist, bg_hist = histogram[..., :bins].clamp_min(0), histogram[..., bins:].clamp_min(0)
     posterior = (fg_hist + 1e-3) / (fg_hist + bg_hist + 2e-3)
-    one_hot = _intensity_bins(image, bins).flatten(2)
-    intensity = torch.einsum("bkn,bnx->bkx", posterior, one_hot).reshape(b, k, *full_size)
+    intensity = _intensity_posterior(image, posterior)
     prior_values = layout.prior_size**layout.spatial_dims
     prior = tokens[:, :, layout.prior].flatten(2)[..., :prior_values]
     prior = prior.reshape(b * k, 1, *(layout.prior_size,) * layout.spatial_dims)
@@ -121,14 +131,13 @@ def context_maps(
     for index, level in enumerate(features):
         size = tuple(level.shape[2:])
         channels = level.shape[1]
-        fg = _cosine(level, prototypes[:, :, 2 * index, :channels])
-        bg = _cosine(level, prototypes[:, :, 2 * index + 1, :channels])
+        fg_bg = _cosine(level, prototypes[:, :, 2 * index : 2 * index + 2, :channels])
         regional = F.interpolate(region_max.reshape(b * k, 1, *region_max.shape[2:]), size=size, mode=mode,
                                  align_corners=False)
         level_intensity = _downsample(intensity.reshape(b * k, 1, *full_size), 2**index)
         low_prior = F.interpolate(prior, size=size, mode=mode, align_corners=False)
         stacked = torch.cat(
-            [fg.reshape(b * k, 1, *size), bg.reshape(b * k, 1, *size), regional, level_intensity, low_prior], dim=1
+            [fg_bg.reshape(b * k, 2, *size), regional, level_intensity, low_prior], dim=1
         )
         maps.append(stacked.reshape(b, k, CONTEXT_MAPS, *size))
     return maps

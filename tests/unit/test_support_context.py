@@ -10,6 +10,7 @@ from iris_engine import strategies
 from iris_engine.config import ContextLayout, ModelConfig
 from iris_engine.errors import IrisInputError
 from iris_engine.memory_bank import MemoryBank
+from iris_engine.model.context import _intensity_bins, context_maps
 from iris_engine.model.iris import IrisModel
 
 TINY_V2 = dict(
@@ -54,6 +55,30 @@ def test_context_tokens_hold_the_mask_prior_and_histograms(spatial_dims: int):
     histogram = tokens[0, 0, layout.histogram, :16]
     torch.testing.assert_close(histogram[:8].sum(), torch.tensor(1.0))
     torch.testing.assert_close(histogram[8:].sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_context_maps_equal_their_definitions(spatial_dims: int):
+    """The fast paths (one norm per level, intensity lookup by gather) equal cosine similarity and one-hot sums."""
+    model = tiny_v2(spatial_dims)
+    size = (32,) * spatial_dims if spatial_dims == 2 else (16,) * 3
+    torch.manual_seed(1)
+    support, query = torch.randn(1, 1, *size) * 2, torch.randn(2, 1, *size) * 2
+    with torch.no_grad():
+        tokens = model.encode_task(support, square(size, 4, 8)).expand(2, -1, -1, -1)
+        features = model.encoder(query)
+        maps = context_maps(model.decoder.layout, tokens, query, features)
+    layout = model.decoder.layout
+    bins = layout.histogram_bins
+    histogram = tokens[:, :, layout.histogram, : 2 * bins].clamp_min(0)
+    posterior = (histogram[..., :bins] + 1e-3) / (histogram[..., :bins] + histogram[..., bins:] + 2e-3)
+    one_hot = _intensity_bins(query, bins)
+    expected_intensity = torch.einsum("bkn,bn...->bk...", posterior, one_hot)
+    assert torch.allclose(maps[0][:, :, 3], expected_intensity, atol=1e-6)
+    for index, level in enumerate(features):
+        prototypes = tokens[:, :, layout.prototypes][:, :, 2 * index : 2 * index + 2, : level.shape[1]]
+        expected = torch.einsum("bc...,bkgc->bkg...", F.normalize(level, dim=1), F.normalize(prototypes, dim=-1))
+        assert torch.allclose(maps[index][:, :, :2], expected, atol=1e-5)
 
 
 def test_k_classes_in_one_call_equal_separate_calls():
