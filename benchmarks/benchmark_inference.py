@@ -14,7 +14,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ from iris_engine.model.iris import IrisModel
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "assets" / "weights" / "iris2d.pt"
 CASES = ("encode_task", "slice256", "volume128", "volume128_3d", "context_ensemble", "tuning20")
-BACKENDS = ("eager", "compiled", "onnx")
+BACKENDS = ("eager", "auto", "compiled", "onnx")  # auto: the engine's default (ONNX Runtime for CPU volumes)
 BATCHED = ("volume128", "volume128_3d")  # the only cases with more than one query slice
 SEGMENT_CASES = ("slice256", "volume128")  # the cases the exported query path can serve
 CLASS = ["organ"]
@@ -53,36 +52,14 @@ def _model(weights: Path, spatial_dims: int) -> IrisModel:
     return IrisModel(ModelConfig(spatial_dims=3, image_size=64) if spatial_dims == 3 else ModelConfig()).eval()
 
 
-def _use_onnx(model: IrisModel, folder: Path) -> None:
-    """Route the segmenter's query forward passes through ONNX Runtime (same batching, same pre/post-processing)."""
-    import onnxruntime
-
-    from iris_engine.export import export_onnx
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(str(export_onnx(model, folder / "m.onnx")), options,
-                                           providers=["CPUExecutionProvider"])
-
-    def predict(model: IrisModel, queries: torch.Tensor, embedding, batch_size: int = 8) -> torch.Tensor:
-        tokens = embedding.tokens.numpy()
-        chunks = [session.run(None, {"query_image": queries[i : i + batch_size].numpy(), "task_tokens": tokens})[0]
-                  for i in range(0, queries.shape[0], batch_size)]
-        return torch.sigmoid(torch.from_numpy(np.concatenate(chunks)))
-
-    strategies.predict_probabilities = predict
-
-
-def _workload(case: str, backend: str, batch: int, device: str, weights: Path, slices: int,
-              folder: Path) -> Callable[[], object]:
+def _workload(case: str, backend: str, batch: int, device: str, weights: Path, slices: int) -> Callable[[], object]:
     """The call to time (after its set-up: model, inputs, cached embedding where the case says so)."""
     model = _model(weights, 3 if case == "volume128_3d" else 2)
-    config = InferenceConfig(device=device, batch_size=batch)
+    engine_backend = backend if backend in ("auto", "onnx") else "eager"
+    config = InferenceConfig(device=device, batch_size=batch, backend=engine_backend)
     if backend == "compiled":
         model.encoder = torch.compile(model.encoder)
         model.decoder = torch.compile(model.decoder)
-    elif backend == "onnx":
-        _use_onnx(model, folder)
     support_volume, support_mask = _disk_volume((256, 256), 0)
     support = Support(support_volume, support_mask)
     query, _ = _disk_volume((256, 256), 1)
@@ -108,25 +85,24 @@ def _workload(case: str, backend: str, batch: int, device: str, weights: Path, s
 
 def worker(case: str, backend: str, batch: int, device: str, weights: Path, slices: int, repeats: int) -> dict:
     """Time one row in this (fresh) process: first call (includes compilation), then the median of `repeats`."""
-    with tempfile.TemporaryDirectory() as folder:
-        call = _workload(case, backend, batch, device, weights, slices, Path(folder))
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+    call = _workload(case, backend, batch, device, weights, slices)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
         start = time.perf_counter()
         call()
-        first = time.perf_counter() - start
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
         if device == "cuda":
-            peak = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     return {"first_s": first, "median_s": statistics.median(times) if times else first, "peak_mb": peak}
 
 

@@ -135,6 +135,8 @@ class InferenceConfig:
     tuning_lr: float = 1e-2
     batch_size: int = 8
     device: str = "cpu"
+    backend: str = "auto"  # query path: "eager" PyTorch, "onnx" Runtime, or "auto" (ONNX for CPU volumes)
+    onnx_min_queries: int = 32
 
 
 @dataclass

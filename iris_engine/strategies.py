@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from iris_engine import onnx_runtime
 from iris_engine.config import InferenceConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
@@ -94,16 +95,22 @@ def encode_supports(
 
 
 def predict_probabilities(
-    model: IrisModel, queries: torch.Tensor, embedding: TaskEmbedding, batch_size: int = 8
+    model: IrisModel, queries: torch.Tensor, embedding: TaskEmbedding, batch_size: int = 8, backend: str = "eager"
 ) -> torch.Tensor:
-    """Sigmoid probabilities (B, K, *S); queries are processed in batches, the embedding is reused."""
+    """Sigmoid probabilities (B, K, *S); queries are processed in batches, the embedding is reused.
+
+    backend "onnx" runs the query path on ONNX Runtime (`onnx_runtime.py`), "eager" on PyTorch."""
     device = next(model.parameters()).device
     tokens = embedding.tokens.to(device)
+    session = onnx_runtime.query_path(model) if backend == "onnx" else None
+
+    def run(chunk: torch.Tensor) -> torch.Tensor:
+        return model.segment(chunk.to(device), tokens) if session is None else session.logits(chunk, tokens)
+
     outputs = []
     with torch.no_grad():
         for start in range(0, queries.shape[0], batch_size):
-            chunk = queries[start : start + batch_size].to(device)
-            outputs.append(torch.sigmoid(model.segment(chunk, tokens)).cpu())
+            outputs.append(torch.sigmoid(run(queries[start : start + batch_size])).cpu())
     return torch.cat(outputs)
 
 
@@ -114,7 +121,8 @@ def segment_with_embedding(
     config = config or InferenceConfig()
     timings: dict[str, float] = {}
     with _timer(timings, "segment"):
-        probabilities = predict_probabilities(model, queries, embedding, config.batch_size)
+        backend = onnx_runtime.choose_backend(config, model, queries)
+        probabilities = predict_probabilities(model, queries, embedding, config.batch_size, backend)
     return SegmentationResult(
         probabilities, probabilities >= config.threshold, list(embedding.class_names), embedding, timings
     )

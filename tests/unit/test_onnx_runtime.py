@@ -1,0 +1,67 @@
+"""The ONNX Runtime query path: chosen for CPU volumes, same probabilities as PyTorch, rebuilt when weights change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iris_engine import onnx_runtime, strategies
+from iris_engine.config import InferenceConfig, ModelConfig
+from iris_engine.embedding import TaskEmbedding
+from iris_engine.errors import IrisInputError
+from iris_engine.model.iris import IrisModel
+
+TINY_V2 = ModelConfig(encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
+                      task_encoder_layers=1, decoder_layers=1, similarity_path=True, prior_size=8,
+                      histogram_bins=8, region_grid=2)
+
+
+def tiny(seed: int) -> IrisModel:
+    torch.manual_seed(seed)
+    return IrisModel(TINY_V2).eval()
+
+
+def embedding_of(model: IrisModel, classes: int = 2) -> TaskEmbedding:
+    torch.manual_seed(5)
+    image = torch.randn(1, 1, 32, 32)
+    masks = torch.zeros(1, classes, 32, 32)
+    for k in range(classes):
+        masks[0, k, 4 + 8 * k : 12 + 8 * k, 6:20] = 1
+    return strategies.encode_supports(model, image, masks)
+
+
+def test_auto_takes_onnx_for_a_volume_and_pytorch_for_a_few_slices():
+    model = tiny(0)
+    config = InferenceConfig(onnx_min_queries=6)
+    assert onnx_runtime.choose_backend(config, model, torch.zeros(5, 1, 32, 32)) == "eager"
+    assert onnx_runtime.choose_backend(config, model, torch.zeros(6, 1, 32, 32)) == "onnx"
+    assert onnx_runtime.choose_backend(config, model, torch.zeros(6, 1, 64, 64)) == "eager"  # not model space
+    assert onnx_runtime.choose_backend(InferenceConfig(backend="eager", onnx_min_queries=1), model,
+                                       torch.zeros(9, 1, 32, 32)) == "eager"
+    with pytest.raises(IrisInputError, match="unknown inference backend"):
+        onnx_runtime.choose_backend(InferenceConfig(backend="tensorrt"), model, torch.zeros(1, 1, 32, 32))
+
+
+def test_onnx_probabilities_equal_pytorch():
+    model = tiny(0)
+    embedding = embedding_of(model)
+    queries = torch.randn(7, 1, 32, 32)
+    eager = strategies.predict_probabilities(model, queries, embedding, batch_size=3, backend="eager")
+    onnx = strategies.predict_probabilities(model, queries, embedding, batch_size=3, backend="onnx")
+    assert onnx.shape == eager.shape == (7, 2, 32, 32)
+    torch.testing.assert_close(onnx, eager, atol=1e-4, rtol=1e-4)
+    result = strategies.segment_with_embedding(model, queries, embedding, InferenceConfig(onnx_min_queries=4))
+    torch.testing.assert_close(result.probabilities, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_the_session_follows_new_weights():
+    model, other = tiny(0), tiny(1)
+    queries = torch.randn(4, 1, 32, 32)
+    first = onnx_runtime.query_path(model)
+    assert onnx_runtime.query_path(model) is first  # built once
+    model.load_state_dict(other.state_dict())
+    embedding = embedding_of(model)
+    onnx = strategies.predict_probabilities(model, queries, embedding, backend="onnx")
+    assert onnx_runtime.query_path(model) is not first
+    torch.testing.assert_close(onnx, strategies.predict_probabilities(other, queries, embedding), atol=1e-4,
+                               rtol=1e-4)
