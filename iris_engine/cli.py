@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from iris_engine import strategies
+from iris_engine import onnx_runtime, strategies
 from iris_engine.config import InferenceConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import CheckpointError, IrisInputError
@@ -336,9 +336,12 @@ class BatchSegmenter:
         start = time.perf_counter()
         model = self.segmenter.model
         try:
+            queries = torch.cat([job.queries for job in jobs])
+            fp32 = isinstance(self.precision, nullcontext)
+            backend = onnx_runtime.choose_backend(self.segmenter.config, model, queries) if fp32 else "eager"
             with self.precision:
                 probabilities = strategies.predict_probabilities(
-                    model, torch.cat([job.queries for job in jobs]), self.embedding, self.args.batch_size
+                    model, queries, self.embedding, self.args.batch_size, backend
                 )
         except (IrisInputError, RuntimeError) as error:
             for job in jobs:
