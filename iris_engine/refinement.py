@@ -60,6 +60,7 @@ class RefineConfig:
     smoothing: float = 1.0
     structure_scale: float = 3.0  # > 0: reach at most this x the radius of the structure on the clicked slice
     min_reach_px: float = 4.0
+    empty_reach: float = 0.06  # with structure_scale: reach of a click on a slice where the mask is empty
     tuning_steps: int = 5
     tuning_lr: float = 0.5
     click_weight: float = 50.0
@@ -71,8 +72,10 @@ class RefineConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise IrisInputError(f"unknown refinement method '{self.method}'; choose one of {', '.join(METHODS)}")
-        if self.reach <= 0 or self.disc_radius <= 0 or self.tuning_steps < 0 or self.neighbour_slices < 0:
-            raise IrisInputError("reach and disc_radius must be > 0, tuning steps and neighbour slices >= 0")
+        if min(self.reach, self.empty_reach, self.disc_radius) <= 0 or self.tuning_steps < 0 \
+                or self.neighbour_slices < 0:
+            raise IrisInputError("reach, empty_reach and disc_radius must be > 0, tuning steps and neighbour "
+                                 "slices >= 0")
 
 
 def scribble(points: Sequence[Sequence[int]], positive: bool = True, class_name: str | None = None) -> list[Click]:
@@ -132,14 +135,15 @@ def validate_clicks(clicks: Sequence[Click], shape: tuple[int, ...], class_names
 def _reach(probability: np.ndarray, seeds: np.ndarray, config: RefineConfig) -> float:
     """Reach in pixels of a seed group: `reach` of the slice's larger side, or with `structure_scale` at most that
     multiple of the structure's radius on the clicked slice (3 x the mean inner distance of the current mask, exact
-    for a disc), so that a click on a thin vessel edits a vessel's width and one on an organ an organ's."""
+    for a disc), so that a click on a thin vessel edits a vessel's width and one on an organ an organ's; on a
+    slice with no mask yet, `empty_reach` of the larger side (a structure missed there is rarely large)."""
     largest = config.reach * max(probability.shape[:2])
     if config.structure_scale <= 0:
         return largest
     z = int(np.argwhere(seeds)[0][2])
     mask = probability[:, :, z] >= config.threshold
     if mask.sum() < 4:
-        return largest
+        return float(np.clip(config.empty_reach * max(probability.shape[:2]), config.min_reach_px, largest))
     radius = 3.0 * ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1][mask].mean()
     return float(np.clip(config.structure_scale * radius, config.min_reach_px, largest))
 

@@ -73,7 +73,8 @@ def test_local_edit_follows_an_intensity_edge_where_a_disc_does_not() -> None:
     clicks = np.zeros((48, 48, 1), np.uint8)
     clicks[24, 20, 0] = POSITIVE
     empty = np.zeros((48, 48, 1), np.float32)
-    local = refine_slab(image[..., None], empty, clicks, RefineConfig(method="local"))[..., 0] >= 0.5
+    organ_reach = RefineConfig(method="local", empty_reach=0.2)  # as far as a click on an organ's slice
+    local = refine_slab(image[..., None], empty, clicks, organ_reach)[..., 0] >= 0.5
     disc = refine_slab(image[..., None], empty, clicks, RefineConfig(method="disc", disc_radius=6 / 48))[..., 0] >= 0.5
     assert disc[24, 25] and disc[24, 15]  # the disc spills over the edge at column 24 ...
     assert local[24, 15] and local[24, 23] and not local[:, 24:].any()  # ... the local edit stops at it
@@ -197,3 +198,18 @@ def test_a_click_on_a_thin_structure_edits_a_thin_region() -> None:
     grown_wide = (refine_slab(image, wide, clicks, scaled) >= 0.5).sum() - (wide >= 0.5).sum()
     grown_unscaled = (refine_slab(image, thin, clicks, unscaled) >= 0.5).sum() - (thin >= 0.5).sum()
     assert 0 < grown_thin < grown_wide and grown_thin < grown_unscaled
+
+
+def test_a_click_on_an_empty_slice_adds_a_small_region() -> None:
+    """With no mask on the clicked slice the reach is `empty_reach` of the side, not the organ-sized `reach`."""
+    image = np.zeros((96, 96, 1), np.float32)
+    clicks = np.zeros((96, 96, 1), np.uint8)
+    clicks[48, 48, 0] = POSITIVE
+    empty = np.zeros((96, 96, 1), np.float32)
+    config = RefineConfig(method="local")
+    added = (refine_slab(image, empty, clicks, config) >= 0.5).sum()
+    wider = (refine_slab(image, empty, clicks, replace(config, empty_reach=config.reach)) >= 0.5).sum()
+    radius = np.sqrt(added / np.pi)
+    assert 0.5 * config.empty_reach * 96 < radius <= config.empty_reach * 96 and added < wider / 4
+    with pytest.raises(IrisInputError, match="empty_reach"):
+        RefineConfig(empty_reach=0)

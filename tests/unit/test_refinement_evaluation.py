@@ -40,7 +40,8 @@ def test_simulation_reaches_the_target_and_counts_clicks() -> None:
     image[10:30, 12:36] = 2.0
     truth = image > 1
     start = np.zeros((48, 48), np.float32)
-    scores, seconds = ev.simulate(image, truth, start, RefineConfig(method="local"), None, 10, 0.85)
+    organ_reach = RefineConfig(method="local", empty_reach=0.2)  # the block fills half the side
+    scores, seconds = ev.simulate(image, truth, start, organ_reach, None, 10, 0.85)
     disc, _ = ev.simulate(image, truth, start, RefineConfig(method="disc"), None, 10, 0.85)
     assert scores[0] == 0.0 and max(scores) >= 0.85 and seconds >= 0.0
     assert ev.clicks_to_target(scores, 0.85, 10) < ev.clicks_to_target(disc, 0.85, 10)
