@@ -62,7 +62,7 @@ class RefineConfig:
     min_reach_px: float = 4.0
     empty_reach: float = 0.06  # with structure_scale: reach of a click on a slice where the mask is empty
     tuning_steps: int = 5
-    tuning_lr: float = 0.5
+    tuning_lr: float = 0.05  # 0.5 moved the whole slice on the first click; 0.05 keeps it (training patients)
     click_weight: float = 50.0
     click_radius: float = 1.5
     neighbour_slices: int = 2
