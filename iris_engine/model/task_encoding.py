@@ -21,10 +21,11 @@ def full_resolution_pooling_weights(masks: torch.Tensor, low_size: tuple[int, ..
     n, k = masks.shape[:2]
     full_size = masks.shape[2:]
     mode = interpolation_mode(len(full_size))
-    with torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():  # also inside a caller's torch.inference_mode()
         probe = torch.zeros(n * k, 1, *low_size, dtype=masks.dtype, device=masks.device, requires_grad=True)
         upsampled = F.interpolate(probe, size=full_size, mode=mode, align_corners=False)
-        (weights,) = torch.autograd.grad(upsampled, probe, grad_outputs=masks.reshape(n * k, 1, *full_size))
+        grad_outputs = masks.reshape(n * k, 1, *full_size).clone()
+        (weights,) = torch.autograd.grad(upsampled, probe, grad_outputs=grad_outputs)
     return weights.reshape(n, k, *low_size)
 
 

@@ -123,3 +123,17 @@ def test_memory_bank_and_tuning_work_with_context_tokens():
     tuned = strategies.in_context_tuning(model, image, mask, image, ["organ"], steps=3, lr=1e-2)
     assert tuned.embedding.tokens.shape == embedding.tokens.shape
     assert len(tuned.loss_curve) == 3
+
+
+def test_encode_task_works_under_inference_mode():
+    """The adjoint pooling weights need autograd; a caller's torch.inference_mode() must not break them."""
+    model = tiny_v2()
+    torch.manual_seed(2)
+    image, mask = torch.randn(1, 1, 32, 32), square((32, 32), 6, 10)
+    with torch.no_grad():
+        expected = model.encode_task(image, mask)
+    with torch.inference_mode():
+        tokens = model.encode_task(image, mask)
+        logits = model.segment(torch.randn(2, 1, 32, 32), tokens[0])
+    torch.testing.assert_close(tokens, expected)
+    assert logits.shape == (2, 1, 32, 32)
