@@ -291,10 +291,16 @@ def _fit_name(stem: str, ending: str) -> str:
     return f"{head}-{digest}"
 
 
+def resolve_precision(device: str, precision: str) -> str:
+    """'auto' -> bf16/fp16 on CUDA, fp32 on CPU; any other choice is kept."""
+    if precision != "auto":
+        return precision
+    return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
+
+
 def autocast_context(device: str, precision: str) -> AbstractContextManager[object]:
     """Mixed precision for query forward passes: bf16/fp16 autocast on CUDA, fp32 on CPU unless asked."""
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
+    precision = resolve_precision(device, precision)
     if precision == "fp32":
         return nullcontext()
     return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -312,6 +318,7 @@ class BatchSegmenter:
             fill_holes=args.fill_holes, keep_largest_component=args.largest_component,
         )
         self.precision = autocast_context(args.device, args.precision)
+        self.fp32 = resolve_precision(args.device, args.precision) == "fp32"  # ONNX Runtime runs fp32 only
         self.pending: list[_Job] = []
         self.results: list[FileResult] = []
 
@@ -337,8 +344,7 @@ class BatchSegmenter:
         model = self.segmenter.model
         try:
             queries = torch.cat([job.queries for job in jobs])
-            fp32 = isinstance(self.precision, nullcontext)
-            backend = onnx_runtime.choose_backend(self.segmenter.config, model, queries) if fp32 else "eager"
+            backend = onnx_runtime.choose_backend(self.segmenter.config, model, queries) if self.fp32 else "eager"
             with self.precision:
                 probabilities = strategies.predict_probabilities(
                     model, queries, self.embedding, self.args.batch_size, backend

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -94,14 +95,25 @@ def export_model(model: IrisModel, path: str | Path, fmt: str) -> Path:
     raise IrisInputError(f"unknown export format '{fmt}'; choose one of {', '.join(EXPORT_FORMATS)}")
 
 
+def onnx_session(path: str | Path) -> Any:
+    """A CPU ONNX Runtime session of an exported query path, with as many threads as torch uses."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session: Any, query_image: torch.Tensor, task_tokens: torch.Tensor) -> torch.Tensor:
+    """Logits (B, K, *S) of an ONNX Runtime session for query images (B, 1, *S) and task tokens (K, T, C)."""
+    inputs = (query_image.detach().cpu().numpy(), task_tokens.detach().cpu().numpy())
+    return torch.from_numpy(session.run([OUTPUT_NAME], dict(zip(INPUT_NAMES, inputs, strict=True)))[0])
+
+
 def run_exported(path: str | Path, fmt: str, query_image: torch.Tensor, task_tokens: torch.Tensor) -> torch.Tensor:
     """Logits from an exported file: ONNX Runtime (CPU) for ONNX, torch.jit.load for TorchScript."""
     if fmt == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        feeds = dict(zip(INPUT_NAMES, (query_image.cpu().numpy(), task_tokens.cpu().numpy()), strict=True))
-        return torch.from_numpy(session.run([OUTPUT_NAME], feeds)[0])
+        return run_onnx(onnx_session(path), query_image, task_tokens)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         module = torch.jit.load(str(path), map_location="cpu")

@@ -13,12 +13,11 @@ import threading
 import weakref
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from iris_engine.config import InferenceConfig
 from iris_engine.errors import IrisInputError
-from iris_engine.export import INPUT_NAMES, OUTPUT_NAME, export_onnx
+from iris_engine.export import export_onnx, onnx_session, run_onnx
 from iris_engine.model.iris import IrisModel
 
 BACKENDS = ("auto", "eager", "onnx")
@@ -34,20 +33,13 @@ class OnnxQueryPath:
     """An ONNX Runtime session of one model's query path."""
 
     def __init__(self, model: IrisModel):
-        import onnxruntime
-
         self.fingerprint = weights_fingerprint(model)
-        self.image_size = model.config.image_size
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
         with tempfile.TemporaryDirectory() as folder:
-            path = export_onnx(model, Path(folder) / "query_path.onnx")
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = onnx_session(export_onnx(model, Path(folder) / "query_path.onnx"))
 
     def logits(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (B, K, *S) of model-space queries (B, 1, *S) with task tokens (K, T, C)."""
-        feeds = dict(zip(INPUT_NAMES, (queries.detach().cpu().numpy(), tokens.detach().cpu().numpy()), strict=True))
-        return torch.from_numpy(np.asarray(self.session.run([OUTPUT_NAME], feeds)[0]))
+        return run_onnx(self.session, queries, tokens)
 
 
 _PATHS: weakref.WeakKeyDictionary[IrisModel, OnnxQueryPath] = weakref.WeakKeyDictionary()

@@ -26,10 +26,15 @@ def _pad(vectors: torch.Tensor, dim: int) -> torch.Tensor:
     return F.pad(vectors, (0, dim - vectors.shape[-1]))
 
 
+def _bin_index(image: torch.Tensor, bins: int) -> torch.Tensor:
+    """Intensity bin (N, *S) of each pixel of z-scored images (N, 1, *S) over HISTOGRAM_RANGE."""
+    low, high = HISTOGRAM_RANGE
+    return ((image[:, 0].clamp(low, high - 1e-6) - low) / (high - low) * bins).long()
+
+
 def _intensity_bins(image: torch.Tensor, bins: int) -> torch.Tensor:
     """One-hot intensity bins (N, bins, *S) of z-scored images over HISTOGRAM_RANGE."""
-    low, high = HISTOGRAM_RANGE
-    index = ((image[:, 0].clamp(low, high - 1e-6) - low) / (high - low) * bins).long()
+    index = _bin_index(image, bins)
     levels = torch.arange(bins, device=image.device).reshape(1, bins, *([1] * (image.ndim - 2)))
     return (index.unsqueeze(1) == levels).to(image.dtype)
 
@@ -99,9 +104,7 @@ def _cosine(features: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
 
 def _intensity_posterior(image: torch.Tensor, posterior: torch.Tensor) -> torch.Tensor:
     """Each pixel's foreground posterior looked up by its intensity bin: image (B, 1, *S), posterior (B, K, bins)."""
-    low, high = HISTOGRAM_RANGE
-    bins = posterior.shape[-1]
-    index = ((image.flatten(1).clamp(low, high - 1e-6) - low) / (high - low) * bins).long()
+    index = _bin_index(image, posterior.shape[-1]).flatten(1)
     looked_up = torch.gather(posterior, 2, index.unsqueeze(1).expand(-1, posterior.shape[1], -1))
     return looked_up.reshape(*posterior.shape[:2], *image.shape[2:])
 
