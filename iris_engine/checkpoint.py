@@ -20,6 +20,7 @@ import torch
 from iris_engine.config import CHECKPOINT_FORMAT_VERSION, ModelConfig
 from iris_engine.errors import CheckpointError
 from iris_engine.memory_bank import MemoryBank
+from iris_engine.model.click_refiner import ClickRefiner, ClickRefinerConfig
 from iris_engine.model.iris import IrisModel
 
 
@@ -62,6 +63,10 @@ def save_checkpoint(
         "training_state": training_state or {},
         "metadata": metadata or {},
     }
+    return _atomic_save(payload, path)
+
+
+def _atomic_save(payload: dict[str, Any], path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -122,3 +127,44 @@ def load_checkpoint(
         payload["training_state"],
         payload["metadata"],
     )
+
+CLICK_REFINER_FILE = "click_refiner.pt"  # beside the IRIS weights it was trained on
+
+
+@dataclass
+class LoadedClickRefiner:
+    refiner: ClickRefiner
+    iris_model_version: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def save_click_refiner(path: str | Path, refiner: ClickRefiner, iris_model_version: str,
+                       metadata: dict[str, Any] | None = None) -> Path:
+    """Atomic save of a click refiner, tied to the IRIS model version whose features it reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = refiner.config.to_dict()
+    state = {k: v.detach().cpu() for k, v in refiner.state_dict().items()}
+    payload = {"format_version": CHECKPOINT_FORMAT_VERSION, "kind": "click_refiner", "refiner_config": config,
+               "state_dict": state, "digest": weights_digest(config, state), "iris_model_version": iris_model_version,
+               "metadata": metadata or {}}
+    return _atomic_save(payload, path)
+
+
+def load_click_refiner(path: str | Path) -> LoadedClickRefiner:
+    """Load and verify a click refiner file (same safety rules as IRIS checkpoints)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"click refiner weights not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means the file is unusable
+        raise CheckpointError(f"{path.name} is not a loadable click refiner (corrupt or unsafe): "
+                              f"{_one_line(error)}") from error
+    if not isinstance(payload, dict) or payload.get("kind") != "click_refiner":
+        raise CheckpointError(f"{path.name} is not a click refiner file")
+    if weights_digest(payload["refiner_config"], payload["state_dict"]) != payload["digest"]:
+        raise CheckpointError(f"{path.name} failed its integrity check: weights or config were modified")
+    refiner = ClickRefiner(ClickRefinerConfig.from_dict(payload["refiner_config"]))
+    refiner.load_state_dict(payload["state_dict"])
+    return LoadedClickRefiner(refiner.eval(), str(payload["iris_model_version"]), payload["metadata"])

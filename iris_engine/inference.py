@@ -7,6 +7,7 @@ embedding is computed once per support set and cached, then reused for every que
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,13 +18,14 @@ import numpy as np
 import torch
 
 from iris_engine import strategies
-from iris_engine.checkpoint import load_checkpoint
+from iris_engine.checkpoint import CLICK_REFINER_FILE, load_checkpoint, load_click_refiner
 from iris_engine.config import InferenceConfig, PreprocessConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
 from iris_engine.io.limits import DEFAULT_LIMITS
 from iris_engine.io.volume import Volume
 from iris_engine.memory_bank import MemoryBank
+from iris_engine.model.click_refiner import ClickRefiner
 from iris_engine.model.iris import IrisModel
 from iris_engine.postprocess import PostprocessOptions, apply_postprocessing
 from iris_engine.preprocess import (
@@ -86,6 +88,19 @@ def _class_stack(mask: np.ndarray, shape: tuple[int, ...], num_classes: int) -> 
     raise IrisInputError(f"mask shape {mask.shape} does not match the image shape {shape} (or ({num_classes}, *shape))")
 
 
+def matching_click_refiner(checkpoint: str | Path, model: IrisModel) -> ClickRefiner | None:
+    """The click refiner beside a checkpoint when it was trained on that model version, else None (warned)."""
+    path = Path(checkpoint).with_name(CLICK_REFINER_FILE)
+    if not path.is_file():
+        return None
+    loaded = load_click_refiner(path)
+    if loaded.iris_model_version != model.version:
+        warnings.warn(f"{path.name} was trained for model {loaded.iris_model_version}, not {model.version}: "
+                      "click refinement uses the local edit", stacklevel=2)
+        return None
+    return loaded.refiner
+
+
 class IrisSegmenter:
     """Model + memory bank + preprocessing, with an LRU cache of task embeddings."""
 
@@ -95,8 +110,10 @@ class IrisSegmenter:
         memory_bank: MemoryBank | None = None,
         config: InferenceConfig | None = None,
         preprocess: PreprocessConfig | None = None,
+        click_refiner: ClickRefiner | None = None,
     ):
         self.config = config or InferenceConfig()
+        self.click_refiner = click_refiner
         self.device = torch.device(self.config.device)
         self.model = model.to(self.device).eval()
         self.memory_bank = memory_bank or MemoryBank(self.config.memory_momentum)
@@ -108,7 +125,7 @@ class IrisSegmenter:
     def from_checkpoint(cls, path: str | Path, config: InferenceConfig | None = None) -> IrisSegmenter:
         config = config or InferenceConfig()
         loaded = load_checkpoint(path, map_location=config.device)
-        return cls(loaded.model, loaded.memory_bank, config)
+        return cls(loaded.model, loaded.memory_bank, config, click_refiner=matching_click_refiner(path, loaded.model))
 
     @property
     def model_version(self) -> str:

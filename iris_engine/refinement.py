@@ -7,6 +7,9 @@ Methods (measured against each other by `iris_engine.evaluation.refinement`):
 - "tuning": in-context tuning of the class's task embedding on the query itself, with the clicks as sparse
   labels and a term keeping the other pixels near the current prediction (frozen model).
 - "combined": tuning, then the local edit.
+- "learned": the click refiner (`model/click_refiner.py`), a small network trained with simulated clicks
+  on the frozen IRIS model's predictions and pixel features, on the clicked slices; in a volume the
+  neighbour slices get the local edit.
 - "disc": the non-learned baseline, a disc of fixed radius painted at each click.
 Every method honours every click (positive inside, negative outside). In a volume the edit works on
 canonical axial slices; a click also reaches `neighbour_slices` slices on either side (the geodesic
@@ -16,6 +19,7 @@ distance is 3D there, and tuned predictions are blended in with a weight falling
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -30,14 +34,15 @@ from skimage.graph import MCP_Geometric
 from iris_engine.errors import IrisInputError
 from iris_engine.inference import VolumeSegmentation
 from iris_engine.io.volume import Volume
+from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, click_inputs
 from iris_engine.model.iris import IrisModel
 from iris_engine.preprocess import normalize_intensity, to_canonical
 
 if TYPE_CHECKING:
     from iris_engine.inference import IrisSegmenter
 
-METHODS = ("combined", "local", "tuning", "disc")
-POSITIVE, NEGATIVE = 1, 2
+METHODS = ("learned", "combined", "local", "tuning", "disc")
+FALLBACK_METHOD = "local"
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,32 @@ def honour(probability: np.ndarray, clicks: np.ndarray, threshold: float) -> np.
 # ----------------------------------------------------------------------------------- in-context tuning
 
 
+def _to_grid(array: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W, n) -> (n, 1, size, size), bilinear."""
+    tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, 2, 0), dtype=np.float32))[:, None]
+    if tuple(tensor.shape[-2:]) == (size, size):
+        return tensor
+    return F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _from_grid(tensor: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    """(n, 1, S, S) -> (H, W, n), bilinear."""
+    if tuple(tensor.shape[-2:]) != shape:
+        tensor = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False)
+    return np.moveaxis(tensor[:, 0].numpy(), 0, 2)
+
+
+def clicks_to_grid(clicks: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, n) click labels -> (n, size, size) on the model grid (nearest cell; later clicks win)."""
+    h, w, n = clicks.shape
+    out = np.zeros((n, size, size), dtype=np.uint8)
+    for i, j, z in np.argwhere(clicks > 0):
+        r = min(size - 1, int((i + 0.5) * size / h))
+        c = min(size - 1, int((j + 0.5) * size / w))
+        out[z, r, c] = clicks[i, j, z]
+    return out
+
+
 class ClickTuner:
     """Tunes one class's task tokens on click labels of a query (frozen model) and re-predicts its slices.
 
@@ -219,14 +250,6 @@ class ClickTuner:
     def __init__(self, model: IrisModel, queries: torch.Tensor, tokens: torch.Tensor, config: RefineConfig):
         self.model, self.queries, self.tokens, self.config = model, queries, tokens, config
         self.device = next(model.parameters()).device
-
-    def _to_model(self, array: np.ndarray) -> torch.Tensor:
-        """(H, W, n) -> (n, 1, S, S)."""
-        size = self.queries.shape[-1]
-        tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, 2, 0), dtype=np.float32))[:, None]
-        if tuple(tensor.shape[-2:]) == (size, size):
-            return tensor
-        return F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
 
     def _click_targets(self, clicks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Model-space label (1 positive) and weight (Gaussian footprint of each click) maps, (n, 1, S, S)."""
@@ -246,7 +269,7 @@ class ClickTuner:
     def tune(self, probability: np.ndarray, clicks: np.ndarray, slices: Sequence[int]) -> torch.Tensor:
         """Tokens tuned on the clicked slices: click loss + BCE towards the current probability elsewhere."""
         rows = list(slices)
-        keep = self._to_model(probability[:, :, rows]).clamp(0, 1).to(self.device)
+        keep = _to_grid(probability[:, :, rows], self.queries.shape[-1]).clamp(0, 1).to(self.device)
         label, weight = (t.to(self.device) for t in self._click_targets(clicks[:, :, rows]))
         tokens = self.tokens.detach().clone().to(self.device).requires_grad_(True)
         optimizer = torch.optim.Adam([tokens], lr=self.config.tuning_lr)
@@ -275,14 +298,43 @@ class ClickTuner:
         with torch.no_grad():
             logits = self.model.segment(self.queries[list(slices)].to(self.device), tokens)
             probability = torch.sigmoid(logits.float()).cpu()
-        if tuple(probability.shape[-2:]) != shape:
-            probability = F.interpolate(probability, size=shape, mode="bilinear", align_corners=False)
-        return np.moveaxis(probability[:, 0].numpy(), 0, 2)
+        return _from_grid(probability, shape)
+
+
+class LearnedClicks:
+    """The click refiner on a query's model-space slices (N, 1, S, S); IRIS pixel features cached per slice."""
+
+    def __init__(self, model: IrisModel, refiner: ClickRefiner, queries: torch.Tensor):
+        self.model, self.refiner, self.queries = model, refiner.eval(), queries
+        self.device = next(model.parameters()).device
+        self._features: dict[int, torch.Tensor] = {}
+
+    def _pixel_features(self, rows: list[int]) -> torch.Tensor:
+        missing = [z for z in rows if z not in self._features]
+        if missing:
+            with torch.no_grad():
+                features = self.model.encode_query(self.queries[missing].to(self.device))
+                pixels = self.model.decoder.pixel_features(features[1:]).float().cpu()
+            self._features.update(zip(missing, pixels, strict=True))
+        return torch.stack([self._features[z] for z in rows])
+
+    def refine(self, probability: np.ndarray, clicks: np.ndarray, slices: Sequence[int]) -> np.ndarray:
+        """Refined (H, W, n) probabilities of the given slices; the change is computed on the model grid and
+        added to `probability` at its own resolution."""
+        rows = list(slices)
+        size = self.queries.shape[-1]
+        start = _to_grid(probability, size).clamp(0, 1)
+        with torch.no_grad():
+            inputs = click_inputs(self.queries[rows].float(), start, self._pixel_features(rows),
+                                  clicks_to_grid(clicks, size), self.refiner.config)
+            refined = torch.sigmoid(self.refiner(inputs))
+        change = _from_grid(refined - start, probability.shape[:2])
+        return np.clip(probability + change, 0.0, 1.0)
 
 
 def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, config: RefineConfig,
-                tuner: ClickTuner | None = None, sampling: tuple[float, float, float] = (1.0, 1.0, 1.0)
-                ) -> np.ndarray:
+                tuner: ClickTuner | None = None, sampling: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                learned: LearnedClicks | None = None) -> np.ndarray:
     """Refined probability of one class on canonical (H, W, Z) arrays (Z = 1 for a 2D image)."""
     if not (clicks > 0).any():
         raise IrisInputError("no clicks given: click inside a missed region or on a false positive")
@@ -303,9 +355,16 @@ def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, 
         gap = np.array([min(abs(z - c) for c in clicked) for z in range(lo, hi)], dtype=np.float32)
         blend = 1.0 - gap / (reach + 1)
         part = (1.0 - blend) * part + blend * tuned
-    if config.method in ("local", "combined"):
+    neighbours = hi - lo > len(clicked)
+    if config.method in ("local", "combined") or (config.method == "learned" and neighbours):
         part = local_edit(image[:, :, slab], part, clicks[:, :, slab], config, sampling)
     out[:, :, slab] = part
+    if config.method == "learned":
+        if learned is None:
+            raise IrisInputError("refinement method 'learned' needs click refiner weights trained for this model; "
+                                 f"use method '{FALLBACK_METHOD}'")
+        out[:, :, clicked] = learned.refine(probability[:, :, clicked].astype(np.float32), clicks[:, :, clicked],
+                                            clicked)
     return honour(out, clicks, config.threshold)
 
 
@@ -335,6 +394,13 @@ def refine_segmentation(segmenter: IrisSegmenter, query: Volume, result: VolumeS
     else:
         spacing = canonical.spacing
         sampling = (1.0, 1.0, float(spacing[2]) / max(1e-6, (float(spacing[0]) + float(spacing[1])) / 2))
+    if config.method == "learned" and (segmenter.click_refiner is None or segmenter.is_3d):
+        warnings.warn(f"no click refiner trained for model {segmenter.model_version}: refining with "
+                      f"'{FALLBACK_METHOD}' instead of 'learned'", stacklevel=2)
+        config = replace(config, method=FALLBACK_METHOD)
+    learned = None
+    if config.method == "learned" and segmenter.click_refiner is not None:
+        learned = LearnedClicks(segmenter.model, segmenter.click_refiner, queries)
     base = np.where(masks != (probabilities >= config.threshold), masks.astype(np.float32), probabilities)
     refined, new_masks = base.copy(), masks.copy()
     embedding = result.embedding
@@ -349,9 +415,10 @@ def refine_segmentation(segmenter: IrisSegmenter, query: Volume, result: VolumeS
                 and embedding.model_version == segmenter.model_version:
             tuner = ClickTuner(segmenter.model, queries, embedding.select([name]).tokens, config)
         if marks.ndim == 2:
-            out = refine_slab(image, probability[..., None], marks[..., None], config, tuner, sampling)[..., 0]
+            out = refine_slab(image, probability[..., None], marks[..., None], config, tuner, sampling,
+                              learned)[..., 0]
         else:
-            out = refine_slab(image, probability, marks, config, tuner, sampling)
+            out = refine_slab(image, probability, marks, config, tuner, sampling, learned)
         refined[k] = transform.invert(out)
         new_masks[k] = refined[k] >= config.threshold
     timings = {**result.timings, "refine": time.perf_counter() - begin}

@@ -26,7 +26,7 @@ import torch
 from scipy import ndimage
 
 from iris_engine import strategies
-from iris_engine.checkpoint import load_checkpoint
+from iris_engine.checkpoint import CLICK_REFINER_FILE, load_checkpoint, load_click_refiner
 from iris_engine.data.catalog import default_datasets
 from iris_engine.data.episodes import EvalPair, iter_eval_pairs
 from iris_engine.data.slices import SliceBank, build_slice_bank
@@ -35,8 +35,9 @@ from iris_engine.errors import IrisInputError
 from iris_engine.evaluation.harness import TaskSpec, evaluation_tasks
 from iris_engine.io.writers import atomic_write
 from iris_engine.metrics import json_safe
+from iris_engine.model.click_refiner import ClickRefiner
 from iris_engine.model.iris import IrisModel
-from iris_engine.refinement import NEGATIVE, POSITIVE, ClickTuner, RefineConfig, refine_slab
+from iris_engine.refinement import NEGATIVE, POSITIVE, ClickTuner, LearnedClicks, RefineConfig, refine_slab
 
 REPORT_AT = (1, 3, 5)
 
@@ -45,7 +46,7 @@ REPORT_AT = (1, 3, 5)
 class RefineEvalConfig:
     """Protocol and size of the run."""
 
-    methods: tuple[str, ...] = ("disc", "local", "tuning", "combined")
+    methods: tuple[str, ...] = ("disc", "local", "learned", "tuning", "combined")
     max_queries: int = 2
     max_clicks: int = 10
     target: float = 0.85
@@ -78,7 +79,8 @@ def next_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[tuple[int, in
 
 
 def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: RefineConfig,
-             tuner: ClickTuner | None, max_clicks: int, target: float) -> tuple[list[float], float]:
+             tuner: ClickTuner | None, max_clicks: int, target: float, learned: LearnedClicks | None = None
+             ) -> tuple[list[float], float]:
     """Dice after 0, 1, ... automatic clicks (each call restarts from `start` with all clicks) and seconds per click.
 
     Stops once at least max(REPORT_AT) clicks are placed and the target was reached (nothing later is reported).
@@ -97,7 +99,7 @@ def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: Re
         (r, c), positive = placed
         clicks[r, c, 0] = POSITIVE if positive else NEGATIVE
         begin = time.process_time()
-        probability = refine_slab(image[..., None], start[..., None], clicks, config, tuner)[..., 0]
+        probability = refine_slab(image[..., None], start[..., None], clicks, config, tuner, learned=learned)[..., 0]
         seconds.append(time.process_time() - begin)
         scores.append(dice(probability >= config.threshold, truth))
     return scores, float(np.mean(seconds)) if seconds else 0.0
@@ -117,7 +119,7 @@ def _sample(pairs: list[EvalPair], spec: TaskSpec, config: RefineEvalConfig) -> 
 
 
 def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpec, config: RefineEvalConfig,
-                  refine: RefineConfig) -> dict[str, Any]:
+                  refine: RefineConfig, refiner: ClickRefiner | None = None) -> dict[str, Any]:
     """Per method: Dice after each click and clicks to the target, averaged over the sampled query slices."""
     pairs = _sample(list(iter_eval_pairs(bank, split, spec.dataset, spec.class_name, 1, config.seed,
                                          support_from=spec.support_from)), spec, config)
@@ -134,7 +136,9 @@ def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpe
         for method in config.methods:
             method_config = replace(refine, method=method, threshold=config.threshold)
             tuner = ClickTuner(model, pair.query_image[None], embedding.tokens, method_config)
-            scores, per_click = simulate(image, truth, start, method_config, tuner, config.max_clicks, config.target)
+            learned = None if refiner is None else LearnedClicks(model, refiner, pair.query_image[None])
+            scores, per_click = simulate(image, truth, start, method_config, tuner, config.max_clicks, config.target,
+                                         learned)
             curves[method].append(scores)
             seconds[method].append(per_click)
     return {
@@ -156,7 +160,8 @@ def _task(spec: TaskSpec) -> tuple[dict[str, Any] | None, str | None, float]:
     torch.set_num_threads(1)
     begin = time.process_time()
     try:
-        row = evaluate_task(_WORK["model"], _WORK["bank"], _WORK["split"], spec, _WORK["config"], _WORK["refine"])
+        row = evaluate_task(_WORK["model"], _WORK["bank"], _WORK["split"], spec, _WORK["config"], _WORK["refine"],
+                            _WORK["refiner"])
         return row, None, time.process_time() - begin
     except IrisInputError as error:
         return None, str(error), time.process_time() - begin
@@ -171,16 +176,23 @@ def dev_split(split: Split) -> Split:
 
 def run(checkpoint: Path, split: Split, config: RefineEvalConfig, refine: RefineConfig,
         bank: SliceBank | None = None, datasets: list[str] | None = None, data_root: Path | None = None,
-        log: bool = True, workers: int = 1) -> dict[str, Any]:
+        log: bool = True, workers: int = 1, click_refiner: Path | None = None) -> dict[str, Any]:
     """Evaluate every (dataset, class) with test patients; returns the JSON-ready payload."""
     loaded = load_checkpoint(checkpoint)
     model = loaded.model.eval()
+    refiner = None
+    if "learned" in config.methods:
+        refiner_file = load_click_refiner(click_refiner or checkpoint.with_name(CLICK_REFINER_FILE))
+        if refiner_file.iris_model_version != model.version:
+            raise IrisInputError(f"the click refiner was trained for model {refiner_file.iris_model_version}, "
+                                 f"not {model.version}")
+        refiner = refiner_file.refiner
     if bank is None:
         names = tuple(d for d in default_datasets() if split.test_cases.get(d) and (datasets is None or d in datasets))
         bank = build_slice_bank(names, root=data_root, size=model.config.image_size)
     specs = [s for s in evaluation_tasks(bank, split) if datasets is None or s.dataset in datasets]
     begin, cpu = time.perf_counter(), time.process_time()
-    _WORK.update(model=model, bank=bank, split=split, config=config, refine=refine)
+    _WORK.update(model=model, bank=bank, split=split, config=config, refine=refine, refiner=refiner)
     tasks, notes, worker_cpu = [], [], 0.0
     if workers > 1:
         pool = multiprocessing.get_context("fork").Pool(workers)
@@ -203,7 +215,9 @@ def run(checkpoint: Path, split: Split, config: RefineEvalConfig, refine: Refine
             pool.join()
         _WORK.clear()
     return {
-        "checkpoint": str(checkpoint), "model_version": model.version, "split_seed": split.seed,
+        "checkpoint": str(checkpoint), "model_version": model.version,
+        "click_refiner": str(click_refiner or checkpoint.with_name(CLICK_REFINER_FILE)) if refiner else None,
+        "split_seed": split.seed,
         "split_fingerprint": split.fingerprint(), "protocol": asdict(config),
         "refine": {k: v for k, v in asdict(refine).items() if k != "method"},
         "seconds": round(time.perf_counter() - begin, 1), "workers": workers,
@@ -286,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--datasets", nargs="*", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/refinement"))
+    parser.add_argument("--click-refiner", type=Path, default=None,
+                        help=f"weights of method 'learned' (default: {CLICK_REFINER_FILE} beside the checkpoint)")
     parser.add_argument("--methods", nargs="*", default=list(RefineEvalConfig.methods))
     parser.add_argument("--max-queries", type=int, default=RefineEvalConfig.max_queries)
     parser.add_argument("--seed", type=int, default=RefineEvalConfig.seed)
@@ -309,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for method in config.methods:
         RefineConfig(method=method)
     payload = run(args.checkpoint, split, config, RefineConfig(), datasets=args.datasets, data_root=args.data_root,
-                  workers=max(1, args.workers))
+                  workers=max(1, args.workers), click_refiner=args.click_refiner)
     write(payload, args.out)
     overall = summary(payload).get("mean over datasets", {})
     print(json.dumps({"report": str(args.out / "refinement.md"), "seconds": payload["seconds"],

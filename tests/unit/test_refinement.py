@@ -12,6 +12,7 @@ from iris_engine.config import ModelConfig
 from iris_engine.errors import IrisInputError
 from iris_engine.inference import IrisSegmenter, Support, VolumeSegmentation
 from iris_engine.io.volume import Volume
+from iris_engine.model.click_refiner import ClickRefiner, ClickRefinerConfig
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import (
     METHODS,
@@ -32,7 +33,8 @@ TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=32, decoder_channels
 @pytest.fixture()
 def segmenter() -> IrisSegmenter:
     torch.manual_seed(0)
-    return IrisSegmenter(IrisModel(TINY))
+    return IrisSegmenter(IrisModel(TINY), click_refiner=ClickRefiner(ClickRefinerConfig(channels=(8, 16),
+                                                                                        feature_channels=8)))
 
 
 def _edge_image(shape: tuple[int, int] = (48, 48), edge: int = 24) -> np.ndarray:
@@ -213,3 +215,13 @@ def test_a_click_on_an_empty_slice_adds_a_small_region() -> None:
     assert 0.5 * config.empty_reach * 96 < radius <= config.empty_reach * 96 and added < wider / 4
     with pytest.raises(IrisInputError, match="empty_reach"):
         RefineConfig(empty_reach=0)
+
+
+def test_learned_without_a_refiner_falls_back_to_the_local_edit_with_a_warning(segmenter: IrisSegmenter) -> None:
+    volume, result = _segmented(segmenter, (40, 36))
+    clicks = [Click(tuple(np.argwhere(~result.masks[0])[0]), True)]
+    local = segmenter.refine(volume, result, clicks, RefineConfig(method="local"))
+    segmenter.click_refiner = None
+    with pytest.warns(UserWarning, match="refining with 'local' instead of 'learned'"):
+        fallback = segmenter.refine(volume, result, clicks, RefineConfig(method="learned"))
+    assert np.array_equal(fallback.probabilities, local.probabilities)

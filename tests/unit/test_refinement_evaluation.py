@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from iris_engine.checkpoint import save_checkpoint
+from iris_engine.checkpoint import CLICK_REFINER_FILE, save_checkpoint, save_click_refiner
 from iris_engine.config import ModelConfig
 from iris_engine.data.slices import build_slice_bank
 from iris_engine.data.splits import make_split
 from iris_engine.evaluation import refinement as ev
+from iris_engine.model.click_refiner import ClickRefiner, ClickRefinerConfig
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import RefineConfig
 from tests.unit.test_data_msd_split_bank import _write_msd
@@ -55,8 +56,9 @@ def test_a_run_on_tiny_folders_keeps_patients_apart_and_writes_the_report(tmp_pa
     split = make_split(0, held_out_fraction=0.5, held_out_datasets=(), held_out_classes=(), datasets=datasets,
                        root=tmp_path)
     bank = build_slice_bank(datasets=datasets, root=tmp_path, size=32, cache_dir=None)
-    checkpoint = save_checkpoint(tmp_path / "model.pt", IrisModel(TINY))
-    config = ev.RefineEvalConfig(methods=("disc", "local", "combined"), max_queries=2, max_clicks=6)
+    checkpoint = save_checkpoint(tmp_path / "model.pt", IrisModel(TINY), metadata={"model_version": "tiny"})
+    save_click_refiner(tmp_path / CLICK_REFINER_FILE, ClickRefiner(ClickRefinerConfig((8, 16), 8)), "tiny")
+    config = ev.RefineEvalConfig(methods=("disc", "local", "learned", "combined"), max_queries=2, max_clicks=6)
     payload = ev.run(checkpoint, split, config, RefineConfig(tuning_steps=1), bank=bank, log=False)
     assert {t["dataset"] for t in payload["tasks"]} == set(datasets)
     for task in payload["tasks"]:

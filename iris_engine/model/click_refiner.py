@@ -1,0 +1,121 @@
+"""Click refiner: a small U-Net that corrects an IRIS prediction from positive and negative clicks.
+
+It works on the model grid (S x S) of one query slice. Its inputs: the image, the prediction to correct,
+for each click sign a near (Gaussian) and a far (exponential) distance map, the largest cosine similarity of
+the IRIS pixel features (`MaskDecoder.pixel_features`) to the clicked pixels' features, and the intensity
+closeness to the clicked pixels; plus the pixel features themselves. Its output is a correction added to
+the prediction's logit, zero at initialisation, so an untrained refiner returns the prediction unchanged.
+Trained with simulated clicks on a frozen IRIS model (`iris_engine.training.click_training`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from iris_engine.model.blocks import ResidualBlock
+from iris_engine.model.decoder import UpBlock
+
+POSITIVE, NEGATIVE = 1, 2
+CLICK_MAPS = 11
+MAX_SAMPLED_CLICK_PIXELS = 256
+
+
+@dataclass(frozen=True)
+class ClickRefinerConfig:
+    """Architecture and input encoding; stored with the weights."""
+
+    channels: tuple[int, ...] = (16, 32, 48, 64)
+    feature_channels: int = 16  # ModelConfig.decoder_channels of the IRIS model it reads
+    near_sigma: float = 2.0  # pixels of the model grid
+    far_scale: float = 0.1  # fraction of the grid side
+    intensity_scale: float = 0.5
+    logit_clip: float = 8.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClickRefinerConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
+
+
+def _distance_maps(clicks: np.ndarray, config: ClickRefinerConfig) -> np.ndarray:
+    """(N, S, S) click labels -> (N, 4, S, S): near positive, near negative, far positive, far negative."""
+    n, size = clicks.shape[0], clicks.shape[-1]
+    out = np.zeros((n, 4, *clicks.shape[1:]), dtype=np.float32)
+    for i in range(n):
+        for j, value in enumerate((POSITIVE, NEGATIVE)):
+            marked = clicks[i] == value
+            if not marked.any():
+                continue
+            distance = ndimage.distance_transform_edt(~marked).astype(np.float32)
+            out[i, j] = np.exp(-(distance**2) / (2 * config.near_sigma**2))
+            out[i, 2 + j] = np.exp(-distance / (config.far_scale * size))
+    return out
+
+
+def _similarity_maps(image: torch.Tensor, features: torch.Tensor, clicks: np.ndarray,
+                     config: ClickRefinerConfig) -> torch.Tensor:
+    """(N, 4, S, S): max feature cosine to positive / negative clicks, max intensity closeness to them."""
+    n = image.shape[0]
+    unit = torch.nn.functional.normalize(features.flatten(2), dim=1)  # (N, D, S*S)
+    flat = image.flatten(2)[:, 0]  # (N, S*S)
+    out = torch.zeros(n, 4, flat.shape[1], dtype=features.dtype, device=features.device)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        for j, value in enumerate((POSITIVE, NEGATIVE)):
+            index = np.flatnonzero(clicks[i].ravel() == value)
+            if index.size == 0:
+                continue
+            if index.size > MAX_SAMPLED_CLICK_PIXELS:
+                index = rng.choice(index, MAX_SAMPLED_CLICK_PIXELS, replace=False)
+            at = torch.as_tensor(index, device=features.device)
+            out[i, j] = (unit[i, :, at].T @ unit[i]).amax(dim=0)
+            gap = (flat[i][None, :] - flat[i, at][:, None]).abs()
+            out[i, 2 + j] = torch.exp(-gap / config.intensity_scale).amax(dim=0)
+    return out.reshape(n, 4, *image.shape[2:])
+
+
+def click_inputs(image: torch.Tensor, probability: torch.Tensor, features: torch.Tensor, clicks: np.ndarray,
+                 config: ClickRefinerConfig) -> torch.Tensor:
+    """The refiner's input (N, CLICK_MAPS + D, S, S) from image and probability (N, 1, S, S), IRIS pixel
+    features (N, D, S, S) and click labels (N, S, S) (1 positive, 2 negative, 0 none) on the same grid."""
+    distances = torch.from_numpy(_distance_maps(clicks, config)).to(features)
+    similarities = _similarity_maps(image, features, clicks, config)
+    logit = torch.logit(probability.clamp(1e-4, 1 - 1e-4)) / config.logit_clip
+    return torch.cat([image, probability, logit, distances, similarities, features], dim=1)
+
+
+class ClickRefiner(nn.Module):
+    """U-Net over `click_inputs`; returns refined logits (N, 1, S, S)."""
+
+    def __init__(self, config: ClickRefinerConfig | None = None):
+        super().__init__()
+        self.config = config or ClickRefinerConfig()
+        channels = list(self.config.channels)
+        self.stem = ResidualBlock(2, CLICK_MAPS + self.config.feature_channels, channels[0])
+        pairs = list(zip(channels, channels[1:], strict=False))
+        self.down = nn.ModuleList(ResidualBlock(2, a, b, stride=2) for a, b in pairs)
+        self.up = nn.ModuleList(UpBlock(2, b, a, a) for a, b in reversed(pairs))
+        self.head = nn.Conv2d(channels[0], 1, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = self.stem(inputs)
+        skips = [x]
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+        skips.pop()
+        for block in self.up:
+            x = block(x, skips.pop())
+        start = inputs[:, 2:3] * self.config.logit_clip
+        return start + self.head(x)

@@ -1,0 +1,213 @@
+"""`iris train-refiner`: train the click refiner on a frozen IRIS model with simulated clicks.
+
+Each episode (the IRIS training mix: real, task-augmented, superpixel and synthetic tasks of the TRAIN
+patients and classes) gives a one-shot prediction of the frozen model. A simulated user clicks 1 to
+`max_clicks` times, each click at the centre of the largest error region of the refiner's current output
+(as in the evaluation protocol, every output restarts from the one-shot prediction with all clicks so far);
+the loss (Dice + BCE) is taken on the output after the last click. Resumable (`--resume`), time-limited.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from iris_engine.checkpoint import load_checkpoint, save_click_refiner
+from iris_engine.config import TrainConfig
+from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
+from iris_engine.data.slices import build_slice_bank
+from iris_engine.data.splits import Split
+from iris_engine.evaluation.refinement import next_click
+from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs
+from iris_engine.model.iris import IrisModel
+from iris_engine.training.losses import dice_bce_loss
+from iris_engine.training.run import ResumableSampler
+from iris_engine.training.trainer import EpisodeSource, lr_factor
+
+LAST = "refiner_last.pt"
+
+
+@dataclass(frozen=True)
+class ClickTrainConfig:
+    """The click refiner's training recipe."""
+
+    iterations: int = 3000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_iterations: int = 100
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    max_clicks: int = 6
+    threshold: float = 0.5
+    seed: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 25
+
+
+@dataclass
+class ClickBatch:
+    """Model-grid tensors of B query slices: image (B,1,S,S), start probability, truth, IRIS pixel features."""
+
+    image: torch.Tensor
+    start: torch.Tensor
+    truth: torch.Tensor
+    features: torch.Tensor
+
+
+def one_shot_batch(model: IrisModel, sampler: EpisodeSource, batch_size: int) -> ClickBatch:
+    """One-shot predictions of the frozen model on a batch of single-class episodes."""
+    batch = sampler.sample_batch(batch_size)
+    with torch.no_grad():
+        tokens = model.encode_task(batch.support_images[:, 0], batch.support_masks[:, 0])
+        features = model.encode_query(batch.query_images[:, 0])
+        start = torch.sigmoid(model.decode(features, tokens)[:, :1].float())
+        pixels = model.decoder.pixel_features(features[1:])
+    return ClickBatch(batch.query_images[:, 0], start, batch.query_masks[:, 0, :1], pixels)
+
+
+def simulate_clicks(refiner: ClickRefiner, batch: ClickBatch, counts: np.ndarray, threshold: float) -> np.ndarray:
+    """Click maps (B, S, S) after counts[i] automatic clicks, each placed on the refiner's current output."""
+    truth = batch.truth[:, 0].numpy() >= 0.5
+    current = batch.start[:, 0].numpy() >= threshold
+    clicks = np.zeros(truth.shape, dtype=np.uint8)
+    for step in range(int(counts.max())):
+        for i in np.flatnonzero(counts > step):
+            placed = next_click(current[i], truth[i])
+            if placed is not None:
+                (r, c), positive = placed
+                clicks[i, r, c] = POSITIVE if positive else NEGATIVE
+        if step + 1 < counts.max():
+            with torch.no_grad():
+                inputs = click_inputs(batch.image, batch.start, batch.features, clicks, refiner.config)
+                current = (torch.sigmoid(refiner(inputs))[:, 0] >= threshold).numpy()
+    return clicks
+
+
+class ClickTrainer:
+    """Trains a ClickRefiner into `out_dir`; resumable from out_dir/refiner_last.pt."""
+
+    def __init__(self, model: IrisModel, sampler: EpisodeSource, config: ClickTrainConfig, out_dir: Path,
+                 refiner_config: ClickRefinerConfig | None = None):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.sampler, self.config, self.out_dir = sampler, config, out_dir
+        default = ClickRefinerConfig(feature_channels=model.config.decoder_channels)
+        self.refiner = ClickRefiner(refiner_config or default)
+        self.optimizer = torch.optim.AdamW(self.refiner.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        schedule = TrainConfig(iterations=config.iterations, warmup_iterations=config.warmup_iterations,
+                               min_lr_ratio=config.min_lr_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(it, schedule))
+        self.rng = np.random.default_rng(config.seed)
+        self.iteration, self.elapsed = 0, 0.0
+
+    def resume(self) -> bool:
+        path = self.out_dir / LAST
+        if not path.exists():
+            return False
+        state = torch.load(path, weights_only=False)  # our own run folder's state (numpy RNG states)
+        self.refiner.load_state_dict(state["refiner"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.bit_generator.state = state["rng"]
+        self.sampler.set_state(state["sampler"])
+        torch.set_rng_state(state["torch"])
+        self.iteration, self.elapsed = int(state["iteration"]), float(state["elapsed"])
+        return True
+
+    def _save_state(self) -> None:
+        state = {"refiner": self.refiner.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "rng": self.rng.bit_generator.state,
+                 "sampler": self.sampler.get_state(),
+                 "torch": torch.get_rng_state(), "iteration": self.iteration, "elapsed": self.elapsed}
+        tmp = self.out_dir / f".{LAST}.partial"
+        torch.save(state, tmp)
+        tmp.replace(self.out_dir / LAST)
+
+    def step(self) -> float:
+        batch = one_shot_batch(self.model, self.sampler, self.config.batch_size)
+        counts = self.rng.integers(1, self.config.max_clicks + 1, size=batch.image.shape[0])
+        self.refiner.eval()
+        clicks = simulate_clicks(self.refiner, batch, counts, self.config.threshold)
+        clicked = torch.from_numpy((clicks > 0).reshape(len(clicks), -1).any(axis=1))
+        self.refiner.train()
+        inputs = click_inputs(batch.image, batch.start, batch.features, clicks, self.refiner.config)
+        logits = self.refiner(inputs)
+        loss = dice_bce_loss(logits, batch.truth, clicked[:, None])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.refiner.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def fit(self, time_limit_minutes: float | None = None) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        begin = time.perf_counter()
+        start_elapsed = self.elapsed
+        losses: list[float] = []
+        while self.iteration < self.config.iterations:
+            losses.append(self.step())
+            self.iteration += 1
+            self.elapsed = start_elapsed + time.perf_counter() - begin
+            if self.iteration % self.config.log_every == 0:
+                record = {"iteration": self.iteration, "loss": float(np.mean(losses[-self.config.log_every:])),
+                          "lr": self.scheduler.get_last_lr()[0], "elapsed": round(self.elapsed, 1)}
+                with open(self.out_dir / "refiner_log.jsonl", "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                print(json.dumps(record), flush=True)
+            out_of_time = time_limit_minutes is not None and time.perf_counter() - begin >= time_limit_minutes * 60
+            if self.iteration % self.config.checkpoint_every == 0 or out_of_time:
+                self._save_state()
+            if out_of_time:
+                break
+        self._save_state()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iris train-refiner", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path("assets/weights/iris2d.pt"),
+                        help="the frozen IRIS model whose predictions the refiner corrects")
+    parser.add_argument("--split", type=Path, default=None, help="split JSON (default: split.json beside the weights)")
+    parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("runs/click_refiner"))
+    parser.add_argument("--iterations", type=int, default=ClickTrainConfig.iterations)
+    parser.add_argument("--batch-size", type=int, default=ClickTrainConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=ClickTrainConfig.lr)
+    parser.add_argument("--seed", type=int, default=ClickTrainConfig.seed)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--time-limit-minutes", type=float, default=None)
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/refiner_last.pt")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    torch.manual_seed(args.seed)
+    split = Split.load(args.split or args.checkpoint.parent / "split.json")
+    model = load_checkpoint(args.checkpoint).model
+    config = ClickTrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    bank = build_slice_bank(None, root=args.data_root, size=model.config.image_size)
+    episodes = EpisodeConfig.from_train_config(TrainConfig(), max_classes=1, queries_per_episode=1,
+                                               supports_per_episode=1)
+    sampler = ResumableSampler(EpisodeSampler(bank, split, episodes, seed=args.seed))
+    trainer = ClickTrainer(model, sampler, config, args.out)
+    if args.resume and trainer.resume():
+        print(f"resumed from iteration {trainer.iteration}", flush=True)
+    trainer.fit(args.time_limit_minutes)
+    path = save_click_refiner(args.out / "click_refiner.pt", trainer.refiner, model.version, {
+        "iterations": trainer.iteration, "train_seconds": round(trainer.elapsed, 1), "recipe": asdict(config),
+        "iris_checkpoint": str(args.checkpoint), "split_fingerprint": split.fingerprint(),
+        "command": "iris train-refiner " + " ".join(sys.argv[1:] if argv is None else argv),
+    })
+    print(json.dumps({"refiner": str(path), "iterations": trainer.iteration}), flush=True)
+    return path

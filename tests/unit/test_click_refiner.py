@@ -1,0 +1,126 @@
+"""Click refiner: input maps, identity at initialisation, safe weight files, model-version matching, training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from iris_engine.checkpoint import CLICK_REFINER_FILE, load_click_refiner, save_checkpoint, save_click_refiner
+from iris_engine.config import ModelConfig
+from iris_engine.data.toy import ToyEpisodes
+from iris_engine.errors import CheckpointError
+from iris_engine.inference import IrisSegmenter
+from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs
+from iris_engine.model.iris import IrisModel
+from iris_engine.refinement import LearnedClicks, RefineConfig, clicks_to_grid, refine_slab
+from iris_engine.training.click_training import ClickTrainConfig, ClickTrainer, one_shot_batch, simulate_clicks
+
+TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
+                   task_encoder_layers=1, decoder_layers=1)
+SMALL_REFINER = ClickRefinerConfig(channels=(8, 16), feature_channels=8)
+
+
+def _two_regions(size: int = 32) -> torch.Tensor:
+    image = torch.zeros(1, 1, size, size)
+    image[..., : size // 2] = 1.0
+    return image
+
+
+def test_click_inputs_encode_where_and_what_was_clicked() -> None:
+    image = _two_regions()
+    features = torch.cat([image, 1 - image], dim=1).repeat(1, 4, 1, 1)  # two feature directions
+    clicks = np.zeros((1, 32, 32), np.uint8)
+    clicks[0, 10, 5] = POSITIVE
+    maps = click_inputs(image, torch.full_like(image, 0.3), features, clicks, ClickRefinerConfig(feature_channels=8))
+    near_pos, near_neg, far_pos, far_neg, feat_pos, feat_neg, int_pos, int_neg = maps[0, 3:11]
+    assert near_pos[10, 5] == 1.0 and near_pos[10, 15] < 1e-3 and far_pos[10, 6] > far_pos[10, 20] > 0
+    assert not near_neg.any() and not far_neg.any() and not feat_neg.any() and not int_neg.any()
+    assert feat_pos[0, 0] == pytest.approx(1.0) and feat_pos[0, 31] == pytest.approx(0.0, abs=1e-6)
+    assert int_pos[5, 3] == pytest.approx(1.0) and int_pos[5, 30] < 0.2
+    assert maps.shape == (1, 11 + 8, 32, 32) and torch.allclose(maps[0, 1], torch.full((32, 32), 0.3))
+
+
+def test_an_untrained_refiner_returns_the_prediction() -> None:
+    image = _two_regions()
+    start = torch.rand(2, 1, 32, 32).clamp(0.01, 0.99)
+    clicks = np.zeros((2, 32, 32), np.uint8)
+    clicks[:, 3, 3] = NEGATIVE
+    refiner = ClickRefiner(SMALL_REFINER)
+    logits = refiner(click_inputs(image.repeat(2, 1, 1, 1), start, torch.randn(2, 8, 32, 32), clicks, refiner.config))
+    assert torch.allclose(torch.sigmoid(logits), start, atol=1e-5)
+
+
+def test_refiner_files_round_trip_and_refuse_tampering(tmp_path: Path) -> None:
+    refiner = ClickRefiner(SMALL_REFINER)
+    torch.nn.init.normal_(refiner.head.weight)
+    path = save_click_refiner(tmp_path / CLICK_REFINER_FILE, refiner, "model-v1", {"iterations": 3})
+    loaded = load_click_refiner(path)
+    assert loaded.iris_model_version == "model-v1" and loaded.metadata["iterations"] == 3
+    assert loaded.refiner.config == SMALL_REFINER
+    assert torch.equal(loaded.refiner.head.weight, refiner.head.weight)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["head.bias"] += 1.0
+    torch.save(payload, tmp_path / "tampered.pt")
+    with pytest.raises(CheckpointError, match="integrity"):
+        load_click_refiner(tmp_path / "tampered.pt")
+    save_checkpoint(tmp_path / "model.pt", IrisModel(TINY))
+    with pytest.raises(CheckpointError, match="not a click refiner"):
+        load_click_refiner(tmp_path / "model.pt")
+
+
+def test_the_segmenter_takes_the_refiner_beside_its_weights_only_for_its_model_version(tmp_path: Path) -> None:
+    checkpoint = save_checkpoint(tmp_path / "iris.pt", IrisModel(TINY), metadata={"model_version": "tiny-1"})
+    assert IrisSegmenter.from_checkpoint(checkpoint).click_refiner is None
+    save_click_refiner(tmp_path / CLICK_REFINER_FILE, ClickRefiner(SMALL_REFINER), "tiny-1")
+    assert IrisSegmenter.from_checkpoint(checkpoint).click_refiner is not None
+    save_click_refiner(tmp_path / CLICK_REFINER_FILE, ClickRefiner(SMALL_REFINER), "another-model")
+    with pytest.warns(UserWarning, match="trained for model another-model"):
+        assert IrisSegmenter.from_checkpoint(checkpoint).click_refiner is None
+
+
+def test_learned_refinement_works_at_the_image_resolution_and_needs_a_refiner() -> None:
+    torch.manual_seed(0)
+    model = IrisModel(TINY).eval()
+    image = np.random.default_rng(0).normal(size=(64, 48)).astype(np.float32)
+    queries = torch.nn.functional.interpolate(torch.from_numpy(image)[None, None], size=(32, 32), mode="bilinear")
+    probability = np.zeros((64, 48, 1), np.float32)
+    probability[10:30, 10:30] = 0.9
+    clicks = np.zeros((64, 48, 1), np.uint8)
+    clicks[40, 40, 0] = POSITIVE
+    assert clicks_to_grid(clicks, 32)[0, 20, 27] == POSITIVE
+    learned = LearnedClicks(model, ClickRefiner(SMALL_REFINER), queries)
+    out = refine_slab(image[..., None], probability, clicks, RefineConfig(method="learned"), learned=learned)
+    unchanged = np.ones((64, 48, 1), bool)
+    unchanged[40, 40] = False
+    assert np.allclose(out[unchanged], probability[unchanged], atol=1e-4) and out[40, 40, 0] >= 0.5
+    with pytest.raises(Exception, match="needs click refiner weights"):
+        refine_slab(image[..., None], probability, clicks, RefineConfig(method="learned"))
+
+
+def test_click_training_resumes_exactly_and_clicks_land_on_errors(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = IrisModel(TINY).eval()
+    config = ClickTrainConfig(iterations=4, batch_size=2, warmup_iterations=1, checkpoint_every=2, max_clicks=3)
+    torch.manual_seed(1)
+    straight = ClickTrainer(model, ToyEpisodes(size=32, seed=3), config, tmp_path / "a", SMALL_REFINER)
+    straight.fit()
+    torch.manual_seed(1)
+    first = ClickTrainer(model, ToyEpisodes(size=32, seed=3), config, tmp_path / "b", SMALL_REFINER)
+    first.fit(time_limit_minutes=0.0)  # stops after one iteration, keeping its state
+    assert first.iteration == 1
+    second = ClickTrainer(model, ToyEpisodes(size=32, seed=99), config, tmp_path / "b", SMALL_REFINER)
+    assert second.resume() and second.iteration == 1
+    second.fit()
+    for a, b in zip(straight.refiner.parameters(), second.refiner.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    batch = one_shot_batch(model, ToyEpisodes(size=32, seed=5), 3)
+    clicks = simulate_clicks(straight.refiner, batch, np.array([1, 2, 3]), 0.5)
+    truth = batch.truth[:, 0].numpy() >= 0.5
+    start = batch.start[:, 0].numpy() >= 0.5
+    assert all(0 < (clicks[i] > 0).sum() <= i + 1 for i in range(3))
+    for r, c in np.argwhere(clicks[0] > 0):
+        assert truth[0, r, c] != start[0, r, c]  # the first click goes to an error of the one-shot result
+        assert (clicks[0, r, c] == POSITIVE) == truth[0, r, c]
