@@ -158,7 +158,7 @@ class ClickTrainer:
             losses.append(self.step())
             self.iteration += 1
             self.elapsed = start_elapsed + time.perf_counter() - begin
-            if self.iteration % self.config.log_every == 0:
+            if self.iteration % self.config.log_every == 0 or self.iteration == self.config.iterations:
                 record = {"iteration": self.iteration, "loss": float(np.mean(losses[-self.config.log_every:])),
                           "lr": self.scheduler.get_last_lr()[0], "elapsed": round(self.elapsed, 1)}
                 with open(self.out_dir / "refiner_log.jsonl", "a", encoding="utf-8") as handle:
@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the frozen IRIS model whose predictions the refiner corrects")
     parser.add_argument("--split", type=Path, default=None, help="split JSON (default: split.json beside the weights)")
     parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--datasets", nargs="*", default=None, help="dataset folder names (default: all known)")
     parser.add_argument("--out", type=Path, default=Path("runs/click_refiner"))
     parser.add_argument("--iterations", type=int, default=ClickTrainConfig.iterations)
     parser.add_argument("--batch-size", type=int, default=ClickTrainConfig.batch_size)
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> Path:
     split = Split.load(args.split or args.checkpoint.parent / "split.json")
     model = load_checkpoint(args.checkpoint).model
     config = ClickTrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    bank = build_slice_bank(None, root=args.data_root, size=model.config.image_size)
+    datasets = tuple(args.datasets) if args.datasets else None
+    bank = build_slice_bank(datasets, root=args.data_root, size=model.config.image_size)
     episodes = EpisodeConfig.from_train_config(TrainConfig(), max_classes=1, queries_per_episode=1,
                                                supports_per_episode=1)
     sampler = ResumableSampler(EpisodeSampler(bank, split, episodes, seed=args.seed))

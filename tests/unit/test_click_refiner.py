@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,16 @@ import torch
 
 from iris_engine.checkpoint import CLICK_REFINER_FILE, load_click_refiner, save_checkpoint, save_click_refiner
 from iris_engine.config import ModelConfig
+from iris_engine.data.splits import make_split
 from iris_engine.data.toy import ToyEpisodes
 from iris_engine.errors import CheckpointError
 from iris_engine.inference import IrisSegmenter
 from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import LearnedClicks, RefineConfig, clicks_to_grid, refine_slab
+from iris_engine.training import click_training
 from iris_engine.training.click_training import ClickTrainConfig, ClickTrainer, one_shot_batch, simulate_clicks
+from tests.unit.test_data_msd_split_bank import _write_msd
 
 TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
                    task_encoder_layers=1, decoder_layers=1)
@@ -124,3 +128,21 @@ def test_click_training_resumes_exactly_and_clicks_land_on_errors(tmp_path: Path
     for r, c in np.argwhere(clicks[0] > 0):
         assert truth[0, r, c] != start[0, r, c]  # the first click goes to an error of the one-shot result
         assert (clicks[0, r, c] == POSITIVE) == truth[0, r, c]
+
+
+def test_train_refiner_command_writes_a_refiner_for_the_model_it_read(tmp_path: Path) -> None:
+    _write_msd(tmp_path, "toy2d", 6, False, {"disc": 1}, seed=1)
+    split = make_split(0, held_out_fraction=0.5, held_out_datasets=(), held_out_classes=(), datasets=("toy2d",),
+                       root=tmp_path)
+    split.save(tmp_path / "split.json")
+    checkpoint = save_checkpoint(tmp_path / "iris.pt", IrisModel(TINY), metadata={"model_version": "tiny-2"})
+    out = tmp_path / "run"
+    path = click_training.main(["--checkpoint", str(checkpoint), "--data-root", str(tmp_path), "--datasets", "toy2d",
+                                "--out", str(out), "--iterations", "2", "--batch-size", "2"])
+    loaded = load_click_refiner(path)
+    assert loaded.iris_model_version == "tiny-2" and loaded.metadata["iterations"] == 2
+    assert loaded.refiner.config.feature_channels == TINY.decoder_channels
+    assert json.loads((out / "refiner_log.jsonl").read_text().splitlines()[-1])["iteration"] == 2
+    assert click_training.main(["--checkpoint", str(checkpoint), "--data-root", str(tmp_path), "--datasets", "toy2d",
+                                "--out", str(out), "--iterations", "3", "--batch-size", "2", "--resume"]) == path
+    assert load_click_refiner(path).metadata["iterations"] == 3
