@@ -8,8 +8,8 @@ Methods (measured against each other by `iris_engine.evaluation.refinement`):
   labels and a term keeping the other pixels near the current prediction (frozen model).
 - "combined": tuning, then the local edit.
 - "learned": the click refiner (`model/click_refiner.py`), a small network trained with simulated clicks
-  on the frozen IRIS model's predictions and pixel features, on the clicked slices; in a volume the
-  neighbour slices get the local edit.
+  on the frozen IRIS model's predictions and pixel features, blended with the local edit on the clicked
+  slices (`learned_weight`); in a volume the neighbour slices get the local edit.
 - "disc": the non-learned baseline, a disc of fixed radius painted at each click.
 Every method honours every click (positive inside, negative outside). In a volume the edit works on
 canonical axial slices; a click also reaches `neighbour_slices` slices on either side (the geodesic
@@ -58,7 +58,7 @@ class Click:
 class RefineConfig:
     """How clicks change a prediction. Lengths are fractions of the slice's larger side."""
 
-    method: str = "local"  # the best in the click-protocol evaluation (assets/evaluation/refinement.md)
+    method: str = "learned"  # chosen on training patients (--dev); falls back to "local" without a refiner
     reach: float = 0.2
     intensity_cost: float = 4.0
     probability_cost: float = 4.0
@@ -70,6 +70,7 @@ class RefineConfig:
     tuning_lr: float = 0.05  # 0.5 moved the whole slice on the first click; 0.05 keeps it (training patients)
     click_weight: float = 50.0
     click_radius: float = 1.5
+    learned_weight: float = 0.5  # "learned": refiner vs local edit on the clicked slices (training patients)
     neighbour_slices: int = 2
     disc_radius: float = 5 / 128
     threshold: float = 0.5
@@ -78,9 +79,9 @@ class RefineConfig:
         if self.method not in METHODS:
             raise IrisInputError(f"unknown refinement method '{self.method}'; choose one of {', '.join(METHODS)}")
         if min(self.reach, self.empty_reach, self.disc_radius) <= 0 or self.tuning_steps < 0 \
-                or self.neighbour_slices < 0:
+                or self.neighbour_slices < 0 or not 0.0 <= self.learned_weight <= 1.0:
             raise IrisInputError("reach, empty_reach and disc_radius must be > 0, tuning steps and neighbour "
-                                 "slices >= 0")
+                                 "slices >= 0, learned_weight in [0, 1]")
 
 
 def scribble(points: Sequence[Sequence[int]], positive: bool = True, class_name: str | None = None) -> list[Click]:
@@ -355,16 +356,17 @@ def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, 
         gap = np.array([min(abs(z - c) for c in clicked) for z in range(lo, hi)], dtype=np.float32)
         blend = 1.0 - gap / (reach + 1)
         part = (1.0 - blend) * part + blend * tuned
-    neighbours = hi - lo > len(clicked)
-    if config.method in ("local", "combined") or (config.method == "learned" and neighbours):
+    if config.method == "learned" and learned is None:
+        raise IrisInputError("refinement method 'learned' needs click refiner weights trained for this model; "
+                             f"use method '{FALLBACK_METHOD}'")
+    blended = config.method == "learned" and config.learned_weight < 1.0
+    if config.method in ("local", "combined") or blended or (config.method == "learned" and hi - lo > len(clicked)):
         part = local_edit(image[:, :, slab], part, clicks[:, :, slab], config, sampling)
     out[:, :, slab] = part
-    if config.method == "learned":
-        if learned is None:
-            raise IrisInputError("refinement method 'learned' needs click refiner weights trained for this model; "
-                                 f"use method '{FALLBACK_METHOD}'")
-        out[:, :, clicked] = learned.refine(probability[:, :, clicked].astype(np.float32), clicks[:, :, clicked],
-                                            clicked)
+    if learned is not None and config.method == "learned":
+        refined = learned.refine(probability[:, :, clicked].astype(np.float32), clicks[:, :, clicked], clicked)
+        weight = config.learned_weight
+        out[:, :, clicked] = weight * refined + (1.0 - weight) * out[:, :, clicked]
     return honour(out, clicks, config.threshold)
 
 

@@ -96,10 +96,14 @@ def test_learned_refinement_works_at_the_image_resolution_and_needs_a_refiner() 
     clicks[40, 40, 0] = POSITIVE
     assert clicks_to_grid(clicks, 32)[0, 20, 27] == POSITIVE
     learned = LearnedClicks(model, ClickRefiner(SMALL_REFINER), queries)
-    out = refine_slab(image[..., None], probability, clicks, RefineConfig(method="learned"), learned=learned)
+    alone = RefineConfig(method="learned", learned_weight=1.0)
+    out = refine_slab(image[..., None], probability, clicks, alone, learned=learned)
     unchanged = np.ones((64, 48, 1), bool)
     unchanged[40, 40] = False
     assert np.allclose(out[unchanged], probability[unchanged], atol=1e-4) and out[40, 40, 0] >= 0.5
+    local = refine_slab(image[..., None], probability, clicks, RefineConfig(method="local"))
+    blended = refine_slab(image[..., None], probability, clicks, RefineConfig(method="learned"), learned=learned)
+    assert np.allclose(blended[unchanged], 0.5 * (out + local)[unchanged], atol=1e-4)
     with pytest.raises(Exception, match="needs click refiner weights"):
         refine_slab(image[..., None], probability, clicks, RefineConfig(method="learned"))
 
