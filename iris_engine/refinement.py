@@ -212,6 +212,27 @@ def honour(probability: np.ndarray, clicks: np.ndarray, threshold: float) -> np.
     return out
 
 
+def next_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[tuple[int, int], bool] | None:
+    """The simulated user of click training and evaluation: the centre of the largest error region and whether
+    it is a positive click (missed region); None if there is no error."""
+    best: tuple[int, np.ndarray, bool] | None = None
+    for region, positive in ((truth & ~prediction, True), (prediction & ~truth, False)):
+        labels, count = ndimage.label(region)
+        if count == 0:
+            continue
+        sizes = np.bincount(labels.ravel())[1:]
+        largest = int(np.argmax(sizes))
+        if best is None or sizes[largest] > best[0]:
+            best = (int(sizes[largest]), labels == largest + 1, positive)
+    if best is None:
+        return None
+    inside = np.pad(best[1], 1)
+    distance = ndimage.distance_transform_edt(inside)[1:-1, 1:-1]
+    r, c = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return (int(r), int(c)), best[2]
+
+
+
 # ----------------------------------------------------------------------------------- in-context tuning
 
 
@@ -359,8 +380,8 @@ def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, 
     if config.method == "learned" and learned is None:
         raise IrisInputError("refinement method 'learned' needs click refiner weights trained for this model; "
                              f"use method '{FALLBACK_METHOD}'")
-    blended = config.method == "learned" and config.learned_weight < 1.0
-    if config.method in ("local", "combined") or blended or (config.method == "learned" and hi - lo > len(clicked)):
+    learned_needs_local = config.learned_weight < 1.0 or hi - lo > len(clicked)  # blend, or neighbour slices
+    if config.method in ("local", "combined") or (config.method == "learned" and learned_needs_local):
         part = local_edit(image[:, :, slab], part, clicks[:, :, slab], config, sampling)
     out[:, :, slab] = part
     if learned is not None and config.method == "learned":

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from iris_engine import strategies
 from iris_engine.checkpoint import CLICK_REFINER_FILE, load_checkpoint, load_click_refiner
@@ -37,7 +36,15 @@ from iris_engine.io.writers import atomic_write
 from iris_engine.metrics import json_safe
 from iris_engine.model.click_refiner import ClickRefiner
 from iris_engine.model.iris import IrisModel
-from iris_engine.refinement import NEGATIVE, POSITIVE, ClickTuner, LearnedClicks, RefineConfig, refine_slab
+from iris_engine.refinement import (
+    NEGATIVE,
+    POSITIVE,
+    ClickTuner,
+    LearnedClicks,
+    RefineConfig,
+    next_click,
+    refine_slab,
+)
 
 REPORT_AT = (1, 3, 5)
 
@@ -57,25 +64,6 @@ class RefineEvalConfig:
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     total = float(prediction.sum() + truth.sum())
     return 2.0 * float((prediction & truth).sum()) / total if total else 1.0
-
-
-def next_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[tuple[int, int], bool] | None:
-    """Centre of the largest error region and whether it is a positive click (missed region); None if no error."""
-    best: tuple[int, np.ndarray, bool] | None = None
-    for region, positive in ((truth & ~prediction, True), (prediction & ~truth, False)):
-        labels, count = ndimage.label(region)
-        if count == 0:
-            continue
-        sizes = np.bincount(labels.ravel())[1:]
-        largest = int(np.argmax(sizes))
-        if best is None or sizes[largest] > best[0]:
-            best = (int(sizes[largest]), labels == largest + 1, positive)
-    if best is None:
-        return None
-    inside = np.pad(best[1], 1)
-    distance = ndimage.distance_transform_edt(inside)[1:-1, 1:-1]
-    r, c = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return (int(r), int(c)), best[2]
 
 
 def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: RefineConfig,
@@ -133,10 +121,10 @@ def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpe
     for pair, start in zip(pairs, starts, strict=True):
         image = pair.query_image[0].numpy().astype(np.float32)
         truth = pair.query_mask[0].numpy() >= 0.5
+        learned = None if refiner is None else LearnedClicks(model, refiner, pair.query_image[None])
         for method in config.methods:
             method_config = replace(refine, method=method, threshold=config.threshold)
             tuner = ClickTuner(model, pair.query_image[None], embedding.tokens, method_config)
-            learned = None if refiner is None else LearnedClicks(model, refiner, pair.query_image[None])
             scores, per_click = simulate(image, truth, start, method_config, tuner, config.max_clicks, config.target,
                                          learned)
             curves[method].append(scores)

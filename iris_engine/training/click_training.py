@@ -24,9 +24,9 @@ from iris_engine.config import TrainConfig
 from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
 from iris_engine.data.slices import build_slice_bank
 from iris_engine.data.splits import Split
-from iris_engine.evaluation.refinement import next_click
 from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs
 from iris_engine.model.iris import IrisModel
+from iris_engine.refinement import next_click
 from iris_engine.training.losses import dice_bce_loss
 from iris_engine.training.run import ResumableSampler
 from iris_engine.training.trainer import EpisodeSource, lr_factor
