@@ -3,8 +3,9 @@
 It works on the model grid (S x S) of one query slice. Its inputs: the image, the prediction to correct,
 for each click sign a near (Gaussian) and a far (exponential) distance map, the largest cosine similarity of
 the IRIS pixel features (`MaskDecoder.pixel_features`) to the clicked pixels' features, and the intensity
-closeness to the clicked pixels; plus the pixel features themselves. Its output is a correction added to
-the prediction's logit, zero at initialisation, so an untrained refiner returns the prediction unchanged.
+closeness to the clicked pixels; plus (unless `pixel_features` is off) the pixel features themselves.
+Its output is a correction added to the prediction's logit, zero at initialisation, so an untrained refiner
+returns the prediction unchanged.
 Trained with simulated clicks on a frozen IRIS model (`iris_engine.training.click_training`).
 """
 
@@ -32,6 +33,7 @@ class ClickRefinerConfig:
 
     channels: tuple[int, ...] = (16, 32, 48, 64)
     feature_channels: int = 16  # ModelConfig.decoder_channels of the IRIS model it reads
+    pixel_features: bool = True  # feed the raw pixel features too, not only their similarity to the clicks
     near_sigma: float = 2.0  # pixels of the model grid
     far_scale: float = 0.1  # fraction of the grid side
     intensity_scale: float = 0.5
@@ -90,7 +92,8 @@ def click_inputs(image: torch.Tensor, probability: torch.Tensor, features: torch
     distances = torch.from_numpy(_distance_maps(clicks, config)).to(features)
     similarities = _similarity_maps(image, features, clicks, config)
     logit = torch.logit(probability.clamp(1e-4, 1 - 1e-4)) / config.logit_clip
-    return torch.cat([image, probability, logit, distances, similarities, features], dim=1)
+    maps = [image, probability, logit, distances, similarities]
+    return torch.cat([*maps, features] if config.pixel_features else maps, dim=1)
 
 
 class ClickRefiner(nn.Module):
@@ -100,7 +103,8 @@ class ClickRefiner(nn.Module):
         super().__init__()
         self.config = config or ClickRefinerConfig()
         channels = list(self.config.channels)
-        self.stem = ResidualBlock(2, CLICK_MAPS + self.config.feature_channels, channels[0])
+        extra = self.config.feature_channels if self.config.pixel_features else 0
+        self.stem = ResidualBlock(2, CLICK_MAPS + extra, channels[0])
         pairs = list(zip(channels, channels[1:], strict=False))
         self.down = nn.ModuleList(ResidualBlock(2, a, b, stride=2) for a, b in pairs)
         self.up = nn.ModuleList(UpBlock(2, b, a, a) for a, b in reversed(pairs))

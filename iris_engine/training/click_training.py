@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--time-limit-minutes", type=float, default=None)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/refiner_last.pt")
+    parser.add_argument("--without-pixel-features", action="store_true",
+                        help="feed the refiner only the clicks' feature similarity maps, not the raw pixel features")
     return parser
 
 
@@ -202,7 +204,9 @@ def main(argv: list[str] | None = None) -> Path:
     episodes = EpisodeConfig.from_train_config(TrainConfig(), max_classes=1, queries_per_episode=1,
                                                supports_per_episode=1)
     sampler = ResumableSampler(EpisodeSampler(bank, split, episodes, seed=args.seed))
-    trainer = ClickTrainer(model, sampler, config, args.out)
+    refiner_config = ClickRefinerConfig(feature_channels=model.config.decoder_channels,
+                                        pixel_features=not args.without_pixel_features)
+    trainer = ClickTrainer(model, sampler, config, args.out, refiner_config)
     if args.resume and trainer.resume():
         print(f"resumed from iteration {trainer.iteration}", flush=True)
     trainer.fit(args.time_limit_minutes)

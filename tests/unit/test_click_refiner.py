@@ -45,6 +45,10 @@ def test_click_inputs_encode_where_and_what_was_clicked() -> None:
     assert feat_pos[0, 0] == pytest.approx(1.0) and feat_pos[0, 31] == pytest.approx(0.0, abs=1e-6)
     assert int_pos[5, 3] == pytest.approx(1.0) and int_pos[5, 30] < 0.2
     assert maps.shape == (1, 11 + 8, 32, 32) and torch.allclose(maps[0, 1], torch.full((32, 32), 0.3))
+    similarity_only = ClickRefinerConfig(feature_channels=8, pixel_features=False)
+    lean = click_inputs(image, torch.full_like(image, 0.3), features, clicks, similarity_only)
+    assert lean.shape == (1, 11, 32, 32) and torch.equal(lean, maps[:, :11])
+    assert ClickRefiner(similarity_only)(lean).shape == (1, 1, 32, 32)
 
 
 def test_an_untrained_refiner_returns_the_prediction() -> None:
