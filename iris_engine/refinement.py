@@ -8,8 +8,9 @@ Methods (measured against each other by `iris_engine.evaluation.refinement`):
   labels and a term keeping the other pixels near the current prediction (frozen model).
 - "combined": tuning, then the local edit.
 - "learned": the click refiner (`model/click_refiner.py`), a small network trained with simulated clicks
-  on the frozen IRIS model's predictions and pixel features, blended with the local edit on the clicked
-  slices (`learned_weight`); in a volume the neighbour slices get the local edit.
+  on the frozen IRIS model's predictions and pixel features, blended (`learned_weight`) on the clicked
+  slices with the local edit, or, from the second clicked voxel on and where the result carries its task
+  embedding, with "combined" (`learned_tuning`); in a volume the neighbour slices get the local edit.
 - "disc": the non-learned baseline, a disc of fixed radius painted at each click.
 Every method honours every click (positive inside, negative outside). In a volume the edit works on
 canonical axial slices; a click also reaches `neighbour_slices` slices on either side (the geodesic
@@ -71,6 +72,8 @@ class RefineConfig:
     click_weight: float = 50.0
     click_radius: float = 1.5
     learned_weight: float = 0.5  # "learned": refiner vs local edit on the clicked slices (training patients)
+    learned_tuning: bool = True  # "learned": average the refiner with "combined" (tuning + local), not with local,
+    learned_tuning_clicks: int = 2  # once the slab holds this many clicked voxels (one click moved whole slices)
     neighbour_slices: int = 2
     disc_radius: float = 5 / 128
     threshold: float = 0.5
@@ -78,10 +81,11 @@ class RefineConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise IrisInputError(f"unknown refinement method '{self.method}'; choose one of {', '.join(METHODS)}")
-        if min(self.reach, self.empty_reach, self.disc_radius) <= 0 or self.tuning_steps < 0 \
-                or self.neighbour_slices < 0 or not 0.0 <= self.learned_weight <= 1.0:
+        if min(self.reach, self.empty_reach, self.disc_radius) <= 0 \
+                or min(self.tuning_steps, self.neighbour_slices) < 0 \
+                or not 0.0 <= self.learned_weight <= 1.0 or self.learned_tuning_clicks < 1:
             raise IrisInputError("reach, empty_reach and disc_radius must be > 0, tuning steps and neighbour "
-                                 "slices >= 0, learned_weight in [0, 1]")
+                                 "slices >= 0, learned_weight in [0, 1], learned_tuning_clicks >= 1")
 
 
 def scribble(points: Sequence[Sequence[int]], positive: bool = True, class_name: str | None = None) -> list[Click]:
@@ -368,7 +372,10 @@ def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, 
         return honour(disc_edit(out, clicks, config), clicks, config.threshold)
     slab = slice(lo, hi)
     part = out[:, :, slab]
-    if config.method in ("tuning", "combined"):
+    tuned_first = config.method in ("tuning", "combined") or (
+        config.method == "learned" and config.learned_tuning and tuner is not None
+        and int((clicks > 0).sum()) >= config.learned_tuning_clicks)
+    if tuned_first:
         if tuner is None:
             raise IrisInputError(f"refinement method '{config.method}' needs the result's task embedding; "
                                  "use method 'local' for a mask without one")

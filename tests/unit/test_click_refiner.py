@@ -17,7 +17,8 @@ from iris_engine.errors import CheckpointError
 from iris_engine.inference import IrisSegmenter
 from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs
 from iris_engine.model.iris import IrisModel
-from iris_engine.refinement import LearnedClicks, RefineConfig, clicks_to_grid, refine_slab
+from iris_engine.refinement import ClickTuner, LearnedClicks, RefineConfig, clicks_to_grid, refine_slab
+from iris_engine.strategies import encode_supports
 from iris_engine.training import click_training
 from iris_engine.training.click_training import ClickTrainConfig, ClickTrainer, one_shot_batch, simulate_clicks
 from tests.unit.test_data_msd_split_bank import _write_msd
@@ -110,6 +111,34 @@ def test_learned_refinement_works_at_the_image_resolution_and_needs_a_refiner() 
     assert np.allclose(blended[unchanged], 0.5 * (out + local)[unchanged], atol=1e-4)
     with pytest.raises(Exception, match="needs click refiner weights"):
         refine_slab(image[..., None], probability, clicks, RefineConfig(method="learned"))
+
+
+def test_learned_refinement_adds_the_tuned_prediction_from_the_second_click() -> None:
+    torch.manual_seed(0)
+    model = IrisModel(TINY).eval()
+    image = np.random.default_rng(0).normal(size=(32, 32)).astype(np.float32)
+    queries = torch.from_numpy(image)[None, None]
+    probability = np.full((32, 32, 1), 0.2, np.float32)
+    probability[8:20, 8:20] = 0.9
+    support_mask = torch.from_numpy((probability[..., 0] > 0.5).astype(np.float32))[None, None]
+    tokens = encode_supports(model, queries, support_mask).tokens
+    default = RefineConfig()
+    tuner = ClickTuner(model, queries, tokens, default)
+    learned = LearnedClicks(model, ClickRefiner(SMALL_REFINER), queries)
+    clicks = np.zeros((32, 32, 1), np.uint8)
+    clicks[25, 25, 0] = POSITIVE
+
+    def refined(config: RefineConfig) -> np.ndarray:
+        return refine_slab(image[..., None], probability, clicks, config, tuner, learned=learned)
+
+    without_tuning = RefineConfig(learned_tuning=False)
+    assert np.array_equal(refined(default), refined(without_tuning))  # one click: refiner + local edit
+    clicks[10, 10, 0] = NEGATIVE
+    alone = refined(RefineConfig(learned_weight=1.0))
+    combined = refined(RefineConfig(method="combined"))
+    unclicked = clicks == 0
+    assert np.allclose(refined(default)[unclicked], 0.5 * (alone + combined)[unclicked], atol=1e-5)
+    assert not np.allclose(refined(default), refined(without_tuning), atol=1e-3)
 
 
 def test_click_training_resumes_exactly_and_clicks_land_on_errors(tmp_path: Path) -> None:
