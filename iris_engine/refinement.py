@@ -74,6 +74,8 @@ class RefineConfig:
     learned_weight: float = 0.5  # "learned": refiner vs local edit on the clicked slices (training patients)
     learned_tuning: bool = True  # "learned": average the refiner with "combined" (tuning + local), not with local,
     learned_tuning_clicks: int = 2  # once the slab holds this many clicked voxels (one click moved whole slices)
+    thin_width: float = 0.012  # "learned": a mask thinner than this (mean inner distance / larger side) and
+    thin_compactness: float = 0.075  # less compact (mean inner distance / sqrt(area); a disc 0.19) gets the local edit
     neighbour_slices: int = 2
     disc_radius: float = 5 / 128
     threshold: float = 0.5
@@ -194,6 +196,15 @@ def local_edit(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, c
         weight[stronger] = influence[stronger]
         target[stronger] = 1.0 if value == POSITIVE else 0.0
     return (1.0 - weight) * probability + weight * target
+
+
+def _is_thin(probability: np.ndarray, config: RefineConfig) -> bool:
+    """A thin, elongated mask (vessels, membranes): on the model grid the refiner blurs it and tuning moves it."""
+    mask = probability >= config.threshold
+    if mask.sum() < 4:
+        return False
+    inner = float(ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1][mask].mean())
+    return inner < config.thin_width * max(mask.shape) and inner < config.thin_compactness * float(np.sqrt(mask.sum()))
 
 
 def disc_edit(probability: np.ndarray, clicks: np.ndarray, config: RefineConfig) -> np.ndarray:
@@ -372,8 +383,9 @@ def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, 
         return honour(disc_edit(out, clicks, config), clicks, config.threshold)
     slab = slice(lo, hi)
     part = out[:, :, slab]
+    thin = [_is_thin(probability[:, :, z], config) for z in clicked] if config.method == "learned" else []
     tuned_first = config.method in ("tuning", "combined") or (
-        config.method == "learned" and config.learned_tuning and tuner is not None
+        config.method == "learned" and config.learned_tuning and tuner is not None and not all(thin)
         and int((clicks > 0).sum()) >= config.learned_tuning_clicks)
     if tuned_first:
         if tuner is None:
@@ -387,13 +399,13 @@ def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, 
     if config.method == "learned" and learned is None:
         raise IrisInputError("refinement method 'learned' needs click refiner weights trained for this model; "
                              f"use method '{FALLBACK_METHOD}'")
-    learned_needs_local = config.learned_weight < 1.0 or hi - lo > len(clicked)  # blend, or neighbour slices
+    learned_needs_local = config.learned_weight < 1.0 or hi - lo > len(clicked) or any(thin)
     if config.method in ("local", "combined") or (config.method == "learned" and learned_needs_local):
         part = local_edit(image[:, :, slab], part, clicks[:, :, slab], config, sampling)
     out[:, :, slab] = part
     if learned is not None and config.method == "learned":
         refined = learned.refine(probability[:, :, clicked].astype(np.float32), clicks[:, :, clicked], clicked)
-        weight = config.learned_weight
+        weight = np.where(thin, 0.0, config.learned_weight).astype(np.float32)
         out[:, :, clicked] = weight * refined + (1.0 - weight) * out[:, :, clicked]
     return honour(out, clicks, config.threshold)
 

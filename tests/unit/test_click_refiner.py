@@ -141,6 +141,26 @@ def test_learned_refinement_adds_the_tuned_prediction_from_the_second_click() ->
     assert not np.allclose(refined(default), refined(without_tuning), atol=1e-3)
 
 
+def test_thin_structures_get_the_local_edit_only() -> None:
+    torch.manual_seed(0)
+    model = IrisModel(TINY).eval()
+    image = np.random.default_rng(0).normal(size=(128, 128)).astype(np.float32)
+    queries = torch.nn.functional.interpolate(torch.from_numpy(image)[None, None], size=(32, 32), mode="bilinear")
+    vessels = np.full((128, 128, 1), 0.1, np.float32)
+    vessels[10:120:18, 4:124] = 0.9  # six one-pixel lines: thin and elongated
+    blob = np.full((128, 128, 1), 0.1, np.float32)
+    blob[30:90, 30:90] = 0.9
+    support_mask = torch.from_numpy((blob[::4, ::4, 0] > 0.5).astype(np.float32))[None, None]
+    tuner = ClickTuner(model, queries, encode_supports(model, queries, support_mask).tokens, RefineConfig())
+    learned = LearnedClicks(model, ClickRefiner(SMALL_REFINER), queries)
+    clicks = np.zeros((128, 128, 1), np.uint8)
+    clicks[14, 60, 0], clicks[50, 8, 0] = POSITIVE, NEGATIVE
+    for start, thin in ((vessels, True), (blob, False)):
+        default = refine_slab(image[..., None], start, clicks, RefineConfig(), tuner, learned=learned)
+        local = refine_slab(image[..., None], start, clicks, RefineConfig(method="local"))
+        assert np.array_equal(default, local) == thin
+
+
 def test_click_training_resumes_exactly_and_clicks_land_on_errors(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = IrisModel(TINY).eval()
