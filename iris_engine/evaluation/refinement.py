@@ -54,7 +54,7 @@ class RefineEvalConfig:
     """Protocol and size of the run."""
 
     methods: tuple[str, ...] = ("disc", "local", "learned", "tuning", "combined")
-    max_queries: int = 2
+    max_queries: int = 6
     max_clicks: int = 10
     target: float = 0.85
     seed: int = 0
