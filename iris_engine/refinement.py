@@ -72,10 +72,14 @@ class RefineConfig:
     click_weight: float = 50.0
     click_radius: float = 1.5
     learned_weight: float = 0.5  # "learned": refiner vs local edit on the clicked slices (training patients)
-    learned_tuning: bool = True  # "learned": average the refiner with "combined" (tuning + local), not with local,
-    learned_tuning_clicks: int = 2  # once the slab holds this many clicked voxels (one click moved whole slices)
-    thin_width: float = 0.012  # "learned": a mask thinner than this (mean inner distance / larger side) and
-    thin_compactness: float = 0.075  # less compact (mean inner distance / sqrt(area); a disc 0.19) gets the local edit
+    # "learned": average the refiner with "combined" (tuning + local) instead of the local edit alone, once the
+    # slab holds learned_tuning_clicks clicked voxels (tuning on one click moved whole slices)
+    learned_tuning: bool = True
+    learned_tuning_clicks: int = 2
+    # "learned": a mask with mean inner distance below thin_width x the larger side and below thin_compactness x
+    # sqrt(area) (a disc: 0.19) is thin and elongated (vessels, membranes) and gets the local edit only
+    thin_width: float = 0.012
+    thin_compactness: float = 0.075
     neighbour_slices: int = 2
     disc_radius: float = 5 / 128
     threshold: float = 0.5
@@ -144,6 +148,11 @@ def validate_clicks(clicks: Sequence[Click], shape: tuple[int, ...], class_names
 # ----------------------------------------------------------------------------------- slab-level edits
 
 
+def _mean_inner_distance(mask: np.ndarray) -> float:
+    """Mean distance of a 2D mask's pixels to the nearest pixel outside it (the image border counts as outside)."""
+    return float(ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1][mask].mean())
+
+
 def _reach(probability: np.ndarray, seeds: np.ndarray, config: RefineConfig) -> float:
     """Reach in pixels of a seed group: `reach` of the slice's larger side, or with `structure_scale` at most that
     multiple of the structure's radius on the clicked slice (3 x the mean inner distance of the current mask, exact
@@ -156,7 +165,7 @@ def _reach(probability: np.ndarray, seeds: np.ndarray, config: RefineConfig) -> 
     mask = probability[:, :, z] >= config.threshold
     if mask.sum() < 4:
         return float(np.clip(config.empty_reach * max(probability.shape[:2]), config.min_reach_px, largest))
-    radius = 3.0 * ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1][mask].mean()
+    radius = 3.0 * _mean_inner_distance(mask)
     return float(np.clip(config.structure_scale * radius, config.min_reach_px, largest))
 
 
@@ -203,7 +212,7 @@ def _is_thin(probability: np.ndarray, config: RefineConfig) -> bool:
     mask = probability >= config.threshold
     if mask.sum() < 4:
         return False
-    inner = float(ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1][mask].mean())
+    inner = _mean_inner_distance(mask)
     return inner < config.thin_width * max(mask.shape) and inner < config.thin_compactness * float(np.sqrt(mask.sum()))
 
 
