@@ -4,7 +4,8 @@ Each episode (the IRIS training mix: real, task-augmented, superpixel and synthe
 patients and classes) gives a one-shot prediction of the frozen model. A simulated user clicks 1 to
 `max_clicks` times, each click at the centre of the largest error region of the refiner's current output
 (as in the evaluation protocol, every output restarts from the one-shot prediction with all clicks so far);
-the loss (Dice + BCE) is taken on the output after the last click. Resumable (`--resume`), time-limited.
+the loss (Dice + BCE) is taken on the output after the last click. Resumable (`--resume`), time-limited;
+`--init` fine-tunes a shipped refiner (its own configuration, a fresh optimizer and schedule).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iris_engine.checkpoint import load_checkpoint, save_click_refiner
+from iris_engine.checkpoint import load_checkpoint, load_click_refiner, save_click_refiner
 from iris_engine.config import TrainConfig
 from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
 from iris_engine.data.slices import build_slice_bank
@@ -123,6 +124,15 @@ class ClickTrainer:
         self.iteration, self.elapsed = int(state["iteration"]), float(state["elapsed"])
         return True
 
+    def initialise_from(self, path: Path, model_version: str) -> None:
+        """Start from a refiner file trained for this very IRIS model (its configuration must match)."""
+        loaded = load_click_refiner(path)
+        if loaded.iris_model_version != model_version:
+            raise ValueError(f"{path} was trained for IRIS model {loaded.iris_model_version}, not {model_version}")
+        if loaded.refiner.config != self.refiner.config:
+            raise ValueError(f"{path} has another refiner configuration: {loaded.refiner.config}")
+        self.refiner.load_state_dict(loaded.refiner.state_dict())
+
     def _save_state(self) -> None:
         state = {"refiner": self.refiner.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "rng": self.rng.bit_generator.state,
@@ -183,10 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iterations", type=int, default=ClickTrainConfig.iterations)
     parser.add_argument("--batch-size", type=int, default=ClickTrainConfig.batch_size)
     parser.add_argument("--lr", type=float, default=ClickTrainConfig.lr)
+    parser.add_argument("--warmup-iterations", type=int, default=ClickTrainConfig.warmup_iterations)
     parser.add_argument("--seed", type=int, default=ClickTrainConfig.seed)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--time-limit-minutes", type=float, default=None)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/refiner_last.pt")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="fine-tune from this click refiner file (trained for the same IRIS model)")
     parser.add_argument("--without-pixel-features", action="store_true",
                         help="feed the refiner only the clicks' feature similarity maps, not the raw pixel features")
     return parser
@@ -198,7 +211,8 @@ def main(argv: list[str] | None = None) -> Path:
     torch.manual_seed(args.seed)
     split = Split.load(args.split or args.checkpoint.parent / "split.json")
     model = load_checkpoint(args.checkpoint).model
-    config = ClickTrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    config = ClickTrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                              warmup_iterations=min(args.warmup_iterations, args.iterations))
     datasets = tuple(args.datasets) if args.datasets else None
     bank = build_slice_bank(datasets, root=args.data_root, size=model.config.image_size)
     episodes = EpisodeConfig.from_train_config(TrainConfig(), max_classes=1, queries_per_episode=1,
@@ -209,10 +223,14 @@ def main(argv: list[str] | None = None) -> Path:
     trainer = ClickTrainer(model, sampler, config, args.out, refiner_config)
     if args.resume and trainer.resume():
         print(f"resumed from iteration {trainer.iteration}", flush=True)
+    elif args.init is not None:
+        trainer.initialise_from(args.init, model.version)
+        print(f"initialised from {args.init}", flush=True)
     trainer.fit(args.time_limit_minutes)
     path = save_click_refiner(args.out / "click_refiner.pt", trainer.refiner, model.version, {
         "iterations": trainer.iteration, "train_seconds": round(trainer.elapsed, 1), "recipe": asdict(config),
-        "iris_checkpoint": str(args.checkpoint), "split_fingerprint": split.fingerprint(),
+        "iris_checkpoint": str(args.checkpoint), "init": None if args.init is None else str(args.init),
+        "split_fingerprint": split.fingerprint(),
         "command": "iris train-refiner " + " ".join(sys.argv[1:] if argv is None else argv),
     })
     print(json.dumps({"refiner": str(path), "iterations": trainer.iteration}), flush=True)
