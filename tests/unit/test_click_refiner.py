@@ -203,3 +203,23 @@ def test_train_refiner_command_writes_a_refiner_for_the_model_it_read(tmp_path: 
     assert click_training.main(["--checkpoint", str(checkpoint), "--data-root", str(tmp_path), "--datasets", "toy2d",
                                 "--out", str(out), "--iterations", "3", "--batch-size", "2", "--resume"]) == path
     assert load_click_refiner(path).metadata["iterations"] == 3
+
+
+def test_a_refiner_is_fine_tuned_only_from_one_trained_for_the_same_model(tmp_path: Path) -> None:
+    model = IrisModel(TINY).eval()
+    config = ClickTrainConfig(iterations=1, batch_size=2, warmup_iterations=1, max_clicks=2)
+    torch.manual_seed(4)
+    shipped = ClickRefiner(SMALL_REFINER)
+    path = save_click_refiner(tmp_path / CLICK_REFINER_FILE, shipped, "tiny-2")
+    trainer = ClickTrainer(model, ToyEpisodes(size=32, seed=3), config, tmp_path / "ft", SMALL_REFINER)
+    trainer.initialise_from(path, "tiny-2")
+    for a, b in zip(shipped.parameters(), trainer.refiner.parameters(), strict=True):
+        assert torch.equal(a, b)
+    trainer.fit()
+    assert any(not torch.equal(a, b) for a, b in zip(shipped.parameters(), trainer.refiner.parameters(), strict=True))
+    with pytest.raises(ValueError, match="trained for IRIS model tiny-2"):
+        trainer.initialise_from(path, "tiny-3")
+    other = ClickTrainer(model, ToyEpisodes(size=32, seed=3), config, tmp_path / "ft2",
+                         ClickRefinerConfig(channels=(8, 8), feature_channels=8))
+    with pytest.raises(ValueError, match="another refiner configuration"):
+        other.initialise_from(path, "tiny-2")
