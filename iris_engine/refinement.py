@@ -237,9 +237,10 @@ def honour(probability: np.ndarray, clicks: np.ndarray, threshold: float) -> np.
     return out
 
 
-def next_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[tuple[int, int], bool] | None:
+def next_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[tuple[int, ...], bool] | None:
     """The simulated user of click training and evaluation: the centre of the largest error region and whether
-    it is a positive click (missed region); None if there is no error."""
+    it is a positive click (missed region); None if there is no error. 2D (H, W) or 3D (H, W, Z) arrays; the
+    in-plane image border counts as outside a region, the ends of a slice stack do not."""
     best: tuple[int, np.ndarray, bool] | None = None
     for region, positive in ((truth & ~prediction, True), (prediction & ~truth, False)):
         labels, count = ndimage.label(region)
@@ -251,11 +252,10 @@ def next_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[tuple[int, in
             best = (int(sizes[largest]), labels == largest + 1, positive)
     if best is None:
         return None
-    inside = np.pad(best[1], 1)
-    distance = ndimage.distance_transform_edt(inside)[1:-1, 1:-1]
-    r, c = np.unravel_index(int(np.argmax(distance)), distance.shape)
-    return (int(r), int(c)), best[2]
-
+    in_plane = ((1, 1), (1, 1)) + ((0, 0),) * (best[1].ndim - 2)
+    distance = ndimage.distance_transform_edt(np.pad(best[1], in_plane))[1:-1, 1:-1]
+    position = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return tuple(int(v) for v in position), best[2]
 
 
 # ----------------------------------------------------------------------------------- in-context tuning

@@ -7,6 +7,9 @@ positive. Every method restarts from the one-shot result with all clicks so far.
 after 1, 3 and 5 clicks and the number of clicks to reach Dice 0.85 (cap 10; 0 when the one-shot result
 already reaches it), per dataset/class, for each refinement method and the fixed-radius disc baseline.
 Slices are a fixed-seed random subsample of each task's query slices (3D sets: axial slices of the volumes).
+With `--volumes` the 3D sets are scored as volumes instead: each held-out volume's slices around the class's
+range form one query, clicks go to the centre of the largest 3D error region, Dice is taken over the stack,
+and a click also edits its neighbour slices as in the app (`RefineConfig.neighbour_slices`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class RefineEvalConfig:
     target: float = 0.85
     seed: int = 0
     threshold: float = 0.5
+    volumes: bool = False  # 3D sets only, each held-out volume one query (the slices around the class's range)
+    margin: int = 2  # bank slices kept beyond the class's range on either side of a volume
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -69,11 +74,12 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: RefineConfig,
              tuner: ClickTuner | None, max_clicks: int, target: float, learned: LearnedClicks | None = None
              ) -> tuple[list[float], float]:
-    """Dice after 0, 1, ... automatic clicks (each call restarts from `start` with all clicks) and seconds per click.
+    """Dice after 0, 1, ... automatic clicks on (H, W, Z) arrays (each call restarts from `start` with all clicks)
+    and seconds per click.
 
     Stops once at least max(REPORT_AT) clicks are placed and the target was reached (nothing later is reported).
     """
-    clicks = np.zeros((*truth.shape, 1), dtype=np.uint8)
+    clicks = np.zeros(truth.shape, dtype=np.uint8)
     probability = start
     scores = [dice(start >= config.threshold, truth)]
     seconds = []
@@ -84,10 +90,10 @@ def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: Re
         if placed is None:
             scores.append(scores[-1])
             continue
-        (r, c), positive = placed
-        clicks[r, c, 0] = POSITIVE if positive else NEGATIVE
+        position, positive = placed
+        clicks[position] = POSITIVE if positive else NEGATIVE
         begin = time.process_time()
-        probability = refine_slab(image[..., None], start[..., None], clicks, config, tuner, learned=learned)[..., 0]
+        probability = refine_slab(image, start, clicks, config, tuner, learned=learned)
         seconds.append(time.process_time() - begin)
         scores.append(dice(probability >= config.threshold, truth))
     return scores, float(np.mean(seconds)) if seconds else 0.0
@@ -106,31 +112,51 @@ def _sample(pairs: list[EvalPair], spec: TaskSpec, config: RefineEvalConfig) -> 
     return [positive[i] for i in sorted(rng.choice(len(positive), config.max_queries, replace=False))]
 
 
+Query = tuple[torch.Tensor, np.ndarray, str]
+
+
+def _queries(pairs: list[EvalPair], spec: TaskSpec, config: RefineEvalConfig) -> list[Query]:
+    """Query stacks: model-space slices (Z, 1, S, S), truth (S, S, Z) and patient; sampled single slices, or with
+    `volumes` each held-out volume's bank slices from `margin` below to `margin` above the class's range."""
+    if not config.volumes:
+        return [(p.query_image[None], p.query_mask[0].numpy()[..., None] >= 0.5, p.query_patient)
+                for p in _sample(pairs, spec, config)]
+    stacks = []
+    for case in sorted({p.query_case for p in pairs}):
+        rows = [p for p in pairs if p.query_case == case]  # in slice order
+        shown = [i for i, p in enumerate(rows) if p.query_mask.sum() > 0]
+        if shown:
+            part = rows[max(0, shown[0] - config.margin): shown[-1] + config.margin + 1]
+            stacks.append((torch.stack([p.query_image for p in part]),
+                           np.stack([p.query_mask[0].numpy() >= 0.5 for p in part], axis=-1), part[0].query_patient))
+    return stacks
+
+
 def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpec, config: RefineEvalConfig,
                   refine: RefineConfig, refiner: ClickRefiner | None = None) -> dict[str, Any]:
-    """Per method: Dice after each click and clicks to the target, averaged over the sampled query slices."""
-    pairs = _sample(list(iter_eval_pairs(bank, split, spec.dataset, spec.class_name, 1, config.seed,
-                                         support_from=spec.support_from)), spec, config)
-    if not pairs:
+    """Per method: Dice after each click and clicks to the target, averaged over the task's queries."""
+    pairs = list(iter_eval_pairs(bank, split, spec.dataset, spec.class_name, 1, config.seed,
+                                 support_from=spec.support_from))
+    queries = _queries(pairs, spec, config)
+    if not queries:
         raise IrisInputError(f"{spec.dataset}/{spec.class_name}: no query slice shows the class")
     embedding = strategies.encode_supports(model, pairs[0].support_images, pairs[0].support_masks)
-    queries = torch.stack([p.query_image for p in pairs])
-    starts = strategies.predict_probabilities(model, queries, embedding)[:, 0].numpy()
     curves: dict[str, list[list[float]]] = {m: [] for m in config.methods}
     seconds: dict[str, list[float]] = {m: [] for m in config.methods}
-    for pair, start in zip(pairs, starts, strict=True):
-        image = pair.query_image[0].numpy().astype(np.float32)
-        truth = pair.query_mask[0].numpy() >= 0.5
-        learned = None if refiner is None else LearnedClicks(model, refiner, pair.query_image[None])
+    for stack, truth, _ in queries:
+        start = np.moveaxis(strategies.predict_probabilities(model, stack, embedding)[:, 0].numpy(), 0, -1)
+        image = np.moveaxis(stack[:, 0].numpy(), 0, -1).astype(np.float32)
+        learned = None if refiner is None else LearnedClicks(model, refiner, stack)
         for method in config.methods:
             method_config = replace(refine, method=method, threshold=config.threshold)
-            tuner = ClickTuner(model, pair.query_image[None], embedding.tokens, method_config)
+            tuner = ClickTuner(model, stack, embedding.tokens, method_config)
             scores, per_click = simulate(image, truth, start, method_config, tuner, config.max_clicks, config.target,
                                          learned)
             curves[method].append(scores)
             seconds[method].append(per_click)
     return {
-        **asdict(spec), "queries": len(pairs), "query_patients": sorted({p.query_patient for p in pairs}),
+        **asdict(spec), "queries": len(queries), "query_patients": sorted({q[2] for q in queries}),
+        "slices": int(sum(q[1].shape[2] for q in queries)),
         "support_patients": pairs[0].support_patients,
         "dice_curve": {m: np.mean([s[: max(REPORT_AT) + 1] for s in c], axis=0).round(4).tolist()
                        for m, c in curves.items()},
@@ -178,7 +204,8 @@ def run(checkpoint: Path, split: Split, config: RefineEvalConfig, refine: Refine
     if bank is None:
         names = tuple(d for d in default_datasets() if split.test_cases.get(d) and (datasets is None or d in datasets))
         bank = build_slice_bank(names, root=data_root, size=model.config.image_size)
-    specs = [s for s in evaluation_tasks(bank, split) if datasets is None or s.dataset in datasets]
+    specs = [s for s in evaluation_tasks(bank, split)
+             if (datasets is None or s.dataset in datasets) and (s.is_3d or not config.volumes)]
     begin, cpu = time.perf_counter(), time.process_time()
     _WORK.update(model=model, bank=bank, split=split, config=config, refine=refine, refiner=refiner)
     tasks, notes, worker_cpu = [], [], 0.0
@@ -233,23 +260,35 @@ def summary(payload: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
     return table
 
 
+def _queries_line(cfg: dict[str, Any]) -> str:
+    support = ("support: the middle class slice of another patient (training patients where the dataset has "
+               "them); the start is the one-shot result.")
+    if cfg.get("volumes"):
+        return (f"- 3D sets as volumes: each held-out volume's slices from {cfg['margin']} below to {cfg['margin']} "
+                "above the class's range (the slice bank's: every slice with any label and a sample of empty ones) "
+                f"form one query; {support} Clicks go to the centre of the largest 3D error region and edit their "
+                "neighbour slices as in the app.")
+    return (f"- up to {cfg['max_queries']} query slices per dataset/class, drawn with seed {cfg['seed']} from the "
+            f"held-out patients' slices that show the class; {support} 3D sets are scored on axial slices here "
+            "(`--volumes` scores them as volumes).")
+
+
 def markdown(payload: dict[str, Any]) -> str:
     """The report: protocol, per-dataset table, per-task table."""
     methods = payload["protocol"]["methods"]
     cfg = payload["protocol"]
+    unit = "volume" if cfg.get("volumes") else "slice"
     lines = [
         "# Interactive refinement: click protocol", "",
         f"- checkpoint `{payload['checkpoint']}` (model `{payload['model_version']}`), split seed "
         f"{payload['split_seed']} (fingerprint `{payload['split_fingerprint']}`), {payload['seconds']} s wall, "
         f"{payload['cpu_seconds']} s CPU",
-        f"- up to {cfg['max_queries']} query slices per dataset/class, drawn with seed {cfg['seed']} from the held-out "
-        "patients' slices that show the class; support: the middle class slice of another patient (training "
-        "patients where the dataset has them); the start is the one-shot result. 3D sets are scored on axial slices "
-        "(the neighbour-slice reach of the volume path is not exercised here).",
+        _queries_line(cfg),
         f"- each next click at the centre of the largest error region (positive in a missed region, negative in a "
         f"false positive); {cfg['max_clicks']} clicks at most; clicks to Dice {cfg['target']} capped at "
-        f"{cfg['max_clicks']} (0 = one-shot already there). Dice per slice on the model grid, averaged over slices, "
-        "then over a dataset's classes. `disc` is the non-learned baseline (a disc of fixed radius at each click).",
+        f"{cfg['max_clicks']} (0 = one-shot already there). Dice per {unit} on the model grid, "
+        f"averaged over {unit}s, then over a dataset's classes. "
+        "`disc` is the non-learned baseline (a disc of fixed radius at each click, on the clicked slice).",
         f"- settings: `{json.dumps(payload['refine'])}`", "",
         "## Per dataset: Dice after 0 / 1 / 3 / 5 clicks, clicks to target", "",
         "| dataset | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods),
@@ -261,7 +300,8 @@ def markdown(payload: dict[str, Any]) -> str:
     lines += ["", "Mean CPU seconds per refinement call (all clicks so far, 128 x 128 model grid, one thread): "
               + ", ".join(f"{m} {summary(payload)['mean over datasets'][m]['seconds']:.3f}" for m in methods)
               if payload["tasks"] else "", "", "## Per dataset / class (Dice after 5 clicks, clicks to target)", "",
-              "| dataset / class | 2D/3D | slices | one-shot | " + " | ".join(methods) + " |",
+              f"| dataset / class | 2D/3D | {unit}s | one-shot | "
+              + " | ".join(methods) + " |",
               "|---|---|---|---|" + "---|" * len(methods)]
     for t in payload["tasks"]:
         cells = [f"{t['dice_curve'][m][min(5, len(t['dice_curve'][m]) - 1)]:.3f}, {t['clicks_to_target'][m]:.1f}"
@@ -274,11 +314,12 @@ def markdown(payload: dict[str, Any]) -> str:
 
 
 def write(payload: dict[str, Any], out: Path) -> None:
-    """refinement.json and refinement.md in `out`, written atomically."""
+    """refinement.json / .md (refinement_volumes.* for the volume protocol) in `out`, written atomically."""
+    stem = "refinement_volumes" if payload["protocol"].get("volumes") else "refinement"
     text = json.dumps(json_safe(payload), indent=1)
-    atomic_write(out / "refinement.json", lambda tmp: tmp.write_text(text))
+    atomic_write(out / f"{stem}.json", lambda tmp: tmp.write_text(text))
     report = markdown(payload)
-    atomic_write(out / "refinement.md", lambda tmp: tmp.write_text(report))
+    atomic_write(out / f"{stem}.md", lambda tmp: tmp.write_text(report))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="*", default=list(RefineEvalConfig.methods))
     parser.add_argument("--max-queries", type=int, default=RefineEvalConfig.max_queries)
     parser.add_argument("--seed", type=int, default=RefineEvalConfig.seed)
+    parser.add_argument("--volumes", action="store_true",
+                        help="score the 3D sets as volumes (3D click placement and Dice, neighbour slices edited)")
     parser.add_argument("--dev", action="store_true",
                         help="run on TRAINING patients (for choosing settings), never for reported numbers")
     parser.add_argument("--workers", type=int, default=1, help="processes, one task each at a time (CPU time is "
@@ -309,7 +352,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     split = Split.load(split_path)
     if args.dev:
         split = dev_split(split)
-    config = RefineEvalConfig(methods=tuple(args.methods), max_queries=args.max_queries, seed=args.seed)
+    config = RefineEvalConfig(methods=tuple(args.methods), max_queries=args.max_queries, seed=args.seed,
+                              volumes=args.volumes)
     for method in config.methods:
         RefineConfig(method=method)
     payload = run(args.checkpoint, split, config, RefineConfig(), datasets=args.datasets, data_root=args.data_root,

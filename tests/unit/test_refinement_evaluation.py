@@ -36,12 +36,23 @@ def test_next_click_goes_to_the_centre_of_the_largest_error_region() -> None:
     assert ev.next_click(truth, truth) is None
 
 
+def test_in_a_volume_the_next_click_goes_to_the_centre_of_the_largest_3d_error() -> None:
+    truth = np.zeros((30, 30, 9), bool)
+    truth[5:25, 5:25, :] = True
+    prediction = truth.copy()
+    prediction[8:20, 8:20, 0:7] = False  # missed: 12 x 12 on slices 0-6, open towards the stack's start
+    prediction[2:4, 26:29, 8] = True  # small false positive
+    (r, c, z), positive = ev.next_click(prediction, truth)
+    assert positive and 13 <= r <= 14 and 13 <= c <= 14 and z == 0  # the stack's end is not outside the region
+
+
 def test_simulation_reaches_the_target_and_counts_clicks() -> None:
     image = np.zeros((48, 48), np.float32)
     image[10:30, 12:36] = 2.0
     truth = image > 1
     start = np.zeros((48, 48), np.float32)
     organ_reach = RefineConfig(method="local", empty_reach=0.2)  # the block fills half the side
+    image, truth, start = image[..., None], truth[..., None], start[..., None]
     scores, seconds = ev.simulate(image, truth, start, organ_reach, None, 10, 0.85)
     disc, _ = ev.simulate(image, truth, start, RefineConfig(method="disc"), None, 10, 0.85)
     assert scores[0] == 0.0 and max(scores) >= 0.85 and seconds >= 0.0
@@ -73,3 +84,26 @@ def test_a_run_on_tiny_folders_keeps_patients_apart_and_writes_the_report(tmp_pa
     report = (tmp_path / "out" / "refinement.md").read_text()
     assert "| toy3d |" in report and "disc" in report
     assert json.loads((tmp_path / "out" / "refinement.json").read_text())["protocol"]["max_clicks"] == 6
+
+
+def test_the_volume_protocol_scores_each_held_out_volume_of_the_3d_sets(tmp_path: Path) -> None:
+    _write_msd(tmp_path, "toy2d", 6, False, {"disc": 1}, seed=1)
+    _write_msd(tmp_path, "toy3d", 6, True, {"organ": 1}, seed=2)
+    datasets = ("toy2d", "toy3d")
+    split = make_split(0, held_out_fraction=0.5, held_out_datasets=(), held_out_classes=(), datasets=datasets,
+                       root=tmp_path)
+    bank = build_slice_bank(datasets=datasets, root=tmp_path, size=32, cache_dir=None)
+    checkpoint = save_checkpoint(tmp_path / "model.pt", IrisModel(TINY), metadata={"model_version": "tiny"})
+    save_click_refiner(tmp_path / CLICK_REFINER_FILE, ClickRefiner(ClickRefinerConfig((8, 16), 8)), "tiny")
+    config = ev.RefineEvalConfig(methods=("disc", "local", "learned"), max_clicks=6, volumes=True)
+    payload = ev.run(checkpoint, split, config, RefineConfig(tuning_steps=1), bank=bank, log=False)
+    (task,) = payload["tasks"]
+    supports = set(task["support_patients"])
+    test_volumes = [c for c in split.test_cases["toy3d"] if split.patient_of("toy3d", c) not in supports]
+    assert task["dataset"] == "toy3d" and task["queries"] == len(test_volumes) > 0
+    assert task["slices"] > task["queries"] and not set(task["query_patients"]) & set(task["support_patients"])
+    assert all(len(curve) == 6 for curve in task["dice_curve"].values())
+    ev.write(payload, tmp_path / "out")
+    report = (tmp_path / "out" / "refinement_volumes.md").read_text()
+    assert "3D sets as volumes" in report and "| toy3d / organ | 3D |" in report
+    assert not (tmp_path / "out" / "refinement.md").exists()
