@@ -379,6 +379,18 @@ class LearnedClicks:
         return np.clip(probability + change, 0.0, 1.0)
 
 
+def _windows(clicked: Sequence[int], reach: int, depth: int) -> list[slice]:
+    """The slice ranges within `reach` of a clicked slice, overlapping ones merged (in slice order)."""
+    merged: list[list[int]] = []
+    for z in clicked:
+        lo, hi = max(0, z - reach), min(depth, z + reach + 1)
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [slice(lo, hi) for lo, hi in merged]
+
+
 def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, config: RefineConfig,
                 tuner: ClickTuner | None = None, sampling: tuple[float, float, float] = (1.0, 1.0, 1.0),
                 learned: LearnedClicks | None = None) -> np.ndarray:
@@ -387,12 +399,11 @@ def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, 
         raise IrisInputError("no clicks given: click inside a missed region or on a false positive")
     clicked = sorted({int(z) for z in np.argwhere(clicks > 0)[:, 2]})
     reach = config.neighbour_slices
-    lo, hi = max(0, clicked[0] - reach), min(clicks.shape[2], clicked[-1] + reach + 1)
+    windows = _windows(clicked, reach, clicks.shape[2])
+    rows = [z for window in windows for z in range(window.start, window.stop)]
     out = probability.astype(np.float32, copy=True)
     if config.method == "disc":
         return honour(disc_edit(out, clicks, config), clicks, config.threshold)
-    slab = slice(lo, hi)
-    part = out[:, :, slab]
     thin = [_is_thin(probability[:, :, z], config) for z in clicked] if config.method == "learned" else []
     tuned_first = config.method in ("tuning", "combined") or (
         config.method == "learned" and config.learned_tuning and tuner is not None and not all(thin)
@@ -402,17 +413,18 @@ def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, 
             raise IrisInputError(f"refinement method '{config.method}' needs the result's task embedding; "
                                  "use method 'local' for a mask without one")
         tokens = tuner.tune(out, clicks, clicked)
-        tuned = tuner.predict(tokens, range(lo, hi), part.shape[:2])
-        gap = np.array([min(abs(z - c) for c in clicked) for z in range(lo, hi)], dtype=np.float32)
-        blend = 1.0 - gap / (reach + 1)
-        part = (1.0 - blend) * part + blend * tuned
+        tuned = tuner.predict(tokens, rows, out.shape[:2])
+        gap = np.array([min(abs(z - c) for c in clicked) for z in rows], dtype=np.float32)
+        blend = 1.0 - gap / (reach + 1)  # 1 on a clicked slice, 1 / (reach + 1) at the edge of its window
+        out[:, :, rows] = (1.0 - blend) * out[:, :, rows] + blend * tuned
     if config.method == "learned" and learned is None:
         raise IrisInputError("refinement method 'learned' needs click refiner weights trained for this model; "
                              f"use method '{FALLBACK_METHOD}'")
-    learned_needs_local = config.learned_weight < 1.0 or hi - lo > len(clicked) or any(thin)
+    learned_needs_local = config.learned_weight < 1.0 or len(rows) > len(clicked) or any(thin)
     if config.method in ("local", "combined") or (config.method == "learned" and learned_needs_local):
-        part = local_edit(image[:, :, slab], part, clicks[:, :, slab], config, sampling)
-    out[:, :, slab] = part
+        for window in windows:
+            out[:, :, window] = local_edit(image[:, :, window], out[:, :, window], clicks[:, :, window], config,
+                                           sampling)
     if learned is not None and config.method == "learned":
         refined = learned.refine(probability[:, :, clicked].astype(np.float32), clicks[:, :, clicked], clicked)
         weight = np.where(thin, 0.0, config.learned_weight).astype(np.float32)

@@ -223,3 +223,24 @@ def test_a_refiner_is_fine_tuned_only_from_one_trained_for_the_same_model(tmp_pa
                          ClickRefinerConfig(channels=(8, 8), feature_channels=8))
     with pytest.raises(ValueError, match="another refiner configuration"):
         other.initialise_from(path, "tiny-2")
+
+
+def test_clicks_on_distant_slices_edit_only_their_own_neighbourhoods() -> None:
+    torch.manual_seed(0)
+    model = IrisModel(TINY).eval()
+    depth = 20
+    image = np.random.default_rng(1).normal(size=(32, 32, depth)).astype(np.float32)
+    queries = torch.from_numpy(np.moveaxis(image, -1, 0))[:, None]
+    probability = np.full((32, 32, depth), 0.2, np.float32)
+    probability[8:20, 8:20] = 0.9
+    support_mask = torch.from_numpy((probability[..., 0] > 0.5).astype(np.float32))[None, None]
+    tokens = encode_supports(model, queries[:1], support_mask).tokens
+    clicks = np.zeros((32, 32, depth), np.uint8)
+    clicks[25, 25, 2] = POSITIVE
+    clicks[10, 10, 17] = NEGATIVE
+    for method in ("local", "tuning", "combined"):
+        config = RefineConfig(method=method, neighbour_slices=2)
+        out = refine_slab(image, probability, clicks, config, ClickTuner(model, queries, tokens, config))
+        assert np.array_equal(out[:, :, 5:15], probability[:, :, 5:15]), method  # beyond both clicks' reach
+        assert not np.array_equal(out[:, :, 1], probability[:, :, 1]), method  # a neighbour of the first click
+        assert out.min() >= 0.0 and out.max() <= 1.0
