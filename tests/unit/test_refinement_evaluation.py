@@ -9,8 +9,8 @@ import numpy as np
 
 from iris_engine.checkpoint import CLICK_REFINER_FILE, save_checkpoint, save_click_refiner
 from iris_engine.config import ModelConfig
-from iris_engine.data.slices import build_slice_bank
-from iris_engine.data.splits import make_split
+from iris_engine.data.slices import SliceBank, build_slice_bank
+from iris_engine.data.splits import Split, make_split
 from iris_engine.evaluation import refinement as ev
 from iris_engine.model.click_refiner import ClickRefiner, ClickRefinerConfig
 from iris_engine.model.iris import IrisModel
@@ -60,7 +60,8 @@ def test_simulation_reaches_the_target_and_counts_clicks() -> None:
     assert ev.clicks_to_target([0.1, 0.2], 0.85, 10) == 10 and ev.clicks_to_target([0.9], 0.85, 10) == 0
 
 
-def test_a_run_on_tiny_folders_keeps_patients_apart_and_writes_the_report(tmp_path: Path) -> None:
+def _tiny_folders(tmp_path: Path) -> tuple[Split, SliceBank, Path]:
+    """A 2D and a 3D toy set, their split and bank, a tiny model and a click refiner beside it."""
     _write_msd(tmp_path, "toy2d", 6, False, {"disc": 1}, seed=1)
     _write_msd(tmp_path, "toy3d", 6, True, {"organ": 1}, seed=2)
     datasets = ("toy2d", "toy3d")
@@ -69,6 +70,12 @@ def test_a_run_on_tiny_folders_keeps_patients_apart_and_writes_the_report(tmp_pa
     bank = build_slice_bank(datasets=datasets, root=tmp_path, size=32, cache_dir=None)
     checkpoint = save_checkpoint(tmp_path / "model.pt", IrisModel(TINY), metadata={"model_version": "tiny"})
     save_click_refiner(tmp_path / CLICK_REFINER_FILE, ClickRefiner(ClickRefinerConfig((8, 16), 8)), "tiny")
+    return split, bank, checkpoint
+
+
+def test_a_run_on_tiny_folders_keeps_patients_apart_and_writes_the_report(tmp_path: Path) -> None:
+    datasets = ("toy2d", "toy3d")
+    split, bank, checkpoint = _tiny_folders(tmp_path)
     config = ev.RefineEvalConfig(methods=("disc", "local", "learned", "combined"), max_queries=2, max_clicks=6)
     payload = ev.run(checkpoint, split, config, RefineConfig(tuning_steps=1), bank=bank, log=False)
     assert {t["dataset"] for t in payload["tasks"]} == set(datasets)
@@ -87,14 +94,7 @@ def test_a_run_on_tiny_folders_keeps_patients_apart_and_writes_the_report(tmp_pa
 
 
 def test_the_volume_protocol_scores_each_held_out_volume_of_the_3d_sets(tmp_path: Path) -> None:
-    _write_msd(tmp_path, "toy2d", 6, False, {"disc": 1}, seed=1)
-    _write_msd(tmp_path, "toy3d", 6, True, {"organ": 1}, seed=2)
-    datasets = ("toy2d", "toy3d")
-    split = make_split(0, held_out_fraction=0.5, held_out_datasets=(), held_out_classes=(), datasets=datasets,
-                       root=tmp_path)
-    bank = build_slice_bank(datasets=datasets, root=tmp_path, size=32, cache_dir=None)
-    checkpoint = save_checkpoint(tmp_path / "model.pt", IrisModel(TINY), metadata={"model_version": "tiny"})
-    save_click_refiner(tmp_path / CLICK_REFINER_FILE, ClickRefiner(ClickRefinerConfig((8, 16), 8)), "tiny")
+    split, bank, checkpoint = _tiny_folders(tmp_path)
     config = ev.RefineEvalConfig(methods=("disc", "local", "learned"), max_clicks=6, volumes=True)
     payload = ev.run(checkpoint, split, config, RefineConfig(tuning_steps=1), bank=bank, log=False)
     (task,) = payload["tasks"]
