@@ -121,9 +121,11 @@ def _queries(pairs: list[EvalPair], spec: TaskSpec, config: RefineEvalConfig) ->
     if not config.volumes:
         return [(p.query_image[None], p.query_mask[0].numpy()[..., None] >= 0.5, p.query_patient)
                 for p in _sample(pairs, spec, config)]
+    by_case: dict[str, list[EvalPair]] = {}
+    for pair in pairs:  # in slice order within each case
+        by_case.setdefault(pair.query_case, []).append(pair)
     stacks = []
-    for case in sorted({p.query_case for p in pairs}):
-        rows = [p for p in pairs if p.query_case == case]  # in slice order
+    for _, rows in sorted(by_case.items()):
         shown = [i for i, p in enumerate(rows) if p.query_mask.sum() > 0]
         if shown:
             part = rows[max(0, shown[0] - config.margin): shown[-1] + config.margin + 1]
@@ -300,8 +302,7 @@ def markdown(payload: dict[str, Any]) -> str:
     lines += ["", "Mean CPU seconds per refinement call (all clicks so far, 128 x 128 model grid, one thread): "
               + ", ".join(f"{m} {summary(payload)['mean over datasets'][m]['seconds']:.3f}" for m in methods)
               if payload["tasks"] else "", "", "## Per dataset / class (Dice after 5 clicks, clicks to target)", "",
-              f"| dataset / class | 2D/3D | {unit}s | one-shot | "
-              + " | ".join(methods) + " |",
+              f"| dataset / class | 2D/3D | {unit}s | one-shot | " + " | ".join(methods) + " |",
               "|---|---|---|---|" + "---|" * len(methods)]
     for t in payload["tasks"]:
         cells = [f"{t['dice_curve'][m][min(5, len(t['dice_curve'][m]) - 1)]:.3f}, {t['clicks_to_target'][m]:.1f}"

@@ -25,6 +25,7 @@ from iris_engine.config import TrainConfig
 from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
 from iris_engine.data.slices import build_slice_bank
 from iris_engine.data.splits import Split
+from iris_engine.errors import IrisInputError
 from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import next_click
@@ -128,9 +129,9 @@ class ClickTrainer:
         """Start from a refiner file trained for this very IRIS model (its configuration must match)."""
         loaded = load_click_refiner(path)
         if loaded.iris_model_version != model_version:
-            raise ValueError(f"{path} was trained for IRIS model {loaded.iris_model_version}, not {model_version}")
+            raise IrisInputError(f"{path} was trained for IRIS model {loaded.iris_model_version}, not {model_version}")
         if loaded.refiner.config != self.refiner.config:
-            raise ValueError(f"{path} has another refiner configuration: {loaded.refiner.config}")
+            raise IrisInputError(f"{path} has another refiner configuration: {loaded.refiner.config}")
         self.refiner.load_state_dict(loaded.refiner.state_dict())
 
     def _save_state(self) -> None:
