@@ -146,6 +146,8 @@ class TrainConfig:
     v2 mix: synthetic and superpixel episodes (`superpixel_fraction`) plus real-label episodes, of which
     `same_volume_fraction` (3D sets) pair slices of one volume and `task_augment_prob` are task-augmented.
     The v1 recipe is synthetic_fraction=0.3 with the other three at 0 and ModelConfig(similarity_path=False).
+    `low_res_fraction` of the batches are averaged down to half the image size, so that one model serves
+    both sizes.
     """
 
     iterations: int = 3000
@@ -162,6 +164,7 @@ class TrainConfig:
     superpixel_fraction: float = 0.45
     same_volume_fraction: float = 0.35
     task_augment_prob: float = 0.5
+    low_res_fraction: float = 0.0
     seed: int = 0
     checkpoint_every: int = 250
     log_every: int = 25

@@ -9,7 +9,10 @@ to support and query alike. Nothing here depends on which structure a label name
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 from scipy import ndimage
@@ -32,8 +35,17 @@ class PseudoTaskConfig:
     band_width: tuple[int, int] = (1, 3)
 
 
+def slice_superpixels(row: int, image: np.ndarray, cfg: PseudoTaskConfig) -> np.ndarray:
+    """Felzenszwalb superpixels of one bank slice; the scale is fixed per row."""
+    low, high = cfg.scale_range
+    scale = low + (high - low) * ((row * 2654435761) % 1000) / 1000
+    return felzenszwalb(
+        image.astype(np.float32), scale=scale, sigma=cfg.sigma, min_size=cfg.min_segment_size, channel_axis=None
+    ).astype(np.int32)
+
+
 class SuperpixelCache:
-    """Felzenszwalb superpixels of bank slices, computed once per slice (scale fixed per slice)."""
+    """Superpixels of bank slices, computed once per slice (`fill` computes many at once in worker processes)."""
 
     def __init__(self, images: np.ndarray, cfg: PseudoTaskConfig):
         self.images, self.cfg = images, cfg
@@ -41,13 +53,19 @@ class SuperpixelCache:
 
     def __call__(self, row: int) -> np.ndarray:
         if row not in self._cache:
-            low, high = self.cfg.scale_range
-            scale = low + (high - low) * ((row * 2654435761) % 1000) / 1000
-            image = self.images[row].astype(np.float32)
-            self._cache[row] = felzenszwalb(
-                image, scale=scale, sigma=self.cfg.sigma, min_size=self.cfg.min_segment_size, channel_axis=None
-            ).astype(np.int32)
+            self._cache[row] = slice_superpixels(row, self.images[row], self.cfg)
         return self._cache[row]
+
+    def fill(self, rows: np.ndarray, workers: int) -> None:
+        """Compute the superpixels of `rows` not yet cached, in `workers` processes."""
+        todo = [int(r) for r in rows if int(r) not in self._cache]
+        if not todo:
+            return
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            images = (self.images[r] for r in todo)
+            for row, segments in zip(todo, pool.map(slice_superpixels, todo, images, repeat(self.cfg), chunksize=32),
+                                     strict=True):
+                self._cache[row] = segments
 
 
 def choose_segments(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,8 +100,15 @@ class SliceBank:
             }
         return out
 
-    def save(self, path: str | Path) -> None:
-        """Write an uncompressed .npz (fast to load)."""
+    def subset(self, rows: np.ndarray) -> SliceBank:
+        """The bank of these slices only (same datasets and class tables)."""
+        return replace(self, images=self.images[rows], labels=self.labels[rows],
+                       dataset_index=self.dataset_index[rows], case_ids=self.case_ids[rows],
+                       patient_ids=self.patient_ids[rows], slice_index=self.slice_index[rows], areas=self.areas[rows])
+
+    def save(self, path: str | Path, compact: bool = False) -> None:
+        """Write an uncompressed .npz (fast to load); `compact`: images quantised to 8 bits between each slice's
+        minimum and maximum and lzma-compressed, the rest zlib-compressed (to carry a bank to another machine)."""
         meta = {
             "format_version": BANK_FORMAT_VERSION,
             "size": self.size,
@@ -110,10 +119,10 @@ class SliceBank:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(
+        (np.savez_compressed if compact else np.savez)(
             tmp,
             meta=np.array(json.dumps(meta)),
-            images=self.images,
+            **(_compact_images(self.images) if compact else {"images": self.images}),
             labels=self.labels,
             dataset_index=self.dataset_index,
             case_ids=self.case_ids,
@@ -135,7 +144,7 @@ class SliceBank:
                 datasets=list(meta["datasets"]),
                 class_names={k: list(v) for k, v in meta["class_names"].items()},
                 modalities=dict(meta["modalities"]),
-                images=z["images"],
+                images=_expand_images(z) if "images_xz" in z.files else z["images"],
                 labels=z["labels"],
                 dataset_index=z["dataset_index"],
                 case_ids=z["case_ids"],
@@ -143,6 +152,23 @@ class SliceBank:
                 slice_index=z["slice_index"],
                 areas=z["areas"],
             )
+
+
+def _compact_images(images: np.ndarray) -> dict[str, np.ndarray]:
+    """8-bit codes between each slice's minimum and maximum, lzma-compressed, and those ranges."""
+    values = images.astype(np.float32)
+    low, high = values.min(axis=(1, 2)), values.max(axis=(1, 2))
+    span = np.maximum(high - low, 1e-6)[:, None, None]
+    codes = np.round((values - low[:, None, None]) / span * 255).astype(np.uint8)
+    packed = np.frombuffer(lzma.compress(codes.tobytes()), dtype=np.uint8)
+    return {"images_xz": packed, "image_range": np.stack([low, high], 1), "image_shape": np.array(images.shape)}
+
+
+def _expand_images(z: Any) -> np.ndarray:
+    """The float16 images of a compact bank."""
+    codes = np.frombuffer(lzma.decompress(z["images_xz"].tobytes()), dtype=np.uint8).reshape(z["image_shape"])
+    low, high = z["image_range"][:, 0, None, None], z["image_range"][:, 1, None, None]
+    return (low + codes.astype(np.float32) / 255 * np.maximum(high - low, 1e-6)).astype(np.float16)
 
 
 def _class_table(ds: MSDDataset) -> tuple[list[str], np.ndarray]:

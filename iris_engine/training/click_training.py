@@ -23,7 +23,8 @@ import torch
 from iris_engine.checkpoint import load_checkpoint, load_click_refiner, save_click_refiner
 from iris_engine.config import TrainConfig
 from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
-from iris_engine.data.slices import build_slice_bank
+from iris_engine.data.parallel_episodes import ParallelEpisodes
+from iris_engine.data.slices import SliceBank, build_slice_bank
 from iris_engine.data.splits import Split
 from iris_engine.errors import IrisInputError
 from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs
@@ -64,21 +65,25 @@ class ClickBatch:
     features: torch.Tensor
 
 
-def one_shot_batch(model: IrisModel, sampler: EpisodeSource, batch_size: int) -> ClickBatch:
-    """One-shot predictions of the frozen model on a batch of single-class episodes."""
+def one_shot_batch(model: IrisModel, sampler: EpisodeSource, batch_size: int,
+                   device: torch.device | None = None) -> ClickBatch:
+    """One-shot predictions of the frozen model on a batch of single-class episodes (on `device`)."""
     batch = sampler.sample_batch(batch_size)
+    support_images, support_masks, query_images, query_masks = (
+        t[:, 0].to(device) for t in (batch.support_images, batch.support_masks, batch.query_images, batch.query_masks)
+    )
     with torch.no_grad():
-        tokens = model.encode_task(batch.support_images[:, 0], batch.support_masks[:, 0])
-        features = model.encode_query(batch.query_images[:, 0])
+        tokens = model.encode_task(support_images, support_masks)
+        features = model.encode_query(query_images)
         start = torch.sigmoid(model.decode(features, tokens)[:, :1].float())
         pixels = model.decoder.pixel_features(features[1:])
-    return ClickBatch(batch.query_images[:, 0], start, batch.query_masks[:, 0, :1], pixels)
+    return ClickBatch(query_images, start, query_masks[:, :1], pixels)
 
 
 def simulate_clicks(refiner: ClickRefiner, batch: ClickBatch, counts: np.ndarray, threshold: float) -> np.ndarray:
     """Click maps (B, S, S) after counts[i] automatic clicks, each placed on the refiner's current output."""
-    truth = batch.truth[:, 0].numpy() >= 0.5
-    current = batch.start[:, 0].numpy() >= threshold
+    truth = batch.truth[:, 0].cpu().numpy() >= 0.5
+    current = batch.start[:, 0].cpu().numpy() >= threshold
     clicks = np.zeros(truth.shape, dtype=np.uint8)
     for step in range(int(counts.max())):
         for i in np.flatnonzero(counts > step):
@@ -89,7 +94,7 @@ def simulate_clicks(refiner: ClickRefiner, batch: ClickBatch, counts: np.ndarray
         if step + 1 < counts.max():
             with torch.no_grad():
                 inputs = click_inputs(batch.image, batch.start, batch.features, clicks, refiner.config)
-                current = (torch.sigmoid(refiner(inputs))[:, 0] >= threshold).numpy()
+                current = (torch.sigmoid(refiner(inputs))[:, 0] >= threshold).cpu().numpy()
     return clicks
 
 
@@ -97,13 +102,14 @@ class ClickTrainer:
     """Trains a ClickRefiner into `out_dir`; resumable from out_dir/refiner_last.pt."""
 
     def __init__(self, model: IrisModel, sampler: EpisodeSource, config: ClickTrainConfig, out_dir: Path,
-                 refiner_config: ClickRefinerConfig | None = None):
-        self.model = model.eval()
+                 refiner_config: ClickRefinerConfig | None = None, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.sampler, self.config, self.out_dir = sampler, config, out_dir
         default = ClickRefinerConfig(feature_channels=model.config.decoder_channels)
-        self.refiner = ClickRefiner(refiner_config or default)
+        self.refiner = ClickRefiner(refiner_config or default).to(self.device)
         self.optimizer = torch.optim.AdamW(self.refiner.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         schedule = TrainConfig(iterations=config.iterations, warmup_iterations=config.warmup_iterations,
                                min_lr_ratio=config.min_lr_ratio)
@@ -115,20 +121,21 @@ class ClickTrainer:
         path = self.out_dir / LAST
         if not path.exists():
             return False
-        state = torch.load(path, weights_only=False)  # our own run folder's state (numpy RNG states)
+        state = torch.load(path, map_location=self.device, weights_only=False)  # our own run's state (numpy RNG)
         self.refiner.load_state_dict(state["refiner"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.rng.bit_generator.state = state["rng"]
         self.sampler.set_state(state["sampler"])
-        torch.set_rng_state(state["torch"])
+        torch.set_rng_state(state["torch"].cpu())
         self.iteration, self.elapsed = int(state["iteration"]), float(state["elapsed"])
         return True
 
-    def initialise_from(self, path: Path, model_version: str) -> None:
-        """Start from a refiner file trained for this very IRIS model (its configuration must match)."""
+    def initialise_from(self, path: Path, model_version: str, any_model: bool = False) -> None:
+        """Start from a refiner file of the same configuration, trained for this very IRIS model (or, with
+        `any_model`, for another one: a warm start after the IRIS model was retrained)."""
         loaded = load_click_refiner(path)
-        if loaded.iris_model_version != model_version:
+        if not any_model and loaded.iris_model_version != model_version:
             raise IrisInputError(f"{path} was trained for IRIS model {loaded.iris_model_version}, not {model_version}")
         if loaded.refiner.config != self.refiner.config:
             raise IrisInputError(f"{path} has another refiner configuration: {loaded.refiner.config}")
@@ -144,11 +151,11 @@ class ClickTrainer:
         tmp.replace(self.out_dir / LAST)
 
     def step(self) -> float:
-        batch = one_shot_batch(self.model, self.sampler, self.config.batch_size)
+        batch = one_shot_batch(self.model, self.sampler, self.config.batch_size, self.device)
         counts = self.rng.integers(1, self.config.max_clicks + 1, size=batch.image.shape[0])
         self.refiner.eval()
         clicks = simulate_clicks(self.refiner, batch, counts, self.config.threshold)
-        clicked = torch.from_numpy((clicks > 0).reshape(len(clicks), -1).any(axis=1))
+        clicked = torch.from_numpy((clicks > 0).reshape(len(clicks), -1).any(axis=1)).to(self.device)
         self.refiner.train()
         inputs = click_inputs(batch.image, batch.start, batch.features, clicks, self.refiner.config)
         logits = self.refiner(inputs)
@@ -201,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/refiner_last.pt")
     parser.add_argument("--init", type=Path, default=None,
                         help="fine-tune from this click refiner file (trained for the same IRIS model)")
+    parser.add_argument("--init-any-model", action="store_true",
+                        help="let --init take a refiner trained for another IRIS model (same configuration)")
+    parser.add_argument("--bank", type=Path, default=None,
+                        help="a slice bank saved by SliceBank.save, of the model's image size (no shared data needed)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--loader-workers", type=int, default=0,
+                        help="draw episodes in this many background processes (0: in the training process)")
     parser.add_argument("--without-pixel-features", action="store_true",
                         help="feed the refiner only the clicks' feature similarity maps, not the raw pixel features")
     return parser
@@ -215,17 +229,24 @@ def main(argv: list[str] | None = None) -> Path:
     config = ClickTrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               warmup_iterations=min(args.warmup_iterations, args.iterations))
     datasets = tuple(args.datasets) if args.datasets else None
-    bank = build_slice_bank(datasets, root=args.data_root, size=model.config.image_size)
+    if args.bank is not None:
+        bank = SliceBank.load(args.bank)
+        if bank.size != model.config.image_size:
+            raise IrisInputError(f"{args.bank}: {bank.size} px slices, the model works at {model.config.image_size}")
+    else:
+        bank = build_slice_bank(datasets, root=args.data_root, size=model.config.image_size)
     episodes = EpisodeConfig.from_train_config(TrainConfig(), max_classes=1, queries_per_episode=1,
                                                supports_per_episode=1)
-    sampler = ResumableSampler(EpisodeSampler(bank, split, episodes, seed=args.seed))
+    episode_sampler = EpisodeSampler(bank, split, episodes, seed=args.seed)
+    sampler: EpisodeSource = (ParallelEpisodes(episode_sampler, config.batch_size, args.loader_workers, args.seed)
+                              if args.loader_workers > 0 else ResumableSampler(episode_sampler))
     refiner_config = ClickRefinerConfig(feature_channels=model.config.decoder_channels,
                                         pixel_features=not args.without_pixel_features)
-    trainer = ClickTrainer(model, sampler, config, args.out, refiner_config)
+    trainer = ClickTrainer(model, sampler, config, args.out, refiner_config, args.device)
     if args.resume and trainer.resume():
         print(f"resumed from iteration {trainer.iteration}", flush=True)
     elif args.init is not None:
-        trainer.initialise_from(args.init, model.version)
+        trainer.initialise_from(args.init, model.version, args.init_any_model)
         print(f"initialised from {args.init}", flush=True)
     trainer.fit(args.time_limit_minutes)
     path = save_click_refiner(args.out / "click_refiner.pt", trainer.refiner, model.version, {

@@ -12,11 +12,12 @@ import torch
 from iris_engine.checkpoint import load_checkpoint, save_checkpoint
 from iris_engine.config import ModelConfig, TrainConfig
 from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
+from iris_engine.data.parallel_episodes import ParallelEpisodes
 from iris_engine.data.slices import SliceBank, build_slice_bank
 from iris_engine.data.splits import Split, make_split
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
-from iris_engine.training.trainer import FINAL_CHECKPOINT, Trainer
+from iris_engine.training.trainer import FINAL_CHECKPOINT, EpisodeSource, Trainer
 
 SPLIT_FILE = "split.json"
 
@@ -85,7 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-limit-minutes", type=float, default=None,
                         help="stop (and checkpoint) after this many minutes of this invocation (a resumed run gets "
                              "the full limit again)")
+    parser.add_argument("--low-res-fraction", type=float, default=TrainConfig.low_res_fraction,
+                        help="share of batches averaged down to half the image size (one model for both sizes)")
+    parser.add_argument("--fit-schedule-to-time", action="store_true",
+                        help="end the learning-rate decay when the time limit ends (at most --iterations)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--loader-workers", type=int, default=0,
+                        help="draw episodes in this many background processes (0: in the training process, "
+                             "bit-exact resume)")
+    parser.add_argument("--bank", type=Path, default=None,
+                        help="a slice bank saved by SliceBank.save (e.g. on a machine without the shared data); "
+                             "its size is the image size")
+    parser.add_argument("--split", type=Path, default=None,
+                        help="use this split (copied into OUT) instead of drawing one from the seed")
     parser.add_argument("--init", type=Path, default=None, help="fine-tune from this checkpoint")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -96,25 +109,31 @@ def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    model_config = ModelConfig(image_size=args.image_size, similarity_path=not args.no_similarity_path,
+    bank = SliceBank.load(args.bank) if args.bank is not None else None
+    image_size = bank.size if bank is not None else args.image_size
+    model_config = ModelConfig(image_size=image_size, similarity_path=not args.no_similarity_path,
                                prior_size=args.prior_size)
     config = TrainConfig(
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         synthetic_fraction=args.synthetic_fraction, superpixel_fraction=args.superpixel_fraction,
         same_volume_fraction=args.same_volume_fraction, task_augment_prob=args.task_augment_prob,
         warmup_iterations=min(args.warmup_iterations, args.iterations), num_threads=args.threads, model=model_config,
+        low_res_fraction=args.low_res_fraction,
     )
     datasets = tuple(args.datasets) if args.datasets else None
     split_path = out / SPLIT_FILE
     if split_path.exists():
         split = Split.load(split_path)
     else:
-        split = make_split(args.seed, datasets=datasets, root=args.data_root)
+        split = Split.load(args.split) if args.split else make_split(args.seed, datasets=datasets, root=args.data_root)
         split.save(split_path)
-    bank = build_slice_bank(datasets, root=args.data_root, size=args.image_size, verbose=True)
+    if bank is None:
+        bank = build_slice_bank(datasets, root=args.data_root, size=args.image_size, verbose=True)
     sampler = EpisodeSampler(bank, split, EpisodeConfig.from_train_config(config), seed=args.seed)
-    trainer = Trainer(config, ResumableSampler(sampler), out, device=args.device,
-                      time_limit_minutes=args.time_limit_minutes)
+    episodes: EpisodeSource = (ParallelEpisodes(sampler, config.batch_size, args.loader_workers, args.seed)
+                               if args.loader_workers > 0 else ResumableSampler(sampler))
+    trainer = Trainer(config, episodes, out, device=args.device, time_limit_minutes=args.time_limit_minutes,
+                      fit_schedule_to_time=args.fit_schedule_to_time)
     if args.resume and trainer.resume():
         print(f"resumed from iteration {trainer.iteration}", flush=True)
     elif args.init is not None:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -88,6 +89,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def half_resolution(batch: EpisodeBatchLike) -> None:
+    """Average the batch's images down to half size in place; a mask pixel is set where half its area was."""
+    for name in ("support_images", "support_masks", "query_images", "query_masks"):
+        value = getattr(batch, name)
+        small = F.interpolate(value.flatten(0, 1), scale_factor=0.5, mode="area").unflatten(0, value.shape[:2])
+        setattr(batch, name, small if name.endswith("images") else (small >= 0.5).float())
+
+
 def _episode_embeddings(
     model: IrisModel, batch: EpisodeBatchLike
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,6 +132,7 @@ class Trainer:
         device: str = "cpu",
         time_limit_minutes: float | None = None,
         show_progress: bool = True,
+        fit_schedule_to_time: bool = False,
     ):
         self.config = config
         self.episodes = episodes
@@ -130,6 +140,10 @@ class Trainer:
         self.device = torch.device(device)
         self.time_limit = None if time_limit_minutes is None else time_limit_minutes * 60.0
         self.show_progress = show_progress
+        if fit_schedule_to_time and time_limit_minutes is None:
+            raise ValueError("fit_schedule_to_time needs a time limit")
+        self.fit_schedule_to_time = fit_schedule_to_time
+        self._planned_iterations = config.iterations
         self.context: DistributedContext = init_distributed(self.device)
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
@@ -214,6 +228,8 @@ class Trainer:
         batch = self.episodes.sample_batch(self.config.batch_size)
         for name in ("support_images", "support_masks", "query_images", "query_masks", "class_valid"):
             setattr(batch, name, getattr(batch, name).to(self.device))
+        if random.random() < self.config.low_res_fraction:
+            half_resolution(batch)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         with autocast:
             if self.context.enabled:
@@ -231,6 +247,17 @@ class Trainer:
         if tokens is not None:
             _update_memory_bank(self.memory_bank, tokens.detach().float(), batch)
         return float(all_reduce_mean(loss.detach(), self.context))
+
+    def _fit_schedule(self, first_iteration: int) -> None:
+        """Set the run's length to the iterations this session's rate reaches in its time limit (at most the
+        planned ones), so that the learning-rate decay ends with the time."""
+        done = self.iteration - first_iteration
+        spent = self.elapsed - self._resumed_at
+        if done < self.config.log_every or spent <= 0 or self.time_limit is None:
+            return
+        reachable = self.iteration + done / spent * (self.time_limit - spent)
+        agreed = int(all_reduce_mean(torch.tensor(reachable, dtype=torch.float64), self.context))
+        self.config.iterations = max(self.iteration + 1, min(self._planned_iterations, agreed))
 
     def _out_of_time(self) -> bool:
         """The time limit, decided identically on every rank."""
@@ -268,10 +295,14 @@ class Trainer:
         self.model.train()
         start = time.perf_counter() - self.elapsed
         losses: list[float] = []
+        first_iteration = self.iteration
         while self.iteration < self.config.iterations:
             losses.append(self._step(network))
             self.iteration += 1
             self.elapsed = time.perf_counter() - start
+            if self.fit_schedule_to_time and self.iteration % self.config.log_every == 0:
+                self._fit_schedule(first_iteration)
+                bar.total = self.config.iterations
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if main and (self.iteration % self.config.log_every == 0 or self.iteration == self.config.iterations):

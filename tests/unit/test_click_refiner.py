@@ -219,6 +219,10 @@ def test_a_refiner_is_fine_tuned_only_from_one_trained_for_the_same_model(tmp_pa
     assert any(not torch.equal(a, b) for a, b in zip(shipped.parameters(), trainer.refiner.parameters(), strict=True))
     with pytest.raises(ValueError, match="trained for IRIS model tiny-2"):
         trainer.initialise_from(path, "tiny-3")
+    retrained = ClickTrainer(model, ToyEpisodes(size=32, seed=3), config, tmp_path / "ft3", SMALL_REFINER)
+    retrained.initialise_from(path, "tiny-3", any_model=True)  # a warm start after the IRIS model was retrained
+    for a, b in zip(shipped.parameters(), retrained.refiner.parameters(), strict=True):
+        assert torch.equal(a, b)
     other = ClickTrainer(model, ToyEpisodes(size=32, seed=3), config, tmp_path / "ft2",
                          ClickRefinerConfig(channels=(8, 8), feature_channels=8))
     with pytest.raises(ValueError, match="another refiner configuration"):

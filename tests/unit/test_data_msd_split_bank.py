@@ -13,6 +13,8 @@ from PIL import Image
 
 from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler, iter_eval_pairs
 from iris_engine.data.msd import MSDDataset
+from iris_engine.data.parallel_episodes import ParallelEpisodes
+from iris_engine.data.pseudo_tasks import slice_superpixels
 from iris_engine.data.slices import SliceBank, build_slice_bank
 from iris_engine.data.splits import Split, make_split
 from iris_engine.errors import IrisInputError
@@ -193,3 +195,65 @@ def test_same_volume_episodes_pair_nearby_slices_of_one_case(tiny_root: Path) ->
         rows = [int(np.flatnonzero((bank.images == image).all(axis=(1, 2)))[0]) for image in episode.images]
         gaps = {abs(int(bank.slice_index[rows[0]]) - int(bank.slice_index[r])) for r in rows[1:]}
         assert gaps and max(gaps) <= 3
+
+
+def test_parallel_episodes_come_from_workers_with_their_own_streams(tiny_root: Path) -> None:
+    bank, split = _bank_and_split(tiny_root, held_out_datasets=(), held_out_classes=())
+    cfg = EpisodeConfig(synthetic_fraction=0.0, superpixel_fraction=0.5, max_classes=2)
+    sampler = EpisodeSampler(bank, split, cfg, seed=0)
+    source = ParallelEpisodes(sampler, batch_size=3, workers=2, seed=7)
+    row = int(sampler.pseudo_rows[0])
+    assert np.array_equal(sampler.superpixels(row), slice_superpixels(row, bank.images[row], cfg.pseudo))
+    assert len(sampler.superpixels._cache) == len(sampler.pseudo_rows)  # computed up front, shared by the workers
+    batches = [source.sample_batch(3) for _ in range(4)]
+    assert source.get_state() == {"served": 4}
+    assert all(b.query_images.shape == (3, 1, 1, 32, 32) and b.support_masks.shape == (3, 1, 2, 32, 32)
+               for b in batches)
+    assert not torch.equal(batches[0].query_images, batches[1].query_images)  # two workers, two streams
+    for batch in batches:
+        for b in range(3):
+            if not batch.synthetic[b] and not batch.same_subject[b]:
+                assert not set(batch.support_cases[b]) & set(batch.query_cases[b])
+    with pytest.raises(ValueError, match="batches of 3"):
+        source.sample_batch(4)
+    resumed = ParallelEpisodes(EpisodeSampler(bank, split, cfg, seed=0), batch_size=3, workers=1, seed=7)
+    resumed.set_state({"served": 4})
+    assert resumed.sample_batch(3).query_images.shape == (3, 1, 1, 32, 32) and resumed.served == 5
+
+
+def test_training_from_a_saved_bank_needs_no_data_folder(tiny_root: Path, tmp_path: Path) -> None:
+    from iris_engine.checkpoint import load_checkpoint
+    from iris_engine.training import run
+
+    bank, split = _bank_and_split(tiny_root, held_out_datasets=(), held_out_classes=())
+    bank.save(tmp_path / "bank.npz")
+    split.save(tmp_path / "chosen_split.json")
+    final = run.main(["--out", str(tmp_path / "run"), "--bank", str(tmp_path / "bank.npz"), "--split",
+                      str(tmp_path / "chosen_split.json"), "--data-root", str(tmp_path / "absent"), "--iterations", "2",
+                      "--batch-size", "2", "--threads", "1", "--loader-workers", "1", "--low-res-fraction", "0.5",
+                      "--device", "cpu"])
+    loaded = load_checkpoint(final)
+    assert loaded.model.config.image_size == bank.size == 32  # the bank's size, not --image-size's default
+    assert Split.load(tmp_path / "run" / "split.json").to_dict() == split.to_dict()
+    assert loaded.metadata["split_fingerprint"] == split.fingerprint() and len(loaded.memory_bank) > 0
+
+
+def test_a_compact_training_bank_keeps_labels_and_8_bit_images(tiny_root: Path, tmp_path: Path) -> None:
+    from iris_engine.data import bank_export
+
+    bank, split = _bank_and_split(tiny_root, held_out_datasets=(), held_out_classes=())
+    split.save(tmp_path / "split.json")
+    out = bank_export.main(["--out", str(tmp_path / "bank.npz"), "--size", "32", "--data-root", str(tiny_root),
+                            "--datasets", "toy2d", "toy3d", "--train-only", "--split", str(tmp_path / "split.json"),
+                            "--compact"])
+    carried = SliceBank.load(out)
+    rows = bank_export.training_rows(bank, split)
+    assert len(carried) == len(rows) < len(bank)
+    assert {c for d in ("toy2d", "toy3d") for c in carried.case_ids[carried.dataset_slices(d)]} <= {
+        c for d in ("toy2d", "toy3d") for c in split.train_cases[d]}
+    for name in ("labels", "dataset_index", "case_ids", "patient_ids", "slice_index", "areas"):
+        assert np.array_equal(getattr(carried, name), getattr(bank, name)[rows])
+    original = bank.images[rows].astype(np.float32)
+    step = (original.max(axis=(1, 2)) - original.min(axis=(1, 2)))[:, None, None] / 255
+    assert carried.images.dtype == np.float16
+    assert (np.abs(carried.images.astype(np.float32) - original) <= step / 2 + 0.01).all()

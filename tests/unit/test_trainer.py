@@ -15,7 +15,14 @@ import torch
 from iris_engine.checkpoint import load_checkpoint
 from iris_engine.config import ModelConfig, TrainConfig
 from iris_engine.data.toy import ToyEpisodes
-from iris_engine.training.trainer import FINAL_CHECKPOINT, LAST_CHECKPOINT, LOG_FILE, Trainer, lr_factor
+from iris_engine.training.trainer import (
+    FINAL_CHECKPOINT,
+    LAST_CHECKPOINT,
+    LOG_FILE,
+    Trainer,
+    half_resolution,
+    lr_factor,
+)
 
 TINY = ModelConfig(
     encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
@@ -202,3 +209,39 @@ def test_ddp_two_processes_gloo(tmp_path):
         assert torch.equal(tensor, loaded[name]), name
     records = [json.loads(line) for line in (tmp_path / "run" / LOG_FILE).read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2, 3]  # only rank 0 logs
+
+
+def test_half_resolution_averages_images_and_keeps_masks_binary():
+    batch = ToyEpisodes(size=32, seed=2).sample_batch(3)
+    images, masks = batch.query_images.clone(), batch.query_masks.clone()
+    half_resolution(batch)
+    assert batch.query_images.shape == (*images.shape[:3], 16, 16)
+    assert batch.support_masks.shape[-2:] == (16, 16)
+    assert torch.allclose(batch.query_images.mean(dim=(-1, -2)), images.mean(dim=(-1, -2)), atol=1e-5)
+    assert set(batch.query_masks.unique().tolist()) <= {0.0, 1.0}
+    assert torch.allclose(batch.query_masks.mean(dim=(-1, -2)), masks.mean(dim=(-1, -2)), atol=0.1)
+
+
+def test_low_resolution_batches_train_the_same_model(tmp_path):
+    result = Trainer(train_config(iterations=3, low_res_fraction=1.0), ToyEpisodes(seed=1), tmp_path,
+                     show_progress=False).fit()
+    assert result.iterations == 3 and math.isfinite(result.final_loss)
+
+
+def test_the_schedule_is_fitted_to_the_time_limit(tmp_path):
+    with pytest.raises(ValueError, match="time limit"):
+        Trainer(train_config(), ToyEpisodes(seed=1), tmp_path, show_progress=False, fit_schedule_to_time=True)
+    trainer = Trainer(train_config(iterations=1000, log_every=10), ToyEpisodes(seed=1), tmp_path,
+                      time_limit_minutes=1.0, show_progress=False, fit_schedule_to_time=True)
+    trainer.iteration, trainer.elapsed = 50, 15.0  # 50 iterations in 15 s: 150 more fit in the remaining 45 s
+    trainer._fit_schedule(first_iteration=0)
+    assert trainer.config.iterations == 200
+    trainer.elapsed = 5.0  # faster than it looked: lengthened again, but never past the planned 1000
+    trainer._fit_schedule(first_iteration=0)
+    assert trainer.config.iterations == 600
+    trainer.iteration, trainer.elapsed = 500, 1.0
+    trainer._fit_schedule(first_iteration=0)
+    assert trainer.config.iterations == 1000
+    trainer.iteration, trainer.elapsed = 60, 59.999  # a long step must not end the run before this iteration
+    trainer._fit_schedule(first_iteration=0)
+    assert trainer.config.iterations == 61
