@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep only the training slices of --split (test patients never leave the data folder)")
     parser.add_argument("--split", type=Path, default=DEFAULT_SPLIT, help="the split for --train-only")
     parser.add_argument("--compact", action="store_true",
-                        help="8-bit images per slice range, lzma-compressed (about 12 x smaller)")
+                        help="each image as 8 bits between its minimum and maximum in a JPEG (about 12 x smaller)")
     return parser
 
 

@@ -228,7 +228,7 @@ class Trainer:
         batch = self.episodes.sample_batch(self.config.batch_size)
         for name in ("support_images", "support_masks", "query_images", "query_masks", "class_valid"):
             setattr(batch, name, getattr(batch, name).to(self.device))
-        if random.random() < self.config.low_res_fraction:
+        if self.config.low_res_fraction > 0 and random.random() < self.config.low_res_fraction:
             half_resolution(batch)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         with autocast:

@@ -238,7 +238,7 @@ def test_training_from_a_saved_bank_needs_no_data_folder(tiny_root: Path, tmp_pa
     assert loaded.metadata["split_fingerprint"] == split.fingerprint() and len(loaded.memory_bank) > 0
 
 
-def test_a_compact_training_bank_keeps_labels_and_8_bit_images(tiny_root: Path, tmp_path: Path) -> None:
+def test_a_compact_training_bank_keeps_labels_and_close_images(tiny_root: Path, tmp_path: Path) -> None:
     from iris_engine.data import bank_export
 
     bank, split = _bank_and_split(tiny_root, held_out_datasets=(), held_out_classes=())
@@ -255,5 +255,6 @@ def test_a_compact_training_bank_keeps_labels_and_8_bit_images(tiny_root: Path, 
         assert np.array_equal(getattr(carried, name), getattr(bank, name)[rows])
     original = bank.images[rows].astype(np.float32)
     step = (original.max(axis=(1, 2)) - original.min(axis=(1, 2)))[:, None, None] / 255
+    error = np.abs(carried.images.astype(np.float32) - original) / step  # in 8-bit code steps
     assert carried.images.dtype == np.float16
-    assert (np.abs(carried.images.astype(np.float32) - original) <= step / 2 + 0.01).all()
+    assert error.mean() < 2.0 and np.percentile(error, 99) < 12.0  # JPEG at quality 92
