@@ -205,6 +205,29 @@ def test_train_refiner_command_writes_a_refiner_for_the_model_it_read(tmp_path: 
     assert load_click_refiner(path).metadata["iterations"] == 3
 
 
+def test_train_refiner_runs_from_a_saved_bank_in_worker_processes(tmp_path: Path) -> None:
+    from iris_engine.data.slices import build_slice_bank
+
+    _write_msd(tmp_path, "toy2d", 6, False, {"disc": 1}, seed=1)
+    split = make_split(0, held_out_fraction=0.5, held_out_datasets=(), held_out_classes=(), datasets=("toy2d",),
+                       root=tmp_path)
+    split.save(tmp_path / "split.json")
+    build_slice_bank(("toy2d",), root=tmp_path, size=32, cache_dir=None).save(tmp_path / "bank.npz", compact=True)
+    build_slice_bank(("toy2d",), root=tmp_path, size=16, cache_dir=None).save(tmp_path / "bank16.npz")
+    checkpoint = save_checkpoint(tmp_path / "iris.pt", IrisModel(TINY), metadata={"model_version": "tiny-3"})
+    save_click_refiner(tmp_path / "old_refiner.pt", ClickRefiner(ClickRefinerConfig(feature_channels=8)), "tiny-2")
+    common = ["--checkpoint", str(checkpoint), "--split", str(tmp_path / "split.json"), "--out", str(tmp_path / "r"),
+              "--iterations", "2", "--batch-size", "2", "--device", "cpu"]
+    with pytest.raises(ValueError, match="16 px slices, the model works at 32"):
+        click_training.main([*common, "--bank", str(tmp_path / "bank16.npz")])
+    with pytest.raises(ValueError, match="trained for IRIS model tiny-2"):
+        click_training.main([*common, "--bank", str(tmp_path / "bank.npz"), "--init", str(tmp_path / "old_refiner.pt")])
+    path = click_training.main([*common, "--bank", str(tmp_path / "bank.npz"), "--loader-workers", "1",
+                                "--init", str(tmp_path / "old_refiner.pt"), "--init-any-model"])
+    loaded = load_click_refiner(path)
+    assert loaded.iris_model_version == "tiny-3" and loaded.metadata["iterations"] == 2
+
+
 def test_a_refiner_is_fine_tuned_only_from_one_trained_for_the_same_model(tmp_path: Path) -> None:
     model = IrisModel(TINY).eval()
     config = ClickTrainConfig(iterations=1, batch_size=2, warmup_iterations=1, max_clicks=2)
