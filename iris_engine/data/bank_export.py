@@ -5,23 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from iris_engine.data.slices import SliceBank, build_slice_bank
+from iris_engine.data.episodes import training_rows
+from iris_engine.data.slices import build_slice_bank
 from iris_engine.data.splits import Split
 
 DEFAULT_SPLIT = Path(__file__).resolve().parents[2] / "assets" / "weights" / "split.json"
-
-
-def training_rows(bank: SliceBank, split: Split) -> np.ndarray:
-    """The slices of the split's training cases outside its held-out datasets: all that training samples."""
-    keep = np.zeros(len(bank), dtype=bool)
-    for name in bank.datasets:
-        if name in split.held_out_datasets:
-            continue
-        rows = bank.dataset_slices(name)
-        keep[rows[np.isin(bank.case_ids[rows], split.train_cases.get(name, []))]] = True
-    return np.flatnonzero(keep)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -118,6 +118,17 @@ class _Episode:
     masks: np.ndarray | None = None
 
 
+def training_rows(bank: SliceBank, split: Split) -> np.ndarray:
+    """The slices of the split's training cases outside its held-out datasets: all that training samples."""
+    keep = np.zeros(len(bank), dtype=bool)
+    for name in bank.datasets:
+        if name in split.held_out_datasets:
+            continue
+        rows = bank.dataset_slices(name)
+        keep[rows[np.isin(bank.case_ids[rows], split.train_cases.get(name, []))]] = True
+    return np.flatnonzero(keep)
+
+
 class EpisodeSampler:
     """Draws training episodes from the TRAIN cases and TRAIN classes of a Split (plus synthetic tasks)."""
 
@@ -187,13 +198,7 @@ class EpisodeSampler:
 
     def _pseudo_rows(self) -> np.ndarray:
         """Every slice of every TRAIN case outside the held-out datasets, labelled or not."""
-        keep = np.zeros(len(self.bank), dtype=bool)
-        for name in self.bank.datasets:
-            if name in self.split.held_out_datasets:
-                continue
-            idx = self.bank.dataset_slices(name)
-            keep[idx[np.isin(self.bank.case_ids[idx], self.split.train_cases.get(name, []))]] = True
-        return np.flatnonzero(keep)
+        return training_rows(self.bank, self.split)
 
     def _volume_neighbours(self, row: int, max_gap: int) -> np.ndarray:
         """Other slices of the same volume within max_gap slices of `row`."""

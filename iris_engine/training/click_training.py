@@ -23,7 +23,6 @@ import torch
 from iris_engine.checkpoint import load_checkpoint, load_click_refiner, save_click_refiner
 from iris_engine.config import TrainConfig
 from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
-from iris_engine.data.parallel_episodes import ParallelEpisodes
 from iris_engine.data.slices import SliceBank, build_slice_bank
 from iris_engine.data.splits import Split
 from iris_engine.errors import IrisInputError
@@ -31,7 +30,7 @@ from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, Cl
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import next_click
 from iris_engine.training.losses import dice_bce_loss
-from iris_engine.training.run import ResumableSampler
+from iris_engine.training.run import episode_source
 from iris_engine.training.trainer import EpisodeSource, lr_factor
 
 LAST = "refiner_last.pt"
@@ -237,9 +236,8 @@ def main(argv: list[str] | None = None) -> Path:
         bank = build_slice_bank(datasets, root=args.data_root, size=model.config.image_size)
     episodes = EpisodeConfig.from_train_config(TrainConfig(), max_classes=1, queries_per_episode=1,
                                                supports_per_episode=1)
-    episode_sampler = EpisodeSampler(bank, split, episodes, seed=args.seed)
-    sampler: EpisodeSource = (ParallelEpisodes(episode_sampler, config.batch_size, args.loader_workers, args.seed)
-                              if args.loader_workers > 0 else ResumableSampler(episode_sampler))
+    sampler = episode_source(EpisodeSampler(bank, split, episodes, seed=args.seed), config.batch_size,
+                             args.loader_workers, args.seed)
     refiner_config = ClickRefinerConfig(feature_channels=model.config.decoder_channels,
                                         pixel_features=not args.without_pixel_features)
     trainer = ClickTrainer(model, sampler, config, args.out, refiner_config, args.device)

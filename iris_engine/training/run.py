@@ -39,6 +39,11 @@ class ResumableSampler:
         self.sampler.torch_gen.set_state(state["torch"])
 
 
+def episode_source(sampler: EpisodeSampler, batch_size: int, workers: int, seed: int) -> EpisodeSource:
+    """Episodes from `workers` background processes, or (0) from the training process with exact resume."""
+    return ParallelEpisodes(sampler, batch_size, workers, seed) if workers > 0 else ResumableSampler(sampler)
+
+
 def refresh_memory_bank(
     model: IrisModel, bank: SliceBank, split: Split, momentum: float, supports_per_class: int = 16, seed: int = 0
 ) -> MemoryBank:
@@ -130,8 +135,7 @@ def main(argv: list[str] | None = None) -> Path:
     if bank is None:
         bank = build_slice_bank(datasets, root=args.data_root, size=args.image_size, verbose=True)
     sampler = EpisodeSampler(bank, split, EpisodeConfig.from_train_config(config), seed=args.seed)
-    episodes: EpisodeSource = (ParallelEpisodes(sampler, config.batch_size, args.loader_workers, args.seed)
-                               if args.loader_workers > 0 else ResumableSampler(sampler))
+    episodes = episode_source(sampler, config.batch_size, args.loader_workers, args.seed)
     trainer = Trainer(config, episodes, out, device=args.device, time_limit_minutes=args.time_limit_minutes,
                       fit_schedule_to_time=args.fit_schedule_to_time)
     if args.resume and trainer.resume():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler, iter_eval_pairs
+from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler, iter_eval_pairs, training_rows
 from iris_engine.data.msd import MSDDataset
 from iris_engine.data.parallel_episodes import ParallelEpisodes
 from iris_engine.data.pseudo_tasks import slice_superpixels
@@ -247,7 +247,7 @@ def test_a_compact_training_bank_keeps_labels_and_close_images(tiny_root: Path, 
                             "--datasets", "toy2d", "toy3d", "--train-only", "--split", str(tmp_path / "split.json"),
                             "--compact"])
     carried = SliceBank.load(out)
-    rows = bank_export.training_rows(bank, split)
+    rows = training_rows(bank, split)
     assert len(carried) == len(rows) < len(bank)
     assert {c for d in ("toy2d", "toy3d") for c in carried.case_ids[carried.dataset_slices(d)]} <= {
         c for d in ("toy2d", "toy3d") for c in split.train_cases[d]}
