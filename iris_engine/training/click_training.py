@@ -4,7 +4,9 @@ Each episode (the IRIS training mix: real, task-augmented, superpixel and synthe
 patients and classes) gives a one-shot prediction of the frozen model. A simulated user clicks 1 to
 `max_clicks` times, each click at the centre of the largest error region of the refiner's current output
 (as in the evaluation protocol, every output restarts from the one-shot prediction with all clicks so far);
-the loss (Dice + BCE) is taken on the output after the last click. Resumable (`--resume`), time-limited;
+the loss (Dice + BCE) is taken on the output after the last click. A share of the starts is degraded (emptied,
+or swapped for another slice's prediction) so that the refiner also learns to grow a structure the one-shot
+prediction missed from a click or two. Resumable (`--resume`), time-limited;
 `--init` fine-tunes a shipped refiner (its own configuration, a fresh optimizer and schedule).
 """
 
@@ -49,6 +51,8 @@ class ClickTrainConfig:
     grad_clip: float = 1.0
     max_clicks: int = 6
     threshold: float = 0.5
+    degraded_start_fraction: float = 0.0  # share of starts emptied or swapped for another slice's prediction
+    empty_start_probability: float = 0.01
     seed: int = 0
     checkpoint_every: int = 100
     log_every: int = 25
@@ -77,6 +81,22 @@ def one_shot_batch(model: IrisModel, sampler: EpisodeSource, batch_size: int,
         start = torch.sigmoid(model.decode(features, tokens)[:, :1].float())
         pixels = model.decoder.pixel_features(features[1:])
     return ClickBatch(query_images, start, query_masks[:, :1], pixels)
+
+
+def degrade_starts(start: torch.Tensor, rng: np.random.Generator, fraction: float,
+                   empty_probability: float) -> torch.Tensor:
+    """Replace a `fraction` of the start probabilities (B, 1, S, S): half of them by an empty prediction, half by
+    the prediction of the next slice in the batch (a wrong structure); the rest are kept."""
+    chosen = np.flatnonzero(rng.random(start.shape[0]) < fraction)
+    if chosen.size == 0:
+        return start
+    degraded = start.clone()
+    for i in chosen:
+        if rng.random() < 0.5 or start.shape[0] == 1:
+            degraded[i] = empty_probability
+        else:
+            degraded[i] = start[(i + 1) % start.shape[0]]
+    return degraded
 
 
 def simulate_clicks(refiner: ClickRefiner, batch: ClickBatch, counts: np.ndarray, threshold: float) -> np.ndarray:
@@ -151,6 +171,8 @@ class ClickTrainer:
 
     def step(self) -> float:
         batch = one_shot_batch(self.model, self.sampler, self.config.batch_size, self.device)
+        batch.start = degrade_starts(batch.start, self.rng, self.config.degraded_start_fraction,
+                                     self.config.empty_start_probability)
         counts = self.rng.integers(1, self.config.max_clicks + 1, size=batch.image.shape[0])
         self.refiner.eval()
         clicks = simulate_clicks(self.refiner, batch, counts, self.config.threshold)
@@ -202,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=ClickTrainConfig.lr)
     parser.add_argument("--warmup-iterations", type=int, default=ClickTrainConfig.warmup_iterations)
     parser.add_argument("--seed", type=int, default=ClickTrainConfig.seed)
+    parser.add_argument("--degraded-start-fraction", type=float, default=ClickTrainConfig.degraded_start_fraction,
+                        help="share of one-shot starts emptied or swapped for another slice's prediction")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--time-limit-minutes", type=float, default=None)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/refiner_last.pt")
@@ -226,7 +250,8 @@ def main(argv: list[str] | None = None) -> Path:
     split = Split.load(args.split or args.checkpoint.parent / "split.json")
     model = load_checkpoint(args.checkpoint).model
     config = ClickTrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                              warmup_iterations=min(args.warmup_iterations, args.iterations))
+                              warmup_iterations=min(args.warmup_iterations, args.iterations),
+                              degraded_start_fraction=args.degraded_start_fraction)
     datasets = tuple(args.datasets) if args.datasets else None
     if args.bank is not None:
         bank = SliceBank.load(args.bank)

@@ -20,7 +20,13 @@ from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import ClickTuner, LearnedClicks, RefineConfig, clicks_to_grid, refine_slab
 from iris_engine.strategies import encode_supports
 from iris_engine.training import click_training
-from iris_engine.training.click_training import ClickTrainConfig, ClickTrainer, one_shot_batch, simulate_clicks
+from iris_engine.training.click_training import (
+    ClickTrainConfig,
+    ClickTrainer,
+    degrade_starts,
+    one_shot_batch,
+    simulate_clicks,
+)
 from tests.unit.test_data_msd_split_bank import _write_msd
 
 TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
@@ -164,7 +170,8 @@ def test_thin_structures_get_the_local_edit_only() -> None:
 def test_click_training_resumes_exactly_and_clicks_land_on_errors(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = IrisModel(TINY).eval()
-    config = ClickTrainConfig(iterations=4, batch_size=2, warmup_iterations=1, checkpoint_every=2, max_clicks=3)
+    config = ClickTrainConfig(iterations=4, batch_size=2, warmup_iterations=1, checkpoint_every=2, max_clicks=3,
+                              degraded_start_fraction=0.5)
     torch.manual_seed(1)
     straight = ClickTrainer(model, ToyEpisodes(size=32, seed=3), config, tmp_path / "a", SMALL_REFINER)
     straight.fit()
@@ -185,6 +192,19 @@ def test_click_training_resumes_exactly_and_clicks_land_on_errors(tmp_path: Path
     for r, c in np.argwhere(clicks[0] > 0):
         assert truth[0, r, c] != start[0, r, c]  # the first click goes to an error of the one-shot result
         assert (clicks[0, r, c] == POSITIVE) == truth[0, r, c]
+
+
+def test_degraded_starts_are_emptied_or_another_slices_prediction() -> None:
+    start = torch.stack([torch.full((1, 4, 4), value) for value in np.linspace(0.1, 0.9, 8)])
+    rng = np.random.default_rng(0)
+    assert torch.equal(degrade_starts(start, rng, 0.0, 0.01), start)
+    degraded = degrade_starts(start, rng, 1.0, 0.01)
+    values = {round(float(v), 4) for v in degraded[:, 0, 0, 0]}
+    emptied = sum(torch.allclose(d, torch.full_like(d, 0.01)) for d in degraded)
+    swapped = sum(torch.equal(degraded[i], start[(i + 1) % 8]) for i in range(8))
+    assert emptied + swapped == 8 and emptied > 0 and swapped > 0
+    assert values <= {0.01} | {round(float(v), 4) for v in start[:, 0, 0, 0]}
+    assert torch.equal(start[:, 0, 0, 0], torch.tensor(np.linspace(0.1, 0.9, 8), dtype=start.dtype))  # untouched
 
 
 def test_train_refiner_command_writes_a_refiner_for_the_model_it_read(tmp_path: Path) -> None:
