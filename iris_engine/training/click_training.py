@@ -51,7 +51,7 @@ class ClickTrainConfig:
     grad_clip: float = 1.0
     max_clicks: int = 6
     threshold: float = 0.5
-    degraded_start_fraction: float = 0.0  # share of starts emptied or swapped for another slice's prediction
+    degraded_start_fraction: float = 0.3  # share of starts emptied or swapped for another slice's prediction
     empty_start_probability: float = 0.01
     seed: int = 0
     checkpoint_every: int = 100
