@@ -156,7 +156,7 @@ class EpisodeSampler:
         for name in bank.datasets:
             self._index_dataset(name)
         self.superpixels = SuperpixelCache(bank.images, self.cfg.pseudo)
-        self.pseudo_rows = self._pseudo_rows()
+        self.pseudo_rows = training_rows(bank, split)  # every training slice, labelled or not
         if not self.datasets and self.cfg.synthetic_fraction < 1.0:
             raise IrisInputError("no dataset of the bank has trainable classes in this split")
         sizes = np.array([len(self.train_slices[d]) for d in self.datasets], dtype=np.float64)
@@ -195,10 +195,6 @@ class EpisodeSampler:
             self.train_slices[name] = idx
             self.single_subject[name] = single
             self.volumetric[name] = len(np.unique(self.bank.case_ids[idx])) < len(idx)
-
-    def _pseudo_rows(self) -> np.ndarray:
-        """Every slice of every TRAIN case outside the held-out datasets, labelled or not."""
-        return training_rows(self.bank, self.split)
 
     def _volume_neighbours(self, row: int, max_gap: int) -> np.ndarray:
         """Other slices of the same volume within max_gap slices of `row`."""
