@@ -10,7 +10,8 @@ Methods (measured against each other by `iris_engine.evaluation.refinement`):
 - "learned": the click refiner (`model/click_refiner.py`), a small network trained with simulated clicks
   on the frozen IRIS model's predictions and pixel features, blended (`learned_weight`) on the clicked
   slices with the local edit, or, from the second clicked voxel on and where the result carries its task
-  embedding, with "combined" (`learned_tuning`); in a volume the neighbour slices get the local edit.
+  embedding, with "combined" (`learned_tuning`); in a volume the neighbour slices get the local edit, and
+  each clicked slice's refined mask then serves as a support for the slices around it (`spread_decay`).
 - "disc": the non-learned baseline, a disc of fixed radius painted at each click.
 Every method honours every click (positive inside, negative outside). In a volume the edit works on
 canonical axial slices; a click also reaches `neighbour_slices` slices on either side (the geodesic
@@ -38,6 +39,7 @@ from iris_engine.io.volume import Volume
 from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, click_inputs
 from iris_engine.model.iris import IrisModel
 from iris_engine.preprocess import normalize_intensity, to_canonical
+from iris_engine.propagation import plan_sources
 
 if TYPE_CHECKING:
     from iris_engine.inference import IrisSegmenter
@@ -82,6 +84,13 @@ class RefineConfig:
     thin_width: float = 0.012
     thin_compactness: float = 0.08
     neighbour_slices: int = 2
+    # "learned" in a volume: each clicked slice's refined mask becomes a support for the unclicked slices around
+    # it (embeddings mixed by distance as in propagation); their new prediction is blended in with weight
+    # spread_weight * exp(-distance / spread_decay) where that is >= spread_min (training patients, 24 volumes of
+    # 4 sets: 0.699 -> 0.719 Dice after 5 clicks); spread_decay 0 turns it off
+    spread_decay: float = 5.0
+    spread_weight: float = 0.6
+    spread_min: float = 0.05
     disc_radius: float = 5 / 128
     threshold: float = 0.5
 
@@ -90,9 +99,11 @@ class RefineConfig:
             raise IrisInputError(f"unknown refinement method '{self.method}'; choose one of {', '.join(METHODS)}")
         if min(self.reach, self.empty_reach, self.disc_radius) <= 0 \
                 or min(self.tuning_steps, self.neighbour_slices) < 0 \
-                or not 0.0 <= self.learned_weight <= 1.0 or self.learned_tuning_clicks < 1:
+                or not 0.0 <= self.learned_weight <= 1.0 or self.learned_tuning_clicks < 1 \
+                or self.spread_decay < 0 or not 0.0 <= self.spread_weight <= 1.0 or not 0.0 < self.spread_min <= 1.0:
             raise IrisInputError("reach, empty_reach and disc_radius must be > 0, tuning steps and neighbour "
-                                 "slices >= 0, learned_weight in [0, 1], learned_tuning_clicks >= 1")
+                                 "slices >= 0, learned_weight and spread_weight in [0, 1], learned_tuning_clicks "
+                                 ">= 1, spread_decay >= 0, spread_min in (0, 1]")
 
 
 def scribble(points: Sequence[Sequence[int]], positive: bool = True, class_name: str | None = None) -> list[Click]:
@@ -379,6 +390,40 @@ class LearnedClicks:
         return np.clip(probability + change, 0.0, 1.0)
 
 
+def spread_clicked_slices(model: IrisModel, queries: torch.Tensor, probability: np.ndarray,
+                          clicked: Sequence[int], config: RefineConfig) -> np.ndarray:
+    """(H, W, Z) probability after each clicked slice's mask served as a support for the unclicked slices around
+    it: embeddings mixed as in propagation (`plan_sources`), the new prediction blended in by distance."""
+    size, depth = queries.shape[-1], probability.shape[2]
+    device = next(model.parameters()).device
+    masks = _to_grid(probability[:, :, list(clicked)], size) >= config.threshold
+    tokens: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for z, mask in zip(clicked, masks, strict=True):
+            if int(mask.sum()) >= 4:
+                tokens[z] = model.encode_task(queries[z : z + 1].to(device), mask[None].float().to(device))[0]
+    present = {z: ({0} if z in tokens else set()) for z in clicked}
+    rows, mixes, weights = [], [], []
+    for z, (plan,) in plan_sources(list(clicked), present, depth, 1).items():
+        if not plan:
+            continue
+        weight = config.spread_weight * float(np.exp(-min(abs(z - p) for p, _ in plan) / config.spread_decay))
+        if weight >= config.spread_min:
+            rows.append(z)
+            mixes.append(sum(w * tokens[p] for p, w in plan))
+            weights.append(weight)
+    out = probability.copy()
+    if not rows:
+        return out
+    with torch.no_grad():
+        logits = torch.cat([model.segment(queries[rows[i : i + 8]].to(device), torch.stack(mixes[i : i + 8]))
+                            for i in range(0, len(rows), 8)])
+    predicted = _from_grid(torch.sigmoid(logits.float()).cpu(), probability.shape[:2])
+    blend = np.asarray(weights, dtype=np.float32)
+    out[:, :, rows] = (1.0 - blend) * out[:, :, rows] + blend * predicted
+    return out
+
+
 def _windows(clicked: Sequence[int], reach: int, depth: int) -> list[slice]:
     """The slice ranges within `reach` of a clicked slice, overlapping ones merged (in slice order)."""
     merged: list[list[int]] = []
@@ -429,6 +474,9 @@ def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, 
         refined = learned.refine(probability[:, :, clicked].astype(np.float32), clicks[:, :, clicked], clicked)
         weight = np.where(thin, 0.0, config.learned_weight).astype(np.float32)
         out[:, :, clicked] = weight * refined + (1.0 - weight) * out[:, :, clicked]
+        if config.spread_decay > 0 and clicks.shape[2] > 1:
+            out = spread_clicked_slices(learned.model, learned.queries, honour(out, clicks, config.threshold),
+                                        clicked, config)
     return honour(out, clicks, config.threshold)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -291,3 +292,29 @@ def test_clicks_on_distant_slices_edit_only_their_own_neighbourhoods() -> None:
         assert np.array_equal(out[:, :, 5:15], probability[:, :, 5:15]), method  # beyond both clicks' reach
         assert not np.array_equal(out[:, :, 1], probability[:, :, 1]), method  # a neighbour of the first click
         assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_a_clicked_slice_becomes_a_support_for_the_slices_around_it() -> None:
+    torch.manual_seed(0)
+    model = IrisModel(TINY).eval()
+    depth = 16
+    image = np.random.default_rng(2).normal(size=(32, 32, depth)).astype(np.float32)
+    queries = torch.from_numpy(np.moveaxis(image, -1, 0))[:, None]
+    probability = np.full((32, 32, depth), 0.2, np.float32)
+    probability[8:20, 8:20] = 0.9
+    clicks = np.zeros((32, 32, depth), np.uint8)
+    clicks[22, 22, 5] = POSITIVE
+    learned = LearnedClicks(model, ClickRefiner(SMALL_REFINER), queries)
+    spread = RefineConfig(spread_decay=2.0, spread_weight=0.6, spread_min=0.05)  # reaches 4 slices: 0.6 e^-2 >= 0.05
+    on = refine_slab(image, probability, clicks, spread, learned=learned)
+    off = refine_slab(image, probability, clicks, replace(spread, spread_decay=0.0), learned=learned)
+    assert np.array_equal(on[:, :, 10:], probability[:, :, 10:])  # beyond the spread
+    assert np.array_equal(off[:, :, 8:], probability[:, :, 8:])  # beyond the neighbour slices' local edit
+    support = torch.from_numpy(on[:, :, 5] >= 0.5).float()[None, None]
+    with torch.no_grad():
+        tokens = model.encode_task(queries[5:6], support)[0]
+        predicted = torch.sigmoid(model.segment(queries[9:10], tokens))[0, 0].numpy()
+    weight = 0.6 * np.exp(-4 / 2.0)
+    assert np.allclose(on[:, :, 9], (1 - weight) * probability[:, :, 9] + weight * predicted, atol=1e-5)
+    with pytest.raises(Exception, match="spread_decay"):
+        RefineConfig(spread_decay=-1.0)
