@@ -318,3 +318,23 @@ def test_a_clicked_slice_becomes_a_support_for_the_slices_around_it() -> None:
     assert np.allclose(on[:, :, 9], (1 - weight) * probability[:, :, 9] + weight * predicted, atol=1e-5)
     with pytest.raises(Exception, match="spread_decay"):
         RefineConfig(spread_decay=-1.0)
+
+
+def test_the_tuning_blend_is_for_2d_images_unless_asked_for_in_volumes() -> None:
+    torch.manual_seed(0)
+    model = IrisModel(TINY).eval()
+    image = np.random.default_rng(3).normal(size=(32, 32, 6)).astype(np.float32)
+    queries = torch.from_numpy(np.moveaxis(image, -1, 0))[:, None]
+    probability = np.full((32, 32, 6), 0.2, np.float32)
+    probability[8:20, 8:20] = 0.9
+    support_mask = torch.from_numpy((probability[..., 0] > 0.5).astype(np.float32))[None, None]
+    tuner = ClickTuner(model, queries, encode_supports(model, queries[:1], support_mask).tokens, RefineConfig())
+    learned = LearnedClicks(model, ClickRefiner(SMALL_REFINER), queries)
+    clicks = np.zeros((32, 32, 6), np.uint8)
+    clicks[25, 25, 3], clicks[10, 10, 3] = POSITIVE, NEGATIVE
+
+    def refined(config: RefineConfig) -> np.ndarray:
+        return refine_slab(image, probability, clicks, config, tuner, learned=learned)
+
+    assert np.array_equal(refined(RefineConfig()), refined(RefineConfig(learned_tuning=False)))
+    assert not np.allclose(refined(RefineConfig(learned_tuning_in_volumes=True)), refined(RefineConfig()), atol=1e-3)
