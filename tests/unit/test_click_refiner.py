@@ -273,14 +273,20 @@ def test_a_refiner_is_fine_tuned_only_from_one_trained_for_the_same_model(tmp_pa
         other.initialise_from(path, "tiny-2")
 
 
-def test_clicks_on_distant_slices_edit_only_their_own_neighbourhoods() -> None:
+def _square_stack(depth: int, seed: int) -> tuple[IrisModel, np.ndarray, torch.Tensor, np.ndarray]:
+    """A tiny untrained model, a noise stack (32, 32, depth), its model-space slices and a square prediction."""
     torch.manual_seed(0)
     model = IrisModel(TINY).eval()
-    depth = 20
-    image = np.random.default_rng(1).normal(size=(32, 32, depth)).astype(np.float32)
+    image = np.random.default_rng(seed).normal(size=(32, 32, depth)).astype(np.float32)
     queries = torch.from_numpy(np.moveaxis(image, -1, 0))[:, None]
     probability = np.full((32, 32, depth), 0.2, np.float32)
     probability[8:20, 8:20] = 0.9
+    return model, image, queries, probability
+
+
+def test_clicks_on_distant_slices_edit_only_their_own_neighbourhoods() -> None:
+    depth = 20
+    model, image, queries, probability = _square_stack(depth, 1)
     support_mask = torch.from_numpy((probability[..., 0] > 0.5).astype(np.float32))[None, None]
     tokens = encode_supports(model, queries[:1], support_mask).tokens
     clicks = np.zeros((32, 32, depth), np.uint8)
@@ -295,14 +301,8 @@ def test_clicks_on_distant_slices_edit_only_their_own_neighbourhoods() -> None:
 
 
 def test_a_clicked_slice_becomes_a_support_for_the_slices_around_it() -> None:
-    torch.manual_seed(0)
-    model = IrisModel(TINY).eval()
-    depth = 16
-    image = np.random.default_rng(2).normal(size=(32, 32, depth)).astype(np.float32)
-    queries = torch.from_numpy(np.moveaxis(image, -1, 0))[:, None]
-    probability = np.full((32, 32, depth), 0.2, np.float32)
-    probability[8:20, 8:20] = 0.9
-    clicks = np.zeros((32, 32, depth), np.uint8)
+    model, image, queries, probability = _square_stack(16, 2)
+    clicks = np.zeros((32, 32, 16), np.uint8)
     clicks[22, 22, 5] = POSITIVE
     learned = LearnedClicks(model, ClickRefiner(SMALL_REFINER), queries)
     spread = RefineConfig(spread_decay=2.0, spread_weight=0.6, spread_min=0.05)  # reaches 4 slices: 0.6 e^-2 >= 0.05
@@ -321,12 +321,7 @@ def test_a_clicked_slice_becomes_a_support_for_the_slices_around_it() -> None:
 
 
 def test_the_tuning_blend_is_for_2d_images_unless_asked_for_in_volumes() -> None:
-    torch.manual_seed(0)
-    model = IrisModel(TINY).eval()
-    image = np.random.default_rng(3).normal(size=(32, 32, 6)).astype(np.float32)
-    queries = torch.from_numpy(np.moveaxis(image, -1, 0))[:, None]
-    probability = np.full((32, 32, 6), 0.2, np.float32)
-    probability[8:20, 8:20] = 0.9
+    model, image, queries, probability = _square_stack(6, 3)
     support_mask = torch.from_numpy((probability[..., 0] > 0.5).astype(np.float32))[None, None]
     tuner = ClickTuner(model, queries, encode_supports(model, queries[:1], support_mask).tokens, RefineConfig())
     learned = LearnedClicks(model, ClickRefiner(SMALL_REFINER), queries)
