@@ -74,12 +74,12 @@ def main() -> None:
     make = phantom_volume if args.volume else phantom
     support, support_mask = make(seed=1)
     query, truth = make(seed=2)
-    support_slice = np.zeros_like(support_mask)
     if args.volume:  # one painted slice of another volume, as a user would give
         middle = support_mask.shape[2] // 2
-        support_slice[:, :, middle] = support_mask[:, :, middle]
-    result = segmenter.segment(query, "one_shot", [Support(support, support_slice if args.volume else support_mask)],
-                               ["organ"])
+        painted = np.zeros_like(support_mask)
+        painted[:, :, middle] = support_mask[:, :, middle]
+        support_mask = painted
+    result = segmenter.segment(query, "one_shot", [Support(support, support_mask)], ["organ"])
     rng = np.random.default_rng(0)
     clicks = [Click((int(r), int(c)), bool(i % 2 == 0)) for i, (r, c) in
               enumerate(rng.integers(20, 236, size=(args.clicks, 2)))]
