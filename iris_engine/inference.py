@@ -39,7 +39,7 @@ from iris_engine.preprocess import (
 from iris_engine.propagation import PropagationConfig, PropagationResult, Propagator
 
 if TYPE_CHECKING:
-    from iris_engine.refinement import Click, RefineConfig
+    from iris_engine.refinement import Click, FeatureCache, RefineConfig
 
 ProgressCallback = Callable[[float, str], None]
 MAX_SUPPORT_SLICES = 16
@@ -120,6 +120,7 @@ class IrisSegmenter:
         self.preprocess = preprocess or PreprocessConfig()
         self._cache: OrderedDict[str, TaskEmbedding] = OrderedDict()
         self._propagator: Propagator | None = None
+        self._feature_cache: FeatureCache | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: InferenceConfig | None = None) -> IrisSegmenter:
@@ -265,9 +266,11 @@ class IrisSegmenter:
 
         Give all clicks so far with the unrefined result: each call starts from it, so undo = drop a click.
         """
-        from iris_engine.refinement import refine_segmentation
+        from iris_engine.refinement import FeatureCache, refine_segmentation
 
-        return refine_segmentation(self, query, result, clicks, config)
+        if self._feature_cache is None:
+            self._feature_cache = FeatureCache()
+        return refine_segmentation(self, query, result, clicks, config, self._feature_cache)
 
     @property
     def propagator(self) -> Propagator:

@@ -82,12 +82,13 @@ class _VolumeState:
     outputs: dict[int, tuple[str, torch.Tensor]] = field(default_factory=dict)
 
 
-def _digest(*arrays: np.ndarray | bytes | str) -> str:
-    digest = hashlib.sha1()
+def digest(*arrays: np.ndarray | bytes | str) -> str:
+    """SHA-1 of strings, bytes and arrays in order (cache keys)."""
+    sha = hashlib.sha1()
     for item in arrays:
-        digest.update(item.encode() if isinstance(item, str) else item if isinstance(item, bytes)
-                      else np.ascontiguousarray(item).tobytes())
-    return digest.hexdigest()
+        sha.update(item.encode() if isinstance(item, str) else item if isinstance(item, bytes)
+                   else np.ascontiguousarray(item).tobytes())
+    return sha.hexdigest()
 
 
 def axis_index(axis: str | int) -> int:
@@ -213,7 +214,7 @@ class Propagator:
         return str(getattr(self.model, "version", ""))
 
     def _state(self, canonical: Volume, axis: int) -> _VolumeState:
-        key = _digest(self.model_version, str(axis), canonical.modality, str(canonical.shape), canonical.array)
+        key = digest(self.model_version, str(axis), canonical.modality, str(canonical.shape), canonical.array)
         if key in self._states:
             self._states.move_to_end(key)
             return self._states[key]
@@ -230,7 +231,7 @@ class Propagator:
         out: dict[int, torch.Tensor] = {}
         if not present:
             return out
-        key = _digest(str(z), labels)
+        key = digest(str(z), labels)
         if key not in state.tokens:
             classes = sorted(present)
             stack = np.stack([labels == k + 1 for k in classes]).astype(np.float32)
@@ -317,7 +318,7 @@ class _LazyOutputs:
         self.state = state
         self.plans = plans
         self.mixed = mixed
-        self.keys = {z: _digest(t.numpy()) for z, t in mixed.items()}
+        self.keys = {z: digest(t.numpy()) for z, t in mixed.items()}
         self.geometry = SliceGeometry(tuple(slice_shape), None, state.geometry.image_size)
         self.report = report
         self.grid: dict[int, np.ndarray] = {}

@@ -20,6 +20,7 @@ distance is 3D there, and tuned predictions are blended in with a weight falling
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ from iris_engine.io.volume import Volume
 from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, click_inputs
 from iris_engine.model.iris import IrisModel
 from iris_engine.preprocess import normalize_intensity, to_canonical
-from iris_engine.propagation import plan_sources
+from iris_engine.propagation import digest, plan_sources
 
 if TYPE_CHECKING:
     from iris_engine.inference import IrisSegmenter
@@ -302,16 +303,70 @@ def clicks_to_grid(clicks: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+class QueryFeatures:
+    """A query's model-space slices (N, 1, S, S), one per canonical axial slice z, with the model's encoder and
+    pixel features of each slice, computed on first use and kept for every later click on the same query."""
+
+    def __init__(self, model: IrisModel, queries: torch.Tensor, batch: int = 8):
+        self.model, self.queries, self.batch = model, queries, batch
+        self.device = next(model.parameters()).device
+        self._encoded: dict[int, list[torch.Tensor]] = {}
+        self._pixels: dict[int, torch.Tensor] = {}
+
+    def _ensure(self, rows: Sequence[int]) -> None:
+        missing = [z for z in dict.fromkeys(rows) if z not in self._encoded]
+        for start in range(0, len(missing), self.batch):
+            chunk = missing[start : start + self.batch]
+            with torch.no_grad():
+                features = self.model.encode_query(self.queries[chunk].to(self.device))
+                pixels = self.model.decoder.pixel_features(features[1:])
+            for i, z in enumerate(chunk):
+                self._encoded[z] = [f[i] for f in features]
+                self._pixels[z] = pixels[i]
+
+    def encoded(self, rows: Sequence[int]) -> list[torch.Tensor]:
+        """`IrisModel.encode_query` output of the given slices."""
+        self._ensure(rows)
+        return [torch.stack([self._encoded[z][i] for z in rows]) for i in range(len(self._encoded[rows[0]]))]
+
+    def pixels(self, rows: Sequence[int]) -> torch.Tensor:
+        """The decoder's class-agnostic pixel features (n, D, S, S) of the given slices."""
+        self._ensure(rows)
+        return torch.stack([self._pixels[z] for z in rows])
+
+    def decode(self, rows: Sequence[int], tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (n, K, S, S) of the given slices with task tokens (K, T, C) or (n, K, T, C)."""
+        return self.model.decode(self.encoded(rows), tokens, self.pixels(rows))
+
+
+class FeatureCache:
+    """The `QueryFeatures` of the last query refined by a segmenter (one volume's worth), so that each click
+    on the same image encodes only slices it has not seen before."""
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._features: QueryFeatures | None = None
+        self._lock = threading.Lock()
+
+    def features(self, segmenter: IrisSegmenter, query: Volume) -> QueryFeatures:
+        key = digest(segmenter.model_version, query.modality, str(query.shape), np.asarray(query.affine),
+                     query.array)
+        with self._lock:
+            if self._features is None or key != self._key or self._features.model is not segmenter.model:
+                self._key, self._features = key, QueryFeatures(segmenter.model, segmenter.to_model_space(query)[0])
+            return self._features
+
+
 class ClickTuner:
     """Tunes one class's task tokens on click labels of a query (frozen model) and re-predicts its slices.
 
-    queries: the query's model-space slices (N, 1, S, S), one per canonical axial slice z; the slab arrays
-    passed in are (H, W, Z) on the canonical grid, resized to S x S and back bilinearly.
+    The slab arrays passed in are (H, W, Z) on the canonical grid, resized to the model's S x S and back
+    bilinearly.
     """
 
-    def __init__(self, model: IrisModel, queries: torch.Tensor, tokens: torch.Tensor, config: RefineConfig):
-        self.model, self.queries, self.tokens, self.config = model, queries, tokens, config
-        self.device = next(model.parameters()).device
+    def __init__(self, features: QueryFeatures, tokens: torch.Tensor, config: RefineConfig):
+        self.features, self.tokens, self.config = features, tokens, config
+        self.model, self.queries, self.device = features.model, features.queries, features.device
 
     def _click_targets(self, clicks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Model-space label (1 positive) and weight (Gaussian footprint of each click) maps, (n, 1, S, S)."""
@@ -340,11 +395,9 @@ class ClickTuner:
         try:
             for p in model.parameters():
                 p.requires_grad_(False)
-            with torch.no_grad():
-                features = model.encode_query(self.queries[rows].to(self.device))
             for _ in range(self.config.tuning_steps):
                 optimizer.zero_grad()
-                logits = model.decode(features, tokens)
+                logits = self.features.decode(rows, tokens)
                 keep_loss = (F.binary_cross_entropy_with_logits(logits, keep, reduction="none") * (1 - weight)).mean()
                 click_loss = (F.binary_cross_entropy_with_logits(logits, label, reduction="none") * weight).sum() \
                     / weight.sum().clamp_min(1e-6)
@@ -358,27 +411,16 @@ class ClickTuner:
     def predict(self, tokens: torch.Tensor, slices: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
         """Probabilities (H, W, n) of the given slices with tuned tokens."""
         with torch.no_grad():
-            logits = self.model.segment(self.queries[list(slices)].to(self.device), tokens)
-            probability = torch.sigmoid(logits.float()).cpu()
+            probability = torch.sigmoid(self.features.decode(list(slices), tokens).float()).cpu()
         return _from_grid(probability, shape)
 
 
 class LearnedClicks:
-    """The click refiner on a query's model-space slices (N, 1, S, S); IRIS pixel features cached per slice."""
+    """The click refiner on a query's slices, fed with the IRIS pixel features of `features`."""
 
-    def __init__(self, model: IrisModel, refiner: ClickRefiner, queries: torch.Tensor):
-        self.model, self.refiner, self.queries = model, refiner.eval(), queries
-        self.device = next(model.parameters()).device
-        self._features: dict[int, torch.Tensor] = {}
-
-    def _pixel_features(self, rows: list[int]) -> torch.Tensor:
-        missing = [z for z in rows if z not in self._features]
-        if missing:
-            with torch.no_grad():
-                features = self.model.encode_query(self.queries[missing].to(self.device))
-                pixels = self.model.decoder.pixel_features(features[1:]).float().cpu()
-            self._features.update(zip(missing, pixels, strict=True))
-        return torch.stack([self._features[z] for z in rows])
+    def __init__(self, refiner: ClickRefiner, features: QueryFeatures):
+        self.refiner, self.features = refiner.eval(), features
+        self.model, self.queries = features.model, features.queries
 
     def refine(self, probability: np.ndarray, clicks: np.ndarray, slices: Sequence[int]) -> np.ndarray:
         """Refined (H, W, n) probabilities of the given slices; the change is computed on the model grid and
@@ -387,19 +429,19 @@ class LearnedClicks:
         size = self.queries.shape[-1]
         start = _to_grid(probability, size).clamp(0, 1)
         with torch.no_grad():
-            inputs = click_inputs(self.queries[rows].float(), start, self._pixel_features(rows),
+            inputs = click_inputs(self.queries[rows].float(), start, self.features.pixels(rows).float().cpu(),
                                   clicks_to_grid(clicks, size), self.refiner.config)
             refined = torch.sigmoid(self.refiner(inputs))
         change = _from_grid(refined - start, probability.shape[:2])
         return np.clip(probability + change, 0.0, 1.0)
 
 
-def spread_clicked_slices(model: IrisModel, queries: torch.Tensor, probability: np.ndarray,
-                          clicked: Sequence[int], config: RefineConfig) -> np.ndarray:
+def spread_clicked_slices(features: QueryFeatures, probability: np.ndarray, clicked: Sequence[int],
+                          config: RefineConfig) -> np.ndarray:
     """(H, W, Z) probability after each clicked slice's mask served as a support for the unclicked slices around
     it: embeddings mixed as in propagation (`plan_sources`), the new prediction blended in by distance."""
+    model, queries, device = features.model, features.queries, features.device
     size, depth = queries.shape[-1], probability.shape[2]
-    device = next(model.parameters()).device
     masks = _to_grid(probability[:, :, list(clicked)], size) >= config.threshold
     tokens: dict[int, torch.Tensor] = {}
     with torch.no_grad():
@@ -420,7 +462,7 @@ def spread_clicked_slices(model: IrisModel, queries: torch.Tensor, probability: 
     if not rows:
         return out
     with torch.no_grad():
-        logits = torch.cat([model.segment(queries[rows[i : i + 8]].to(device), torch.stack(mixes[i : i + 8]))
+        logits = torch.cat([features.decode(rows[i : i + 8], torch.stack(mixes[i : i + 8]))
                             for i in range(0, len(rows), 8)])
     predicted = _from_grid(torch.sigmoid(logits.float()).cpu(), probability.shape[:2])
     blend = np.asarray(weights, dtype=np.float32)
@@ -480,8 +522,7 @@ def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, 
         weight = np.where(thin, 0.0, config.learned_weight).astype(np.float32)
         out[:, :, clicked] = weight * refined + (1.0 - weight) * out[:, :, clicked]
         if config.spread_decay > 0 and clicks.shape[2] > 1:
-            out = spread_clicked_slices(learned.model, learned.queries, honour(out, clicks, config.threshold),
-                                        clicked, config)
+            out = spread_clicked_slices(learned.features, honour(out, clicks, config.threshold), clicked, config)
     return honour(out, clicks, config.threshold)
 
 
@@ -489,8 +530,10 @@ def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, 
 
 
 def refine_segmentation(segmenter: IrisSegmenter, query: Volume, result: VolumeSegmentation | None,
-                        clicks: Sequence[Click], config: RefineConfig | None = None) -> VolumeSegmentation:
-    """`result` refined by clicks on `query`'s own grid; classes without clicks keep their masks."""
+                        clicks: Sequence[Click], config: RefineConfig | None = None,
+                        cache: FeatureCache | None = None) -> VolumeSegmentation:
+    """`result` refined by clicks on `query`'s own grid; classes without clicks keep their masks. With `cache`,
+    the query's model features are kept for the next call on the same query."""
     if result is None:
         raise IrisInputError("nothing to refine yet: segment the image first, then click on its errors")
     config = replace(config or RefineConfig(), threshold=segmenter.config.threshold)
@@ -502,7 +545,7 @@ def refine_segmentation(segmenter: IrisSegmenter, query: Volume, result: VolumeS
                              f"does not belong to this image of shape {query.shape}")
     validate_clicks(clicks, query.shape, names)
     begin = time.perf_counter()
-    queries, _, _ = segmenter.to_model_space(query)
+    features = (cache or FeatureCache()).features(segmenter, query)
     canonical, transform = to_canonical(query)
     image = normalize_intensity(canonical.array, canonical.modality, segmenter.preprocess)
     sampling = (1.0, 1.0, 1.0)
@@ -517,7 +560,7 @@ def refine_segmentation(segmenter: IrisSegmenter, query: Volume, result: VolumeS
         config = replace(config, method=FALLBACK_METHOD)
     learned = None
     if config.method == "learned" and segmenter.click_refiner is not None:
-        learned = LearnedClicks(segmenter.model, segmenter.click_refiner, queries)
+        learned = LearnedClicks(segmenter.click_refiner, features)
     base = np.where(masks != (probabilities >= config.threshold), masks.astype(np.float32), probabilities)
     refined, new_masks = base.copy(), masks.copy()
     embedding = result.embedding
@@ -530,7 +573,7 @@ def refine_segmentation(segmenter: IrisSegmenter, query: Volume, result: VolumeS
         tuner = None
         if embedding is not None and name in embedding.class_names and not segmenter.is_3d \
                 and embedding.model_version == segmenter.model_version:
-            tuner = ClickTuner(segmenter.model, queries, embedding.select([name]).tokens, config)
+            tuner = ClickTuner(features, embedding.select([name]).tokens, config)
         if marks.ndim == 2:
             out = refine_slab(image, probability[..., None], marks[..., None], config, tuner, sampling,
                               learned)[..., 0]

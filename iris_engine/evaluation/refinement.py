@@ -44,6 +44,7 @@ from iris_engine.refinement import (
     POSITIVE,
     ClickTuner,
     LearnedClicks,
+    QueryFeatures,
     RefineConfig,
     next_click,
     refine_slab,
@@ -148,10 +149,11 @@ def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpe
     for stack, truth, _ in queries:
         start = np.moveaxis(strategies.predict_probabilities(model, stack, embedding)[:, 0].numpy(), 0, -1)
         image = np.moveaxis(stack[:, 0].numpy(), 0, -1).astype(np.float32)
-        learned = None if refiner is None else LearnedClicks(model, refiner, stack)
+        features = QueryFeatures(model, stack)
+        learned = None if refiner is None else LearnedClicks(refiner, features)
         for method in config.methods:
             method_config = replace(refine, method=method, threshold=config.threshold)
-            tuner = ClickTuner(model, stack, embedding.tokens, method_config)
+            tuner = ClickTuner(features, embedding.tokens, method_config)
             scores, per_click = simulate(image, truth, start, method_config, tuner, config.max_clicks, config.target,
                                          learned)
             curves[method].append(scores)

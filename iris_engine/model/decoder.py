@@ -95,8 +95,10 @@ class MaskDecoder(nn.Module):
             x = up(x, skip)
         return self.pixel_projection(x)
 
-    def forward(self, image: torch.Tensor, features: list[torch.Tensor], task_tokens: torch.Tensor) -> torch.Tensor:
-        """image (B, 1, *S), its encoder features (B, C_i, *s_i), task_tokens (B, K, T, C) -> logits (B, K, *S)."""
+    def forward(self, image: torch.Tensor, features: list[torch.Tensor], task_tokens: torch.Tensor,
+                pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """image (B, 1, *S), its encoder features (B, C_i, *s_i), task_tokens (B, K, T, C) -> logits (B, K, *S);
+        `pixels`: the query's `pixel_features` when already computed (they do not depend on the task)."""
         b, k = task_tokens.shape[:2]
         bottleneck = features[-1].repeat_interleave(k, dim=0)
         skip = features[-2].repeat_interleave(k, dim=0)
@@ -112,7 +114,8 @@ class MaskDecoder(nn.Module):
             tokens, image_tokens = block(tokens, image_tokens)
         x = image_tokens.transpose(1, 2).reshape(b * k, -1, *spatial)
         x = self.class_projection(self.class_up(x, skip))
-        pixels = self.pixel_features(features)
+        if pixels is None:
+            pixels = self.pixel_features(features)
         full_size = pixels.shape[2:]
         x = F.interpolate(x, size=full_size, mode=self.mode, align_corners=False)
         x = self.pixel_mixer(x + pixels.repeat_interleave(k, dim=0))

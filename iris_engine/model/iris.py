@@ -72,8 +72,10 @@ class IrisModel(nn.Module):
         self._check_images(query_images, "query_images")
         return [query_images, *self.encoder(query_images)]
 
-    def decode(self, query_features: list[torch.Tensor], task_tokens: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K, *S) from `encode_query` output and tokens (K, T, C) or (B, K, T, C)."""
+    def decode(self, query_features: list[torch.Tensor], task_tokens: torch.Tensor,
+               pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, K, *S) from `encode_query` output and tokens (K, T, C) or (B, K, T, C); `pixels`: the
+        decoder's `pixel_features` of the query, when kept from an earlier call."""
         batch = query_features[0].shape[0]
         if task_tokens.ndim == 3:
             task_tokens = task_tokens.unsqueeze(0).expand(batch, -1, -1, -1)
@@ -84,7 +86,7 @@ class IrisModel(nn.Module):
                 f"task tokens have {task_tokens.shape[2]} tokens per class, this model uses "
                 f"{self.config.num_task_tokens} (an embedding from another model version?)"
             )
-        return self.decoder(query_features[0], query_features[1:], task_tokens)
+        return self.decoder(query_features[0], query_features[1:], task_tokens, pixels)
 
     def segment(self, query_images: torch.Tensor, task_tokens: torch.Tensor) -> torch.Tensor:
         """query_images (B, 1, *S) and tokens (K, T, C) or (B, K, T, C) -> logits (B, K, *S)."""

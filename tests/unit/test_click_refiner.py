@@ -18,7 +18,14 @@ from iris_engine.errors import CheckpointError
 from iris_engine.inference import IrisSegmenter
 from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs
 from iris_engine.model.iris import IrisModel
-from iris_engine.refinement import ClickTuner, LearnedClicks, RefineConfig, clicks_to_grid, refine_slab
+from iris_engine.refinement import (
+    ClickTuner,
+    LearnedClicks,
+    QueryFeatures,
+    RefineConfig,
+    clicks_to_grid,
+    refine_slab,
+)
 from iris_engine.strategies import encode_supports
 from iris_engine.training import click_training
 from iris_engine.training.click_training import (
@@ -107,7 +114,7 @@ def test_learned_refinement_works_at_the_image_resolution_and_needs_a_refiner() 
     clicks = np.zeros((64, 48, 1), np.uint8)
     clicks[40, 40, 0] = POSITIVE
     assert clicks_to_grid(clicks, 32)[0, 20, 27] == POSITIVE
-    learned = LearnedClicks(model, ClickRefiner(SMALL_REFINER), queries)
+    learned = LearnedClicks(ClickRefiner(SMALL_REFINER), QueryFeatures(model, queries))
     alone = RefineConfig(method="learned", learned_weight=1.0)
     out = refine_slab(image[..., None], probability, clicks, alone, learned=learned)
     unchanged = np.ones((64, 48, 1), bool)
@@ -130,8 +137,9 @@ def test_learned_refinement_adds_the_tuned_prediction_from_the_second_click() ->
     support_mask = torch.from_numpy((probability[..., 0] > 0.5).astype(np.float32))[None, None]
     tokens = encode_supports(model, queries, support_mask).tokens
     default = RefineConfig()
-    tuner = ClickTuner(model, queries, tokens, default)
-    learned = LearnedClicks(model, ClickRefiner(SMALL_REFINER), queries)
+    features = QueryFeatures(model, queries)
+    tuner = ClickTuner(features, tokens, default)
+    learned = LearnedClicks(ClickRefiner(SMALL_REFINER), features)
     clicks = np.zeros((32, 32, 1), np.uint8)
     clicks[25, 25, 0] = POSITIVE
 
@@ -158,8 +166,9 @@ def test_thin_structures_get_the_local_edit_only() -> None:
     blob = np.full((128, 128, 1), 0.1, np.float32)
     blob[30:90, 30:90] = 0.9
     support_mask = torch.from_numpy((blob[::4, ::4, 0] > 0.5).astype(np.float32))[None, None]
-    tuner = ClickTuner(model, queries, encode_supports(model, queries, support_mask).tokens, RefineConfig())
-    learned = LearnedClicks(model, ClickRefiner(SMALL_REFINER), queries)
+    features = QueryFeatures(model, queries)
+    tuner = ClickTuner(features, encode_supports(model, queries, support_mask).tokens, RefineConfig())
+    learned = LearnedClicks(ClickRefiner(SMALL_REFINER), features)
     clicks = np.zeros((128, 128, 1), np.uint8)
     clicks[14, 60, 0], clicks[50, 8, 0] = POSITIVE, NEGATIVE
     for start, thin in ((vessels, True), (blob, False)):
@@ -294,7 +303,8 @@ def test_clicks_on_distant_slices_edit_only_their_own_neighbourhoods() -> None:
     clicks[10, 10, 17] = NEGATIVE
     for method in ("local", "tuning", "combined"):
         config = RefineConfig(method=method, neighbour_slices=2)
-        out = refine_slab(image, probability, clicks, config, ClickTuner(model, queries, tokens, config))
+        tuner = ClickTuner(QueryFeatures(model, queries), tokens, config)
+        out = refine_slab(image, probability, clicks, config, tuner)
         assert np.array_equal(out[:, :, 5:15], probability[:, :, 5:15]), method  # beyond both clicks' reach
         assert not np.array_equal(out[:, :, 1], probability[:, :, 1]), method  # a neighbour of the first click
         assert out.min() >= 0.0 and out.max() <= 1.0
@@ -304,7 +314,7 @@ def test_a_clicked_slice_becomes_a_support_for_the_slices_around_it() -> None:
     model, image, queries, probability = _square_stack(16, 2)
     clicks = np.zeros((32, 32, 16), np.uint8)
     clicks[22, 22, 5] = POSITIVE
-    learned = LearnedClicks(model, ClickRefiner(SMALL_REFINER), queries)
+    learned = LearnedClicks(ClickRefiner(SMALL_REFINER), QueryFeatures(model, queries))
     spread = RefineConfig(spread_decay=2.0, spread_weight=0.6, spread_min=0.05)  # reaches 4 slices: 0.6 e^-2 >= 0.05
     on = refine_slab(image, probability, clicks, spread, learned=learned)
     off = refine_slab(image, probability, clicks, replace(spread, spread_decay=0.0), learned=learned)
@@ -323,8 +333,9 @@ def test_a_clicked_slice_becomes_a_support_for_the_slices_around_it() -> None:
 def test_the_tuning_blend_is_for_2d_images_unless_asked_for_in_volumes() -> None:
     model, image, queries, probability = _square_stack(6, 3)
     support_mask = torch.from_numpy((probability[..., 0] > 0.5).astype(np.float32))[None, None]
-    tuner = ClickTuner(model, queries, encode_supports(model, queries[:1], support_mask).tokens, RefineConfig())
-    learned = LearnedClicks(model, ClickRefiner(SMALL_REFINER), queries)
+    features = QueryFeatures(model, queries)
+    tuner = ClickTuner(features, encode_supports(model, queries[:1], support_mask).tokens, RefineConfig())
+    learned = LearnedClicks(ClickRefiner(SMALL_REFINER), features)
     clicks = np.zeros((32, 32, 6), np.uint8)
     clicks[25, 25, 3], clicks[10, 10, 3] = POSITIVE, NEGATIVE
 

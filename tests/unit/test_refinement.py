@@ -20,8 +20,10 @@ from iris_engine.refinement import (
     POSITIVE,
     Click,
     ClickTuner,
+    QueryFeatures,
     RefineConfig,
     clicks_from_label_map,
+    refine_segmentation,
     refine_slab,
     scribble,
 )
@@ -105,10 +107,31 @@ def test_a_click_reaches_neighbour_slices_in_a_volume_only_within_range() -> Non
     assert not refined[:, :, :3].any() and not refined[:, :, 6:].any()
 
 
+def test_clicks_on_the_same_volume_encode_each_slice_once(segmenter: IrisSegmenter,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    volume, result = _segmented(segmenter, (32, 32, 12))
+    encoded: list[int] = []
+    encode = segmenter.model.encode_query
+    monkeypatch.setattr(segmenter.model, "encode_query", lambda images: encoded.append(len(images)) or encode(images))
+    clicks = [Click((12, 12, 5), True)]
+    segmenter.refine(volume, result, clicks)
+    first = sum(encoded)
+    assert first > 1  # the clicked slice and the slices the spread reaches
+    again = segmenter.refine(volume, result, [*clicks, Click((30, 30, 5), False)])
+    assert sum(encoded) == first  # same slices, nothing encoded again
+    uncached = refine_segmentation(segmenter, volume, result, [*clicks, Click((30, 30, 5), False)])
+    assert np.allclose(again.probabilities, uncached.probabilities, atol=1e-5)
+    other = Volume(volume.array + 1.0, volume.affine, volume.modality)
+    encoded.clear()
+    segmenter.refine(other, result, clicks)
+    assert sum(encoded) == first  # another image: encoded afresh
+
+
 def test_tuning_moves_the_prediction_towards_the_clicks(segmenter: IrisSegmenter) -> None:
     volume, result = _segmented(segmenter, (32, 32))
     queries, _, _ = segmenter.to_model_space(volume)
-    tuner = ClickTuner(segmenter.model, queries, result.embedding.tokens, RefineConfig(method="tuning"))
+    features = QueryFeatures(segmenter.model, queries)
+    tuner = ClickTuner(features, result.embedding.tokens, RefineConfig(method="tuning"))
     before = tuner.predict(result.embedding.tokens, [0], (32, 32))
     high = np.unravel_index(int(np.argmax(before[..., 0])), (32, 32))
     clicks = np.zeros((32, 32, 1), np.uint8)
