@@ -35,7 +35,7 @@ DELEGATED = {"train": "iris_engine.training.run", "evaluate": "iris_engine.evalu
              "evaluate-propagation": "iris_engine.evaluation.propagation", "propagate": "iris_engine.cli_propagate",
              "refine": "iris_engine.cli_refine", "evaluate-refinement": "iris_engine.evaluation.refinement",
              "sanity": "iris_engine.evaluation.sanity", "train-refiner": "iris_engine.training.click_training",
-             "bank": "iris_engine.data.bank_export"}
+             "bank": "iris_engine.data.bank_export", "average-weights": "iris_engine.training.soup"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 STEM_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".dicom", ".npy", ".npz", ".zip", *IMAGE_SUFFIXES)
 EXIT_ALL_FAILED = 1
@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                             ("sanity", "support = query check over every structure (iris sanity --help)"),
                             ("train", "episodic training (iris train --help)"),
                             ("train-refiner", "train the click refiner on a frozen model (iris train-refiner --help)"),
-                            ("bank", "save the training slice bank, to train elsewhere (iris bank --help)")):
+                            ("bank", "save the training slice bank, to train elsewhere (iris bank --help)"),
+                            ("average-weights", "average fine-tunes of one model (iris average-weights --help)")):
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
 

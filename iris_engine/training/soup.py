@@ -1,0 +1,66 @@
+"""`iris average-weights`: a uniform weight average ("model soup", Wortsman et al. 2022) of IRIS checkpoints
+fine-tuned from the same weights, with the memory bank rebuilt from the averaged model as `iris train` does."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from iris_engine.checkpoint import load_checkpoint, save_checkpoint
+from iris_engine.config import TrainConfig
+from iris_engine.data.slices import build_slice_bank
+from iris_engine.data.splits import Split
+from iris_engine.errors import IrisInputError
+from iris_engine.model.iris import IrisModel
+from iris_engine.training.run import refresh_memory_bank
+
+
+def average_models(models: list[IrisModel]) -> IrisModel:
+    """The first model with every floating-point weight replaced by the mean over all models (same config)."""
+    if len(models) < 2:
+        raise IrisInputError("give at least two checkpoints to average")
+    first = models[0]
+    states = [m.state_dict() for m in models]
+    if any(m.config != first.config or s.keys() != states[0].keys() for m, s in zip(models, states, strict=True)):
+        raise IrisInputError("the checkpoints have different model configurations; only fine-tunes of the same "
+                             "weights can be averaged")
+    averaged = {k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
+                for k, v in states[0].items()}
+    first.load_state_dict(averaged)
+    return first
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iris average-weights", description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoints", nargs="+", type=Path, help="two or more fine-tunes of the same weights")
+    parser.add_argument("--out", type=Path, required=True, help="the averaged checkpoint")
+    parser.add_argument("--split", type=Path, required=True, help="split whose training patients fill the bank")
+    parser.add_argument("--version", required=True, help="model version stamped on the result")
+    parser.add_argument("--data-root", type=Path, default=None, help="MSD-style datasets root (default ../shared/data)")
+    parser.add_argument("--datasets", nargs="*", default=None, help="dataset folder names (default: all known)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="draws the memory bank's supports")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    loaded = [load_checkpoint(path) for path in args.checkpoints]
+    model = average_models([item.model for item in loaded]).eval()
+    model.version = args.version
+    split = Split.load(args.split)
+    datasets = tuple(args.datasets) if args.datasets else None
+    bank = build_slice_bank(datasets, root=args.data_root, size=model.config.image_size, verbose=True)
+    memory = refresh_memory_bank(model, bank, split, TrainConfig().memory_momentum, seed=args.seed)
+    metadata = {**loaded[0].metadata, "model_version": args.version, "split": args.split.name,
+                "split_fingerprint": split.fingerprint(),
+                "averaged_from": [f"{p} ({item.metadata.get('model_version', '?')}, "
+                                  f"{item.metadata.get('iterations', '?')} iterations)"
+                                  for p, item in zip(args.checkpoints, loaded, strict=True)]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(args.out, model, memory, None, metadata)
+    print(f"{args.version}: the mean of {len(loaded)} checkpoints -> {args.out}", flush=True)
+    return args.out
