@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -305,38 +306,40 @@ def clicks_to_grid(clicks: np.ndarray, size: int) -> np.ndarray:
 
 class QueryFeatures:
     """A query's model-space slices (N, 1, S, S), one per canonical axial slice z, with the model's encoder and
-    pixel features of each slice, computed on first use and kept for every later click on the same query."""
+    pixel features of each slice, computed on first use and kept for later clicks on the same query (the
+    `max_slices` most recently used: about 3 MB each at 128 px)."""
 
-    def __init__(self, model: IrisModel, queries: torch.Tensor, batch: int = 8):
-        self.model, self.queries, self.batch = model, queries, batch
+    def __init__(self, model: IrisModel, queries: torch.Tensor, batch: int = 8, max_slices: int = 128):
+        self.model, self.queries, self.batch, self.max_slices = model, queries, batch, max_slices
         self.device = next(model.parameters()).device
-        self._encoded: dict[int, list[torch.Tensor]] = {}
-        self._pixels: dict[int, torch.Tensor] = {}
+        self._kept: OrderedDict[int, tuple[list[torch.Tensor], torch.Tensor]] = OrderedDict()
 
-    def _ensure(self, rows: Sequence[int]) -> None:
-        missing = [z for z in dict.fromkeys(rows) if z not in self._encoded]
+    def _features(self, rows: Sequence[int]) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+        """(encoder features, pixel features) of each row, computing the missing ones in batches."""
+        missing = [z for z in dict.fromkeys(rows) if z not in self._kept]
+        found = {z: self._kept[z] for z in rows if z in self._kept}
         for start in range(0, len(missing), self.batch):
             chunk = missing[start : start + self.batch]
             with torch.no_grad():
                 features = self.model.encode_query(self.queries[chunk].to(self.device))
                 pixels = self.model.decoder.pixel_features(features[1:])
-            for i, z in enumerate(chunk):
-                self._encoded[z] = [f[i] for f in features]
-                self._pixels[z] = pixels[i]
-
-    def encoded(self, rows: Sequence[int]) -> list[torch.Tensor]:
-        """`IrisModel.encode_query` output of the given slices."""
-        self._ensure(rows)
-        return [torch.stack([self._encoded[z][i] for z in rows]) for i in range(len(self._encoded[rows[0]]))]
+            found.update({z: ([f[i] for f in features], pixels[i]) for i, z in enumerate(chunk)})
+        for z in dict.fromkeys(rows):
+            self._kept[z] = found[z]
+            self._kept.move_to_end(z)
+        while len(self._kept) > self.max_slices:
+            self._kept.popitem(last=False)
+        return [found[z] for z in rows]
 
     def pixels(self, rows: Sequence[int]) -> torch.Tensor:
         """The decoder's class-agnostic pixel features (n, D, S, S) of the given slices."""
-        self._ensure(rows)
-        return torch.stack([self._pixels[z] for z in rows])
+        return torch.stack([pixels for _, pixels in self._features(rows)])
 
     def decode(self, rows: Sequence[int], tokens: torch.Tensor) -> torch.Tensor:
         """Logits (n, K, S, S) of the given slices with task tokens (K, T, C) or (n, K, T, C)."""
-        return self.model.decode(self.encoded(rows), tokens, self.pixels(rows))
+        kept = self._features(rows)
+        encoded = [torch.stack([features[i] for features, _ in kept]) for i in range(len(kept[0][0]))]
+        return self.model.decode(encoded, tokens, torch.stack([pixels for _, pixels in kept]))
 
 
 class FeatureCache:

@@ -127,6 +127,24 @@ def test_clicks_on_the_same_volume_encode_each_slice_once(segmenter: IrisSegment
     assert sum(encoded) == first  # another image: encoded afresh
 
 
+def test_query_features_keep_the_most_recently_used_slices(segmenter: IrisSegmenter,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    model = segmenter.model
+    queries = torch.rand(6, 1, 32, 32)
+    with torch.no_grad():
+        direct = model.decoder.pixel_features(model.encode_query(queries[1:2])[1:])
+    encoded: list[int] = []
+    encode = model.encode_query
+    monkeypatch.setattr(model, "encode_query", lambda images: encoded.append(len(images)) or encode(images))
+    features = QueryFeatures(model, queries, batch=2, max_slices=3)
+    assert torch.allclose(features.pixels([0, 1, 2, 3])[1:2], direct, atol=1e-5)
+    assert encoded == [2, 2]
+    features.pixels([2, 3, 1])
+    assert sum(encoded) == 4  # kept
+    features.pixels([0])
+    assert sum(encoded) == 5  # slice 0 was the oldest and dropped
+
+
 def test_tuning_moves_the_prediction_towards_the_clicks(segmenter: IrisSegmenter) -> None:
     volume, result = _segmented(segmenter, (32, 32))
     queries, _, _ = segmenter.to_model_space(volume)
