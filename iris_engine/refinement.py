@@ -16,6 +16,8 @@ Methods (measured against each other by `iris_engine.evaluation.refinement`):
 Every method honours every click (positive inside, negative outside). In a volume the edit works on
 canonical axial slices; a click also reaches `neighbour_slices` slices on either side (the geodesic
 distance is 3D there, and tuned predictions are blended in with a weight falling off with distance).
+The model's features of each query slice are computed once (`QueryFeatures`) and shared by the methods; the
+segmenter keeps them from one click to the next on the same image (`FeatureCache`).
 """
 
 from __future__ import annotations
