@@ -371,11 +371,10 @@ class ClickTuner:
 
     def __init__(self, features: QueryFeatures, tokens: torch.Tensor, config: RefineConfig):
         self.features, self.tokens, self.config = features, tokens, config
-        self.model, self.queries, self.device = features.model, features.queries, features.device
 
     def _click_targets(self, clicks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Model-space label (1 positive) and weight (Gaussian footprint of each click) maps, (n, 1, S, S)."""
-        size = self.queries.shape[-1]
+        size = self.features.queries.shape[-1]
         h, w, n = clicks.shape
         label = np.zeros((n, 1, size, size), dtype=np.float32)
         weight = np.zeros((n, 1, size, size), dtype=np.float32)
@@ -391,11 +390,11 @@ class ClickTuner:
     def tune(self, probability: np.ndarray, clicks: np.ndarray, slices: Sequence[int]) -> torch.Tensor:
         """Tokens tuned on the clicked slices: click loss + BCE towards the current probability elsewhere."""
         rows = list(slices)
-        keep = _to_grid(probability[:, :, rows], self.queries.shape[-1]).clamp(0, 1).to(self.device)
-        label, weight = (t.to(self.device) for t in self._click_targets(clicks[:, :, rows]))
-        tokens = self.tokens.detach().clone().to(self.device).requires_grad_(True)
+        model, device = self.features.model, self.features.device
+        keep = _to_grid(probability[:, :, rows], self.features.queries.shape[-1]).clamp(0, 1).to(device)
+        label, weight = (t.to(device) for t in self._click_targets(clicks[:, :, rows]))
+        tokens = self.tokens.detach().clone().to(device).requires_grad_(True)
         optimizer = torch.optim.Adam([tokens], lr=self.config.tuning_lr)
-        model = self.model
         flags = [p.requires_grad for p in model.parameters()]
         try:
             for p in model.parameters():
@@ -425,16 +424,16 @@ class LearnedClicks:
 
     def __init__(self, refiner: ClickRefiner, features: QueryFeatures):
         self.refiner, self.features = refiner.eval(), features
-        self.model, self.queries = features.model, features.queries
 
     def refine(self, probability: np.ndarray, clicks: np.ndarray, slices: Sequence[int]) -> np.ndarray:
         """Refined (H, W, n) probabilities of the given slices; the change is computed on the model grid and
         added to `probability` at its own resolution."""
         rows = list(slices)
-        size = self.queries.shape[-1]
+        queries = self.features.queries
+        size = queries.shape[-1]
         start = _to_grid(probability, size).clamp(0, 1)
         with torch.no_grad():
-            inputs = click_inputs(self.queries[rows].float(), start, self.features.pixels(rows).float().cpu(),
+            inputs = click_inputs(queries[rows].float(), start, self.features.pixels(rows).float().cpu(),
                                   clicks_to_grid(clicks, size), self.refiner.config)
             refined = torch.sigmoid(self.refiner(inputs))
         change = _from_grid(refined - start, probability.shape[:2])

@@ -107,12 +107,18 @@ def test_a_click_reaches_neighbour_slices_in_a_volume_only_within_range() -> Non
     assert not refined[:, :, :3].any() and not refined[:, :, 6:].any()
 
 
+def _count_encoded(model: IrisModel, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of slices of each later `encode_query` call on `model`."""
+    encoded: list[int] = []
+    encode = model.encode_query
+    monkeypatch.setattr(model, "encode_query", lambda images: encoded.append(len(images)) or encode(images))
+    return encoded
+
+
 def test_clicks_on_the_same_volume_encode_each_slice_once(segmenter: IrisSegmenter,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     volume, result = _segmented(segmenter, (32, 32, 12))
-    encoded: list[int] = []
-    encode = segmenter.model.encode_query
-    monkeypatch.setattr(segmenter.model, "encode_query", lambda images: encoded.append(len(images)) or encode(images))
+    encoded = _count_encoded(segmenter.model, monkeypatch)
     clicks = [Click((12, 12, 5), True)]
     segmenter.refine(volume, result, clicks)
     first = sum(encoded)
@@ -133,9 +139,7 @@ def test_query_features_keep_the_most_recently_used_slices(segmenter: IrisSegmen
     queries = torch.rand(6, 1, 32, 32)
     with torch.no_grad():
         direct = model.decoder.pixel_features(model.encode_query(queries[1:2])[1:])
-    encoded: list[int] = []
-    encode = model.encode_query
-    monkeypatch.setattr(model, "encode_query", lambda images: encoded.append(len(images)) or encode(images))
+    encoded = _count_encoded(model, monkeypatch)
     features = QueryFeatures(model, queries, batch=2, max_slices=3)
     assert torch.allclose(features.pixels([0, 1, 2, 3])[1:2], direct, atol=1e-5)
     assert encoded == [2, 2]
