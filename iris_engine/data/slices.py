@@ -20,6 +20,7 @@ from iris_engine.data.catalog import dataset_info, default_datasets
 from iris_engine.data.msd import MSDDataset
 from iris_engine.data.shared_paths import REPO_ROOT, shared_data_dir
 from iris_engine.errors import IrisInputError
+from iris_engine.io.writers import atomic_write
 from iris_engine.preprocess import normalize_intensity
 
 BANK_FORMAT_VERSION = 1
@@ -118,21 +119,18 @@ class SliceBank:
             "class_names": self.class_names,
             "modalities": self.modalities,
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        (np.savez_compressed if compact else np.savez)(
-            tmp,
-            meta=np.array(json.dumps(meta)),
+        arrays = {
+            "meta": np.array(json.dumps(meta)),
             **(_compact_images(self.images) if compact else {"images": self.images}),
-            labels=self.labels,
-            dataset_index=self.dataset_index,
-            case_ids=self.case_ids,
-            patient_ids=self.patient_ids,
-            slice_index=self.slice_index,
-            areas=self.areas,
-        )
-        tmp.replace(path)
+            "labels": self.labels,
+            "dataset_index": self.dataset_index,
+            "case_ids": self.case_ids,
+            "patient_ids": self.patient_ids,
+            "slice_index": self.slice_index,
+            "areas": self.areas,
+        }
+        # a temp file of its own per writer: two trainings building the same cached bank at once both succeed
+        atomic_write(path, lambda tmp: (np.savez_compressed if compact else np.savez)(tmp, **arrays))
 
     @classmethod
     def load(cls, path: str | Path) -> SliceBank:

@@ -123,6 +123,28 @@ def test_bank_cache_roundtrip(tiny_root: Path) -> None:
     assert bank.summary()["toy3d"]["cases"] == 6
 
 
+def _save_repeatedly(bank: SliceBank, path: Path, times: int) -> None:
+    for _ in range(times):
+        bank.save(path)
+
+
+def test_two_processes_writing_one_cached_bank_both_succeed(tiny_root: Path, tmp_path: Path) -> None:
+    """Two trainings started together build the same cache file: each writes its own temp file and renames it."""
+    import multiprocessing
+
+    bank, _ = _bank_and_split(tiny_root, held_out_datasets=(), held_out_classes=())
+    target = tmp_path / "shared_cache" / "slicebank_shared.npz"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_save_repeatedly, args=(bank, target, 15)) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    assert np.array_equal(SliceBank.load(target).labels, bank.labels)
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
 def test_sampler_shapes_and_patient_rule(tiny_root: Path) -> None:
     bank, split = _bank_and_split(tiny_root, held_out_datasets=(), held_out_classes=())
     cfg = EpisodeConfig(supports_per_episode=2, queries_per_episode=2, max_classes=3, synthetic_fraction=0.25)
