@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import nibabel as nib
@@ -130,8 +131,6 @@ def _save_repeatedly(bank: SliceBank, path: Path, times: int) -> None:
 
 def test_two_processes_writing_one_cached_bank_both_succeed(tiny_root: Path, tmp_path: Path) -> None:
     """Two trainings started together build the same cache file: each writes its own temp file and renames it."""
-    import multiprocessing
-
     bank, _ = _bank_and_split(tiny_root, held_out_datasets=(), held_out_classes=())
     target = tmp_path / "shared_cache" / "slicebank_shared.npz"
     context = multiprocessing.get_context("fork")
