@@ -1,23 +1,28 @@
 """`iris average-weights`: a uniform weight average ("model soup", Wortsman et al. 2022) of IRIS checkpoints
-fine-tuned from the same weights, with the memory bank rebuilt from the averaged model as `iris train` does."""
+fine-tuned from the same weights, with the memory bank rebuilt from the averaged model as `iris train` does;
+with `--click-refiners`, the same average of click refiners fine-tuned for one IRIS model."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
-from iris_engine.checkpoint import load_checkpoint, save_checkpoint
+from iris_engine.checkpoint import load_checkpoint, load_click_refiner, save_checkpoint, save_click_refiner
 from iris_engine.config import TrainConfig
 from iris_engine.data.slices import build_slice_bank
 from iris_engine.data.splits import Split
 from iris_engine.errors import IrisInputError
+from iris_engine.model.click_refiner import ClickRefiner
 from iris_engine.model.iris import IrisModel
 from iris_engine.training.run import refresh_memory_bank
 
+Module = TypeVar("Module", IrisModel, ClickRefiner)
 
-def average_models(models: list[IrisModel]) -> IrisModel:
+
+def average_models(models: list[Module]) -> Module:
     """The first model with every floating-point weight replaced by the mean over all models (same config)."""
     if len(models) < 2:
         raise IrisInputError("give at least two checkpoints to average")
@@ -36,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iris average-weights", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path, help="two or more fine-tunes of the same weights")
     parser.add_argument("--out", type=Path, required=True, help="the averaged checkpoint")
-    parser.add_argument("--split", type=Path, required=True, help="split whose training patients fill the bank")
-    parser.add_argument("--version", required=True, help="model version stamped on the result")
+    parser.add_argument("--click-refiners", action="store_true",
+                        help="the files are click refiners trained for one IRIS model (no split, version or bank)")
+    parser.add_argument("--split", type=Path, help="split whose training patients fill the bank (IRIS checkpoints)")
+    parser.add_argument("--version", help="model version stamped on the result (IRIS checkpoints)")
     parser.add_argument("--data-root", type=Path, default=None, help="MSD-style datasets root (default ../shared/data)")
     parser.add_argument("--datasets", nargs="*", default=None, help="dataset folder names (default: all known)")
     parser.add_argument("--threads", type=int, default=1)
@@ -45,9 +52,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _average_click_refiners(paths: list[Path], out: Path) -> Path:
+    """Average click refiner files that read the same IRIS model's features."""
+    loaded = [load_click_refiner(path) for path in paths]
+    versions = {item.iris_model_version for item in loaded}
+    if len(versions) > 1:
+        raise IrisInputError(f"the click refiners were trained for different IRIS models: {sorted(versions)}")
+    refiner = average_models([item.refiner for item in loaded]).eval()
+    metadata = {**loaded[0].metadata,
+                "averaged_from": [f"{p} ({item.metadata.get('iterations', '?')} iterations, seed "
+                                  f"{item.metadata.get('recipe', {}).get('seed', '?')})"
+                                  for p, item in zip(paths, loaded, strict=True)]}
+    path = save_click_refiner(out, refiner, loaded[0].iris_model_version, metadata)
+    print(f"the mean of {len(loaded)} click refiners for {loaded[0].iris_model_version} -> {path}", flush=True)
+    return path
+
+
 def main(argv: list[str] | None = None) -> Path:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.click_refiners:
+        return _average_click_refiners(args.checkpoints, args.out)
+    if args.split is None or args.version is None:
+        parser.error("averaging IRIS checkpoints needs --split and --version")
     loaded = [load_checkpoint(path) for path in args.checkpoints]
     model = average_models([item.model for item in loaded]).eval()
     model.version = args.version
