@@ -5,7 +5,8 @@ Prints a table of wall and CPU seconds per call (median over repeats, after one 
 the 1 s goal. Each call is what the app does on a click: refine the one-shot result with all clicks so far
 (here the first click; `--clicks N` times the N-th click of a series). Measured side by side: a cold call, which
 encodes the query's slices afresh, and a warm one, as the app makes them, where the segmenter kept the query's
-model features from the previous click on the same image (`refinement.FeatureCache`). `--volume` times the same on a
+model features from the previous click on the same image (`refinement.FeatureCache`); the default `learned` is also
+timed with the tuning blend it had before (`learned_tuning`), side by side. `--volume` times the same on a
 192 x 192 x 64 volume instead (no goal there; the clicks follow the simulated user of the evaluation, each at the
 centre of the largest 3D error region of the previous result).
 """
@@ -103,17 +104,20 @@ def main() -> None:
           f"weights {args.weights.name} ({segmenter.model_version}); {args.clicks} click(s) on {where}")
     print("| method | cold wall s | warm wall s | warm CPU s | cold / warm | warm / 1 s goal |\n"
           "|---|---|---|---|---|---|")
-    for method in METHODS:
-        config = RefineConfig(method=method)
+    variants = [(method, RefineConfig(method=method)) for method in METHODS]
+    variants.append(("learned + tuning blend (`learned_tuning`)", RefineConfig(learned_tuning=True)))
+    warm: dict[str, float] = {}
+    for name, config in variants:
         if args.volume:
             clicks = simulated_clicks(segmenter, query, result, truth, args.clicks, config)
         segmenter.refine(query, result, clicks, config)
         cold = statistics.median(timed(partial(refine_segmentation, segmenter, query, result, clicks, config),
                                        args.repeats)[0])
         walls, cpus = timed(partial(segmenter.refine, query, result, clicks, config), args.repeats)
-        wall = statistics.median(walls)
-        print(f"| {method} | {cold:.3f} | {wall:.3f} | {statistics.median(cpus):.3f} | {cold / wall:.2f} "
+        wall = warm[name] = statistics.median(walls)
+        print(f"| {name} | {cold:.3f} | {wall:.3f} | {statistics.median(cpus):.3f} | {cold / wall:.2f} "
               f"| {wall / GOAL_SECONDS:.2f} |")
+    print(f"warm learned with / without the tuning blend: {warm[variants[-1][0]] / warm['learned']:.2f}x")
 
 
 if __name__ == "__main__":

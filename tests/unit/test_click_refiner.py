@@ -127,7 +127,7 @@ def test_learned_refinement_works_at_the_image_resolution_and_needs_a_refiner() 
         refine_slab(image[..., None], probability, clicks, RefineConfig(method="learned"))
 
 
-def test_learned_refinement_adds_the_tuned_prediction_from_the_second_click() -> None:
+def test_learned_tuning_adds_the_tuned_prediction_from_the_second_click() -> None:
     torch.manual_seed(0)
     model = IrisModel(TINY).eval()
     image = np.random.default_rng(0).normal(size=(32, 32)).astype(np.float32)
@@ -136,9 +136,9 @@ def test_learned_refinement_adds_the_tuned_prediction_from_the_second_click() ->
     probability[8:20, 8:20] = 0.9
     support_mask = torch.from_numpy((probability[..., 0] > 0.5).astype(np.float32))[None, None]
     tokens = encode_supports(model, queries, support_mask).tokens
-    default = RefineConfig()
+    with_tuning = RefineConfig(learned_tuning=True)
     features = QueryFeatures(model, queries)
-    tuner = ClickTuner(features, tokens, default)
+    tuner = ClickTuner(features, tokens, with_tuning)
     learned = LearnedClicks(ClickRefiner(SMALL_REFINER), features)
     clicks = np.zeros((32, 32, 1), np.uint8)
     clicks[25, 25, 0] = POSITIVE
@@ -146,14 +146,17 @@ def test_learned_refinement_adds_the_tuned_prediction_from_the_second_click() ->
     def refined(config: RefineConfig) -> np.ndarray:
         return refine_slab(image[..., None], probability, clicks, config, tuner, learned=learned)
 
-    without_tuning = RefineConfig(learned_tuning=False)
-    assert np.array_equal(refined(default), refined(without_tuning))  # one click: refiner + local edit
+    default = RefineConfig()
+    assert not default.learned_tuning
+    assert np.array_equal(refined(with_tuning), refined(default))  # one click: refiner + local edit
     clicks[10, 10, 0] = NEGATIVE
     alone = refined(RefineConfig(learned_weight=1.0))
     combined = refined(RefineConfig(method="combined"))
+    local = refined(RefineConfig(method="local"))
     unclicked = clicks == 0
-    assert np.allclose(refined(default)[unclicked], 0.5 * (alone + combined)[unclicked], atol=1e-5)
-    assert not np.allclose(refined(default), refined(without_tuning), atol=1e-3)
+    assert np.allclose(refined(with_tuning)[unclicked], 0.5 * (alone + combined)[unclicked], atol=1e-5)
+    assert np.allclose(refined(default)[unclicked], 0.5 * (alone + local)[unclicked], atol=1e-5)
+    assert not np.allclose(refined(with_tuning), refined(default), atol=1e-3)
 
 
 def test_thin_structures_get_the_local_edit_only() -> None:
@@ -342,5 +345,7 @@ def test_the_tuning_blend_is_for_2d_images_unless_asked_for_in_volumes() -> None
     def refined(config: RefineConfig) -> np.ndarray:
         return refine_slab(image, probability, clicks, config, tuner, learned=learned)
 
-    assert np.array_equal(refined(RefineConfig()), refined(RefineConfig(learned_tuning=False)))
-    assert not np.allclose(refined(RefineConfig(learned_tuning_in_volumes=True)), refined(RefineConfig()), atol=1e-3)
+    with_tuning = RefineConfig(learned_tuning=True)
+    assert np.array_equal(refined(with_tuning), refined(RefineConfig()))
+    assert not np.allclose(refined(replace(with_tuning, learned_tuning_in_volumes=True)), refined(with_tuning),
+                           atol=1e-3)
