@@ -4,9 +4,11 @@ Each episode (the IRIS training mix: real, task-augmented, superpixel and synthe
 patients and classes) gives a one-shot prediction of the frozen model. A simulated user clicks 1 to
 `max_clicks` times, each click at the centre of the largest error region of the refiner's current output
 (as in the evaluation protocol, every output restarts from the one-shot prediction with all clicks so far);
-the loss (Dice + BCE) is taken on the output after the last click. A share of the starts is degraded (emptied,
-or swapped for another slice's prediction) so that the refiner also learns to grow a structure the one-shot
-prediction missed from a click or two. Resumable (`--resume`), time-limited;
+the loss (Dice + BCE) is taken on the output after the last click. With `local_blend` the output is what
+method "learned" returns on a clicked slice: the refiner averaged with the image-aware local edit of the start
+(`RefineConfig.learned_weight`), so the refiner learns to complement that edit. A share of the starts is
+degraded (emptied, or swapped for another slice's prediction) so that the refiner also learns to grow a
+structure the one-shot prediction missed from a click or two. Resumable (`--resume`), time-limited;
 `--init` fine-tunes a shipped refiner (its own configuration, a fresh optimizer and schedule).
 """
 
@@ -30,7 +32,7 @@ from iris_engine.data.splits import Split
 from iris_engine.errors import IrisInputError
 from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs
 from iris_engine.model.iris import IrisModel
-from iris_engine.refinement import next_click
+from iris_engine.refinement import RefineConfig, honour, local_edit, next_click
 from iris_engine.training.losses import dice_bce_loss
 from iris_engine.training.run import episode_source
 from iris_engine.training.trainer import EpisodeSource, lr_factor
@@ -52,6 +54,7 @@ class ClickTrainConfig:
     max_clicks: int = 6
     threshold: float = 0.5
     degraded_start_fraction: float = 0.3  # share of starts emptied or swapped for another slice's prediction
+    local_blend: float = 0.0  # weight of the local edit in the trained output (1 - learned_weight: as inferred)
     empty_start_probability: float = 0.01
     seed: int = 0
     checkpoint_every: int = 100
@@ -99,8 +102,23 @@ def degrade_starts(start: torch.Tensor, rng: np.random.Generator, fraction: floa
     return degraded
 
 
-def simulate_clicks(refiner: ClickRefiner, batch: ClickBatch, counts: np.ndarray, threshold: float) -> np.ndarray:
-    """Click maps (B, S, S) after counts[i] automatic clicks, each placed on the refiner's current output."""
+def blend_local_edit(refined: torch.Tensor, batch: ClickBatch, clicks: np.ndarray, weight: float) -> torch.Tensor:
+    """(B, 1, S, S) refiner probability averaged with the local edit of the start on the clicked slices, as
+    method "learned" does at inference (weight = 1 - learned_weight); unchanged for weight 0."""
+    if weight == 0.0:
+        return refined
+    image, start = batch.image[:, 0].cpu().numpy(), batch.start[:, 0].cpu().numpy()
+    edited = start.copy()
+    config = RefineConfig()
+    for i in np.flatnonzero((clicks > 0).reshape(len(clicks), -1).any(axis=1)):
+        edited[i] = local_edit(image[i][..., None], start[i][..., None], clicks[i][..., None], config)[..., 0]
+    return (1.0 - weight) * refined + weight * torch.from_numpy(edited)[:, None].to(refined)
+
+
+def simulate_clicks(refiner: ClickRefiner, batch: ClickBatch, counts: np.ndarray, threshold: float,
+                    local_blend: float = 0.0) -> np.ndarray:
+    """Click maps (B, S, S) after counts[i] automatic clicks, each placed on the current output (the refiner's,
+    blended with the local edit by `local_blend`, every click so far honoured)."""
     truth = batch.truth[:, 0].cpu().numpy() >= 0.5
     current = batch.start[:, 0].cpu().numpy() >= threshold
     clicks = np.zeros(truth.shape, dtype=np.uint8)
@@ -113,7 +131,8 @@ def simulate_clicks(refiner: ClickRefiner, batch: ClickBatch, counts: np.ndarray
         if step + 1 < counts.max():
             with torch.no_grad():
                 inputs = click_inputs(batch.image, batch.start, batch.features, clicks, refiner.config)
-                current = (torch.sigmoid(refiner(inputs))[:, 0] >= threshold).cpu().numpy()
+                output = blend_local_edit(torch.sigmoid(refiner(inputs)), batch, clicks, local_blend)
+            current = honour(output[:, 0].cpu().numpy(), clicks, threshold) >= threshold
     return clicks
 
 
@@ -175,11 +194,14 @@ class ClickTrainer:
                                      self.config.empty_start_probability)
         counts = self.rng.integers(1, self.config.max_clicks + 1, size=batch.image.shape[0])
         self.refiner.eval()
-        clicks = simulate_clicks(self.refiner, batch, counts, self.config.threshold)
+        clicks = simulate_clicks(self.refiner, batch, counts, self.config.threshold, self.config.local_blend)
         clicked = torch.from_numpy((clicks > 0).reshape(len(clicks), -1).any(axis=1)).to(self.device)
         self.refiner.train()
         inputs = click_inputs(batch.image, batch.start, batch.features, clicks, self.refiner.config)
         logits = self.refiner(inputs)
+        if self.config.local_blend > 0.0:
+            blended = blend_local_edit(torch.sigmoid(logits), batch, clicks, self.config.local_blend)
+            logits = torch.logit(blended.clamp(1e-4, 1.0 - 1e-4))
         loss = dice_bce_loss(logits, batch.truth, clicked[:, None])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -226,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=ClickTrainConfig.seed)
     parser.add_argument("--degraded-start-fraction", type=float, default=ClickTrainConfig.degraded_start_fraction,
                         help="share of one-shot starts emptied or swapped for another slice's prediction")
+    parser.add_argument("--local-blend", type=float, default=ClickTrainConfig.local_blend,
+                        help="train the refiner's output averaged with the local edit by this weight, as method "
+                        "'learned' blends them at inference (1 - learned_weight, e.g. 0.5; 0: the refiner alone)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--time-limit-minutes", type=float, default=None)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/refiner_last.pt")
@@ -247,11 +272,13 @@ def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     torch.manual_seed(args.seed)
+    if not 0.0 <= args.local_blend < 1.0:
+        raise IrisInputError(f"--local-blend must lie in [0, 1), not {args.local_blend}")
     split = Split.load(args.split or args.checkpoint.parent / "split.json")
     model = load_checkpoint(args.checkpoint).model
     config = ClickTrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               warmup_iterations=min(args.warmup_iterations, args.iterations),
-                              degraded_start_fraction=args.degraded_start_fraction)
+                              degraded_start_fraction=args.degraded_start_fraction, local_blend=args.local_blend)
     datasets = tuple(args.datasets) if args.datasets else None
     if args.bank is not None:
         bank = SliceBank.load(args.bank)

@@ -24,6 +24,7 @@ from iris_engine.refinement import (
     QueryFeatures,
     RefineConfig,
     clicks_to_grid,
+    local_edit,
     refine_slab,
 )
 from iris_engine.strategies import encode_supports
@@ -31,6 +32,7 @@ from iris_engine.training import click_training
 from iris_engine.training.click_training import (
     ClickTrainConfig,
     ClickTrainer,
+    blend_local_edit,
     degrade_starts,
     one_shot_batch,
     simulate_clicks,
@@ -205,6 +207,31 @@ def test_click_training_resumes_exactly_and_clicks_land_on_errors(tmp_path: Path
     for r, c in np.argwhere(clicks[0] > 0):
         assert truth[0, r, c] != start[0, r, c]  # the first click goes to an error of the one-shot result
         assert (clicks[0, r, c] == POSITIVE) == truth[0, r, c]
+
+
+def test_local_blend_trains_the_output_that_learned_refinement_returns(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = IrisModel(TINY).eval()
+    batch = one_shot_batch(model, ToyEpisodes(size=32, seed=5), 2)
+    refiner = ClickRefiner(SMALL_REFINER).eval()  # untrained: returns the start unchanged
+    clicks = np.zeros((2, 32, 32), np.uint8)
+    clicks[0, 5, 5], clicks[0, 20, 20] = POSITIVE, NEGATIVE  # the second slice has no clicks
+    with torch.no_grad():
+        refined = torch.sigmoid(refiner(click_inputs(batch.image, batch.start, batch.features, clicks,
+                                                     refiner.config)))
+    assert torch.equal(blend_local_edit(refined, batch, clicks, 0.0), refined)
+    blended = blend_local_edit(refined, batch, clicks, 0.5)
+    image, start = batch.image[0, 0].numpy(), batch.start[0, 0].numpy()
+    edited = local_edit(image[..., None], start[..., None], clicks[0][..., None], RefineConfig())[..., 0]
+    assert np.allclose(blended[0, 0].numpy(), 0.5 * refined[0, 0].numpy() + 0.5 * edited, atol=1e-5)
+    assert np.allclose(blended[1], refined[1], atol=1e-6)  # no clicks, no local edit
+    assert blended[0, 0, 5, 5] > refined[0, 0, 5, 5] and blended[0, 0, 20, 20] < refined[0, 0, 20, 20]
+    config = ClickTrainConfig(iterations=2, batch_size=2, warmup_iterations=1, max_clicks=3, local_blend=0.5)
+    trainer = ClickTrainer(model, ToyEpisodes(size=32, seed=3), config, tmp_path, SMALL_REFINER)
+    trainer.fit()
+    assert trainer.iteration == 2 and any(p.abs().sum() > 0 for p in trainer.refiner.head.parameters())
+    with pytest.raises(ValueError, match="--local-blend must lie in"):
+        click_training.main(["--local-blend", "1.0"])
 
 
 def test_degraded_starts_are_emptied_or_another_slices_prediction() -> None:
