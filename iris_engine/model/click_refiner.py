@@ -11,7 +11,7 @@ Trained with simulated clicks on a frozen IRIS model (`iris_engine.training.clic
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -123,3 +123,54 @@ class ClickRefiner(nn.Module):
             x = block(x, skips.pop())
         start = inputs[:, 2:3] * self.config.logit_clip
         return start + self.head(x)
+
+
+def _copy_conv(old: nn.Conv2d, new: nn.Conv2d, inputs: torch.Tensor) -> None:
+    """Old output channels keep their weights on the old inputs (at `inputs` in the new layer) and ignore new ones."""
+    count = old.weight.shape[0]
+    new.weight[:count] = 0.0
+    new.weight[:count, inputs] = old.weight
+    if old.bias is not None:
+        new.bias[:count] = old.bias
+
+
+def _copy_norm(old: nn.Module, new: nn.Module) -> None:
+    count = old.weight.shape[0]
+    new.weight[:count] = old.weight
+    new.bias[:count] = old.bias
+
+
+def _copy_block(old: ResidualBlock, new: ResidualBlock, inputs: torch.Tensor) -> None:
+    kept = torch.arange(old.conv1.weight.shape[0])
+    _copy_conv(old.conv1, new.conv1, inputs)
+    _copy_norm(old.norm1, new.norm1)
+    _copy_conv(old.conv2, new.conv2, kept)
+    _copy_norm(old.norm2, new.norm2)
+    if isinstance(old.shortcut, nn.Sequential) and isinstance(new.shortcut, nn.Sequential):
+        _copy_conv(old.shortcut[0], new.shortcut[0], inputs)
+        _copy_norm(old.shortcut[1], new.shortcut[1])
+    elif isinstance(old.shortcut, nn.Sequential) or isinstance(new.shortcut, nn.Sequential):
+        raise ValueError("widening changed which blocks project their shortcut")
+
+
+def widen(refiner: ClickRefiner, channels: tuple[int, ...], seed: int = 0) -> ClickRefiner:
+    """A refiner with more channels per level that computes exactly the same output (Net2Net-style: each new
+    channel reads every input through fresh random weights and feeds nothing yet), to be fine-tuned further."""
+    old_channels = refiner.config.channels
+    if len(channels) != len(old_channels) or any(n < o for n, o in zip(channels, old_channels, strict=True)):
+        raise ValueError(f"cannot widen channels {old_channels} to {channels}")
+    torch.manual_seed(seed)
+    wide = ClickRefiner(replace(refiner.config, channels=tuple(channels)))
+    with torch.no_grad():
+        _copy_block(refiner.stem, wide.stem, torch.arange(refiner.stem.conv1.weight.shape[1]))
+        for old, new, width in zip(refiner.down, wide.down, old_channels[:-1], strict=True):
+            _copy_block(old, new, torch.arange(width))
+        pairs = list(zip(old_channels, old_channels[1:], strict=False))
+        new_pairs = list(zip(channels, channels[1:], strict=False))
+        for old, new, (a, b), (_, new_b) in zip(refiner.up, wide.up, reversed(pairs), reversed(new_pairs),
+                                                strict=True):
+            inputs = torch.cat([torch.arange(b), new_b + torch.arange(a)])  # upsampled channels, then the skip
+            _copy_block(old.block, new.block, inputs)
+        _copy_conv(refiner.head, wide.head, torch.arange(old_channels[0]))
+        wide.head.weight[:, old_channels[0]:] = 0.0
+    return wide

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,14 @@ from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
 from iris_engine.data.slices import SliceBank, build_slice_bank
 from iris_engine.data.splits import Split
 from iris_engine.errors import IrisInputError
-from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs
+from iris_engine.model.click_refiner import (
+    NEGATIVE,
+    POSITIVE,
+    ClickRefiner,
+    ClickRefinerConfig,
+    click_inputs,
+    widen,
+)
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import RefineConfig, honour, local_edit, next_click
 from iris_engine.training.losses import dice_bce_loss
@@ -171,13 +178,20 @@ class ClickTrainer:
 
     def initialise_from(self, path: Path, model_version: str, any_model: bool = False) -> None:
         """Start from a refiner file of the same configuration, trained for this very IRIS model (or, with
-        `any_model`, for another one: a warm start after the IRIS model was retrained)."""
+        `any_model`, for another one: a warm start after the IRIS model was retrained); a file with fewer
+        channels per level is widened first (`widen`: same output, new channels to train)."""
         loaded = load_click_refiner(path)
         if not any_model and loaded.iris_model_version != model_version:
             raise IrisInputError(f"{path} was trained for IRIS model {loaded.iris_model_version}, not {model_version}")
-        if loaded.refiner.config != self.refiner.config:
-            raise IrisInputError(f"{path} has another refiner configuration: {loaded.refiner.config}")
-        self.refiner.load_state_dict(loaded.refiner.state_dict())
+        source, target = loaded.refiner, self.refiner.config
+        if source.config != target:
+            try:
+                if replace(source.config, channels=target.channels) != target:
+                    raise ValueError("it differs in more than its channels")
+                source = widen(source, target.channels, self.config.seed)
+            except ValueError as error:
+                raise IrisInputError(f"{path} has another refiner configuration ({error}): {source.config}") from error
+        self.refiner.load_state_dict(source.state_dict())
 
     def _save_state(self) -> None:
         state = {"refiner": self.refiner.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -263,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--loader-workers", type=int, default=0,
                         help="draw episodes in this many background processes (0: in the training process)")
+    parser.add_argument("--channels", type=int, nargs="+", default=list(ClickRefinerConfig.channels),
+                        help="channels per U-Net level; with --init from a narrower refiner, it is widened first")
     parser.add_argument("--without-pixel-features", action="store_true",
                         help="feed the refiner only the clicks' feature similarity maps, not the raw pixel features")
     return parser
@@ -290,7 +306,7 @@ def main(argv: list[str] | None = None) -> Path:
                                                supports_per_episode=1)
     sampler = episode_source(EpisodeSampler(bank, split, episodes, seed=args.seed), config.batch_size,
                              args.loader_workers, args.seed)
-    refiner_config = ClickRefinerConfig(feature_channels=model.config.decoder_channels,
+    refiner_config = ClickRefinerConfig(channels=tuple(args.channels), feature_channels=model.config.decoder_channels,
                                         pixel_features=not args.without_pixel_features)
     trainer = ClickTrainer(model, sampler, config, args.out, refiner_config, args.device)
     if args.resume and trainer.resume():

@@ -16,7 +16,14 @@ from iris_engine.data.splits import make_split
 from iris_engine.data.toy import ToyEpisodes
 from iris_engine.errors import CheckpointError
 from iris_engine.inference import IrisSegmenter
-from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs
+from iris_engine.model.click_refiner import (
+    NEGATIVE,
+    POSITIVE,
+    ClickRefiner,
+    ClickRefinerConfig,
+    click_inputs,
+    widen,
+)
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import (
     ClickTuner,
@@ -310,6 +317,34 @@ def test_a_refiner_is_fine_tuned_only_from_one_trained_for_the_same_model(tmp_pa
                          ClickRefinerConfig(channels=(8, 8), feature_channels=8))
     with pytest.raises(ValueError, match="another refiner configuration"):
         other.initialise_from(path, "tiny-2")
+
+
+def test_a_narrower_refiner_is_widened_to_the_same_output_and_then_trained(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    narrow = ClickRefiner(SMALL_REFINER).eval()
+    torch.nn.init.normal_(narrow.head.weight)  # a non-trivial correction, as after training
+    inputs = torch.randn(2, 11 + 8, 32, 32)
+    wide = widen(narrow, (12, 24)).eval()
+    assert wide.config.channels == (12, 24) and wide.stem.conv1.weight.shape[0] == 12
+    with torch.no_grad():
+        assert torch.allclose(wide(inputs), narrow(inputs), atol=1e-5)
+        assert not torch.allclose(narrow(inputs), inputs[:, 2:3] * narrow.config.logit_clip, atol=1e-3)
+    with pytest.raises(ValueError, match="cannot widen"):
+        widen(narrow, (8, 8))
+    path = save_click_refiner(tmp_path / CLICK_REFINER_FILE, narrow, "tiny-2")
+    config = ClickTrainConfig(iterations=1, batch_size=2, warmup_iterations=1, max_clicks=2)
+    trainer = ClickTrainer(IrisModel(TINY).eval(), ToyEpisodes(size=32, seed=3), config, tmp_path / "wide",
+                           replace(SMALL_REFINER, channels=(12, 24)))
+    trainer.initialise_from(path, "tiny-2")
+    with torch.no_grad():
+        assert torch.allclose(trainer.refiner.eval()(inputs), narrow(inputs), atol=1e-5)
+    before = [p.clone() for p in trainer.refiner.parameters()]
+    trainer.fit()
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.refiner.parameters(), strict=True))
+    lean = ClickTrainer(IrisModel(TINY).eval(), ToyEpisodes(size=32, seed=3), config, tmp_path / "lean",
+                        replace(SMALL_REFINER, channels=(12, 24), pixel_features=False))
+    with pytest.raises(ValueError, match="differs in more than its channels"):
+        lean.initialise_from(path, "tiny-2")
 
 
 def _square_stack(depth: int, seed: int) -> tuple[IrisModel, np.ndarray, torch.Tensor, np.ndarray]:
