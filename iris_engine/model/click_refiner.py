@@ -159,8 +159,9 @@ def widen(refiner: ClickRefiner, channels: tuple[int, ...], seed: int = 0) -> Cl
     old_channels = refiner.config.channels
     if len(channels) != len(old_channels) or any(n < o for n, o in zip(channels, old_channels, strict=True)):
         raise ValueError(f"cannot widen channels {old_channels} to {channels}")
-    torch.manual_seed(seed)
-    wide = ClickRefiner(replace(refiner.config, channels=tuple(channels)))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        wide = ClickRefiner(replace(refiner.config, channels=tuple(channels)))
     with torch.no_grad():
         _copy_block(refiner.stem, wide.stem, torch.arange(refiner.stem.conv1.weight.shape[1]))
         for old, new, width in zip(refiner.down, wide.down, old_channels[:-1], strict=True):

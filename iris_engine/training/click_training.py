@@ -277,8 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--loader-workers", type=int, default=0,
                         help="draw episodes in this many background processes (0: in the training process)")
-    parser.add_argument("--channels", type=int, nargs="+", default=list(ClickRefinerConfig.channels),
-                        help="channels per U-Net level; with --init from a narrower refiner, it is widened first")
+    parser.add_argument("--channels", type=int, nargs="+", default=None,
+                        help="channels per U-Net level (default: the --init refiner's, else "
+                        f"{' '.join(map(str, ClickRefinerConfig.channels))}; give them again with --resume); "
+                        "wider than --init's: it is widened first")
     parser.add_argument("--without-pixel-features", action="store_true",
                         help="feed the refiner only the clicks' feature similarity maps, not the raw pixel features")
     return parser
@@ -306,7 +308,9 @@ def main(argv: list[str] | None = None) -> Path:
                                                supports_per_episode=1)
     sampler = episode_source(EpisodeSampler(bank, split, episodes, seed=args.seed), config.batch_size,
                              args.loader_workers, args.seed)
-    refiner_config = ClickRefinerConfig(channels=tuple(args.channels), feature_channels=model.config.decoder_channels,
+    channels = args.channels or (load_click_refiner(args.init).refiner.config.channels if args.init is not None
+                                 else ClickRefinerConfig.channels)
+    refiner_config = ClickRefinerConfig(channels=tuple(channels), feature_channels=model.config.decoder_channels,
                                         pixel_features=not args.without_pixel_features)
     trainer = ClickTrainer(model, sampler, config, args.out, refiner_config, args.device)
     if args.resume and trainer.resume():

@@ -270,6 +270,15 @@ def test_train_refiner_command_writes_a_refiner_for_the_model_it_read(tmp_path: 
     assert click_training.main(["--checkpoint", str(checkpoint), "--data-root", str(tmp_path), "--datasets", "toy2d",
                                 "--out", str(out), "--iterations", "3", "--batch-size", "2", "--resume"]) == path
     assert load_click_refiner(path).metadata["iterations"] == 3
+    common = ["--checkpoint", str(checkpoint), "--data-root", str(tmp_path), "--datasets", "toy2d", "--iterations",
+              "1", "--batch-size", "2", "--init", str(path)]
+    wide = click_training.main([*common, "--out", str(tmp_path / "wide"), "--channels", "24", "40", "56", "72"])
+    assert load_click_refiner(wide).refiner.config.channels == (24, 40, 56, 72)
+    again = click_training.main([*common[:-1], str(wide), "--out", str(tmp_path / "again")])
+    assert load_click_refiner(again).refiner.config.channels == (24, 40, 56, 72)
+    with pytest.raises(ValueError, match="cannot widen"):
+        click_training.main([*common[:-1], str(wide), "--out", str(tmp_path / "narrow"), "--channels", "16", "32",
+                             "48", "64"])
 
 
 def test_train_refiner_runs_from_a_saved_bank_in_worker_processes(tmp_path: Path) -> None:
