@@ -30,14 +30,7 @@ from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
 from iris_engine.data.slices import SliceBank, build_slice_bank
 from iris_engine.data.splits import Split
 from iris_engine.errors import IrisInputError
-from iris_engine.model.click_refiner import (
-    NEGATIVE,
-    POSITIVE,
-    ClickRefiner,
-    ClickRefinerConfig,
-    click_inputs,
-    widen,
-)
+from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs, widen
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import RefineConfig, honour, local_edit, next_click
 from iris_engine.training.losses import dice_bce_loss

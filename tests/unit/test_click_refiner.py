@@ -16,14 +16,7 @@ from iris_engine.data.splits import make_split
 from iris_engine.data.toy import ToyEpisodes
 from iris_engine.errors import CheckpointError
 from iris_engine.inference import IrisSegmenter
-from iris_engine.model.click_refiner import (
-    NEGATIVE,
-    POSITIVE,
-    ClickRefiner,
-    ClickRefinerConfig,
-    click_inputs,
-    widen,
-)
+from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs, widen
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import (
     ClickTuner,
