@@ -172,6 +172,5 @@ def widen(refiner: ClickRefiner, channels: tuple[int, ...], seed: int = 0) -> Cl
                                                 strict=True):
             inputs = torch.cat([torch.arange(b), new_b + torch.arange(a)])  # upsampled channels, then the skip
             _copy_block(old.block, new.block, inputs)
-        _copy_conv(refiner.head, wide.head, torch.arange(old_channels[0]))
-        wide.head.weight[:, old_channels[0]:] = 0.0
+        _copy_conv(refiner.head, wide.head, torch.arange(old_channels[0]))  # new inputs zeroed there
     return wide
