@@ -413,9 +413,11 @@ def run_segmentation(services: Services, session: Session, strategy: str, bank_c
     ids = {}
     for name, mask in zip(names, segmentation.masks, strict=True):
         ids[name] = services.storage.predictions.add(session.case_id, name, mask, key, segmentation.model_version,
-                                                     {"seconds": round(seconds, 3), "supports": len(supports)}).id
+                                                     {"seconds": round(seconds, 3), "supports": len(supports),
+                                                      "input_scale": segmentation.input_scale}).id
     session.result = Result(session.case_id, segmentation, ids, segmentation.masks.copy(), seconds)
-    return f"{strategy} finished in {seconds:.2f} s: " + ", ".join(
+    scale = " (thin structure: read at twice the model's input size)" if segmentation.input_scale > 1 else ""
+    return f"{strategy} finished in {seconds:.2f} s{scale}: " + ", ".join(
         f"{row[0]} {row[1]} ({row[3]} voxels)" for row in result_rows(services, session))
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from iris_engine import strategies
 from iris_engine.checkpoint import load_checkpoint
@@ -30,10 +31,11 @@ from iris_engine.model.iris import IrisModel
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "assets" / "weights" / "iris2d.pt"
-CASES = ("encode_task", "slice256", "volume128", "volume128_3d", "context_ensemble", "tuning20")
+CASES = ("encode_task", "slice256", "slice256_thin", "volume128", "volume128_thin", "volume128_3d", "context_ensemble",
+         "tuning20")
 BACKENDS = ("eager", "auto", "compiled", "onnx")  # auto: the engine's default (ONNX Runtime for CPU volumes)
-BATCHED = ("volume128", "volume128_3d")  # the only cases with more than one query slice
-SEGMENT_CASES = ("slice256", "volume128")  # the cases the exported query path can serve
+BATCHED = ("volume128", "volume128_thin", "volume128_3d")  # the only cases with more than one query slice
+SEGMENT_CASES = ("slice256", "slice256_thin", "volume128", "volume128_thin")  # what the exported query path serves
 CLASS = ["organ"]
 
 
@@ -43,6 +45,11 @@ def _disk_volume(shape: tuple[int, ...], seed: int) -> tuple[Volume, np.ndarray]
     mask = (sum(g**2 for g in grids) < 0.3).astype(np.uint8)
     image = 100.0 * mask + np.random.default_rng(seed).normal(0, 20, shape)
     return Volume(image.astype(np.float32), modality="MR"), mask
+
+
+def _thin(mask: np.ndarray) -> np.ndarray:
+    """The outer 2-pixel band of a mask: a structure thin enough to run at twice the input size."""
+    return (mask > 0) & ~ndimage.binary_erosion(mask > 0, iterations=2)
 
 
 def _model(weights: Path, spatial_dims: int) -> IrisModel:
@@ -61,7 +68,7 @@ def _workload(case: str, backend: str, batch: int, device: str, weights: Path, s
         model.encoder = torch.compile(model.encoder)
         model.decoder = torch.compile(model.decoder)
     support_volume, support_mask = _disk_volume((256, 256), 0)
-    support = Support(support_volume, support_mask)
+    support = Support(support_volume, _thin(support_mask) if case.endswith("_thin") else support_mask)
     query, _ = _disk_volume((256, 256), 1)
     if case == "encode_task":
         segmenter = IrisSegmenter(model, config=config)
@@ -75,7 +82,7 @@ def _workload(case: str, backend: str, batch: int, device: str, weights: Path, s
         return lambda: IrisSegmenter(model, config=config).segment(query, "in_context_tuning", [support], CLASS,
                                                                    tuning_steps=20)
     segmenter = IrisSegmenter(model, config=config)
-    if case in ("volume128", "volume128_3d"):
+    if case in BATCHED:
         query, _ = _disk_volume((128, 128, slices), 1)
         if case == "volume128_3d":
             support_volume, support_mask = _disk_volume((128, 128, slices), 0)

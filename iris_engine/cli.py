@@ -247,21 +247,22 @@ def bank_key(name: str, stored: list[str]) -> str:
 
 def task_embedding(
     segmenter: IrisSegmenter, strategy: str, supports: list[Support], names: list[str], tuning_steps: int
-) -> TaskEmbedding:
-    """The task embedding, computed once for the whole batch of inputs."""
+) -> tuple[TaskEmbedding, int]:
+    """The task embedding and the input scale (`IrisSegmenter.input_scale`), once for the whole batch of inputs."""
     if strategy == "memory_bank":
         stored = segmenter.memory_bank.get([bank_key(n, segmenter.memory_bank.class_names) for n in names],
                                            segmenter.model_version)
-        return TaskEmbedding(stored.tokens, names, stored.model_version)
+        return TaskEmbedding(stored.tokens, names, stored.model_version), 1
     if strategy == "one_shot" and len(supports) != 1:
         raise IrisInputError(f"one-shot takes exactly one --support, got {len(supports)}")
-    embedding = segmenter.encode(supports, names)
+    scale = segmenter.input_scale(supports, names)
+    embedding = segmenter.encode(supports, names, scale)
     if strategy != "in_context_tuning":
-        return embedding
-    images, masks = segmenter.support_batch(supports, names)
+        return embedding, scale
+    images, masks = segmenter.support_batch(supports, names, scale)
     tuned = strategies.in_context_tuning(segmenter.model, images, masks, images[:1], names, segmenter.config,
                                          initial=embedding, steps=tuning_steps)
-    return tuned.embedding
+    return tuned.embedding, scale
 
 
 def output_path(source: Path | InputItem, volume: Volume, fmt: str, out_dir: Path) -> tuple[Path, str]:
@@ -313,9 +314,10 @@ def autocast_context(device: str, precision: str) -> AbstractContextManager[obje
 class BatchSegmenter:
     """Segments many inputs with one task embedding; 2D inputs from several files share forward passes."""
 
-    def __init__(self, segmenter: IrisSegmenter, embedding: TaskEmbedding, args: argparse.Namespace):
+    def __init__(self, segmenter: IrisSegmenter, embedding: TaskEmbedding, args: argparse.Namespace, scale: int = 1):
         self.segmenter = segmenter
         self.embedding = embedding
+        self.scale = scale
         self.args = args
         self.postprocess = PostprocessOptions(
             remove_small_objects=args.min_size > 0, min_size=args.min_size,
@@ -331,7 +333,7 @@ class BatchSegmenter:
         start = time.perf_counter()
         try:
             volume = path.read()
-            queries, restore, _ = self.segmenter.to_model_space(volume)
+            queries, restore, _ = self.segmenter.to_model_space(volume, self.scale)
         except (IrisInputError, OSError, ValueError) as error:
             self._record(FileResult(path, "skipped", _reason(error, path)))
             return
@@ -430,12 +432,12 @@ def run_segment(args: argparse.Namespace) -> int:
     segmenter = _load_segmenter(args.weights, args.device, args.batch_size, args.threshold)
     supports = read_supports(args.support, args.max_classes)
     names = resolve_classes(args.classes, supports, strategy, segmenter.memory_bank.class_names)
-    embedding = task_embedding(segmenter, strategy, supports, names, args.tuning_steps)
+    embedding, scale = task_embedding(segmenter, strategy, supports, names, args.tuning_steps)
     if args.compile:
         segmenter.model.encoder = torch.compile(segmenter.model.encoder)
         segmenter.model.decoder = torch.compile(segmenter.model.decoder)
     existed = args.output.exists()
-    batch = BatchSegmenter(segmenter, embedding, args)
+    batch = BatchSegmenter(segmenter, embedding, args, scale)
     for path in tqdm(inputs, desc="segmenting", unit="file", disable=args.quiet, file=sys.stderr):
         batch.add(path)
     batch.flush()

@@ -137,6 +137,7 @@ class InferenceConfig:
     device: str = "cpu"
     backend: str = "auto"  # query path: "eager" PyTorch, "onnx" Runtime, or "auto" (ONNX for CPU volumes)
     onnx_min_queries: int = 32
+    fine_scale_thickness: float = 3.5  # model-grid pixels: thinner support structures run at 2x the input size; 0 off
 
 
 @dataclass

@@ -22,6 +22,7 @@ from iris_engine.checkpoint import CLICK_REFINER_FILE, load_checkpoint, load_cli
 from iris_engine.config import InferenceConfig, PreprocessConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
+from iris_engine.input_scale import choose_input_scale
 from iris_engine.io.limits import DEFAULT_LIMITS
 from iris_engine.io.volume import Volume
 from iris_engine.memory_bank import MemoryBank
@@ -66,6 +67,7 @@ class VolumeSegmentation:
     timings: dict[str, float] = field(default_factory=dict)
     loss_curve: list[float] = field(default_factory=list)
     embedding: TaskEmbedding | None = None
+    input_scale: int = 1  # 2: segmented at twice the model's input size (a thin structure, `input_scale.py`)
 
     def label_map(self) -> np.ndarray:
         """Single label map (0 = background, k + 1 = class k; the most probable class where masks overlap)."""
@@ -119,6 +121,7 @@ class IrisSegmenter:
         self.memory_bank = memory_bank or MemoryBank(self.config.memory_momentum)
         self.preprocess = preprocess or PreprocessConfig()
         self._cache: OrderedDict[str, TaskEmbedding] = OrderedDict()
+        self._scales: dict[str, int] = {}
         self._propagator: Propagator | None = None
         self._feature_cache: FeatureCache | None = None
 
@@ -136,13 +139,15 @@ class IrisSegmenter:
     def is_3d(self) -> bool:
         return self.model.config.spatial_dims == 3
 
-    def to_model_space(self, volume: Volume) -> tuple[torch.Tensor, Callable[[torch.Tensor], np.ndarray], object]:
-        """Model input for a volume, a function mapping model outputs back to its grid, and the geometry."""
+    def to_model_space(self, volume: Volume, scale: int = 1
+                       ) -> tuple[torch.Tensor, Callable[[torch.Tensor], np.ndarray], object]:
+        """Model input for a volume (slices at `scale` x the model's input size), a function mapping model outputs
+        back to its grid, and the geometry."""
         if volume.ndim not in (2, 3):
             raise IrisInputError(f"expected a 2D image or 3D volume, got shape {volume.shape}")
         if not np.isfinite(volume.array).all():
             raise IrisInputError(f"{volume.source or 'image'} contains NaN or Inf values")
-        size = self.model.config.image_size
+        size = self.model.config.image_size * (1 if self.is_3d else scale)
         if self.is_3d:
             if volume.ndim != 3:
                 raise IrisInputError("this is a 3D model: give it a 3D volume")
@@ -154,12 +159,13 @@ class IrisSegmenter:
         tensor, geometry = volume_to_model_slices(canonical, size, axis=-1, cfg=self.preprocess)
         return tensor, lambda p: transform.invert(model_slices_to_volume(p, geometry)), (transform, geometry)
 
-    def _support_tensors(self, support: Support, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _support_tensors(self, support: Support, num_classes: int, scale: int = 1
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Model-space support images and masks; for 2D models only slices that show a class."""
         stack = _class_stack(support.mask, support.volume.shape, num_classes)
         if not stack.any():
             raise IrisInputError(f"the support mask of {support.volume.source or 'a support'} is empty")
-        images, _, (transform, geometry) = self.to_model_space(support.volume)
+        images, _, (transform, geometry) = self.to_model_space(support.volume, scale)
         canonical_mask = transform.apply(stack)
         if self.is_3d:
             from iris_engine.preprocess import resize_volume
@@ -174,8 +180,8 @@ class IrisSegmenter:
             rows = rows[torch.linspace(0, len(rows) - 1, MAX_SUPPORT_SLICES).round().long()]
         return images[rows], masks[rows]
 
-    def _support_key(self, supports: Sequence[Support], class_names: Sequence[str]) -> str:
-        digest = hashlib.sha256(self.model_version.encode())
+    def _support_key(self, supports: Sequence[Support], class_names: Sequence[str], scale: int) -> str:
+        digest = hashlib.sha256(f"{self.model_version}@{scale}".encode())
         for name in class_names:
             digest.update(name.encode())
         for support in supports:
@@ -184,23 +190,34 @@ class IrisSegmenter:
         return digest.hexdigest()
 
     def support_batch(
-        self, supports: Sequence[Support], class_names: Sequence[str]
+        self, supports: Sequence[Support], class_names: Sequence[str], scale: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Model-space support images and masks of a support set, concatenated."""
+        """Model-space support images and masks of a support set (at `scale` x the input size), concatenated."""
         if not supports:
             raise IrisInputError("at least one support (image + mask) is needed")
         if len(class_names) > DEFAULT_LIMITS.max_classes:
             raise IrisInputError(f"{len(class_names)} classes asked for; at most {DEFAULT_LIMITS.max_classes} at once")
-        pairs = [self._support_tensors(s, len(class_names)) for s in supports]
+        pairs = [self._support_tensors(s, len(class_names), scale) for s in supports]
         return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
-    def encode(self, supports: Sequence[Support], class_names: Sequence[str]) -> TaskEmbedding:
-        """Task embedding of a support set (averaged over supports), cached by content."""
-        key = self._support_key(supports, class_names)
+    def input_scale(self, supports: Sequence[Support], class_names: Sequence[str]) -> int:
+        """2 where every class of the supports is thin on the model grid (`iris_engine.input_scale`), else 1."""
+        if self.is_3d:
+            return 1
+        key = self._support_key(supports, class_names, 0)
+        if key not in self._scales:
+            self._scales[key] = choose_input_scale(self.support_batch(supports, class_names)[1], self.config)
+            if len(self._scales) > CACHE_SIZE:
+                self._scales.pop(next(iter(self._scales)))
+        return self._scales[key]
+
+    def encode(self, supports: Sequence[Support], class_names: Sequence[str], scale: int = 1) -> TaskEmbedding:
+        """Task embedding of a support set (averaged over supports, at `scale`), cached by content."""
+        key = self._support_key(supports, class_names, scale)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        images, masks = self.support_batch(supports, class_names)
+        images, masks = self.support_batch(supports, class_names, scale)
         embedding = strategies.encode_supports(self.model, images.to(self.device), masks.to(self.device),
                                                list(class_names), self.model_version)
         self._cache[key] = embedding
@@ -232,18 +249,19 @@ class IrisSegmenter:
         if strategy in ("context_ensemble", "in_context_tuning") and not supports:
             raise IrisInputError(f"{strategy} needs at least one support")
         report(0.05, "preparing the query")
-        queries, restore, _ = self.to_model_space(query)
+        scale = 1 if strategy == "memory_bank" else self.input_scale(supports, names)
+        queries, restore, _ = self.to_model_space(query, scale)
         if strategy == "memory_bank":
             embedding = self.memory_bank.get(names, self.model_version)
         else:
             report(0.2, "encoding the supports")
-            embedding = self.encode(supports, names)
+            embedding = self.encode(supports, names, scale)
         if strategy == "in_context_tuning":
             report(0.35, "tuning the task embedding")
-            images, masks = self.support_batch(supports, names)
+            images, masks = self.support_batch(supports, names, scale)
             extra_images = extra_masks = None
             if extra_examples:
-                extra_images, extra_masks = self.support_batch(extra_examples, names)
+                extra_images, extra_masks = self.support_batch(extra_examples, names, scale)
             result = strategies.in_context_tuning(
                 self.model, images, masks, queries, names, self.config, extra_images, extra_masks,
                 initial=embedding, steps=tuning_steps, lr=tuning_lr,
@@ -258,7 +276,7 @@ class IrisSegmenter:
             masks = np.stack([apply_postprocessing(m, postprocess) for m in masks])
         report(1.0, "done")
         return VolumeSegmentation(probabilities, masks, names, strategy, self.model_version, result.timings,
-                                  result.loss_curve, result.embedding)
+                                  result.loss_curve, result.embedding, scale)
 
     def refine(self, query: Volume, result: VolumeSegmentation | None, clicks: Sequence[Click],
                config: RefineConfig | None = None) -> VolumeSegmentation:

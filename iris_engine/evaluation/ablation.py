@@ -61,7 +61,7 @@ def one_shot_by_group(checkpoint: Path, split: Split, config: EvalConfig) -> dic
             continue
         if pairs:
             queries = torch.stack([p.query_image for p in pairs])
-            masks = evaluator.masks(evaluator.embed(pairs), queries)
+            masks = evaluator.predict(pairs, queries)
             scores.setdefault(spec.group, []).append(case_dice(masks, pairs))
     return {group: float(np.mean(values)) for group, values in scores.items()}
 

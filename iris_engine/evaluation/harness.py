@@ -4,6 +4,10 @@ Supports and queries always come from different patients: queries are slices of 
 patients that show the class; supports are the middle class slice of other patients (training
 patients when the dataset has them, else other test patients). Dice is aggregated per query case
 over its evaluated slices, then averaged over cases; mean +- std is over the support draws (seeds).
+
+Slices are scored on a grid `score_scale` x the model's input (256 px for the 128 px model): the model's inputs
+are area-averaged down from it and its probabilities resized back up, except for thin structures, which the
+engine segments at twice the input size (`iris_engine.input_scale`) straight from that grid.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from iris_engine import strategies
 from iris_engine.checkpoint import load_checkpoint
@@ -27,6 +32,7 @@ from iris_engine.data.splits import Split, make_split
 from iris_engine.errors import IrisInputError
 from iris_engine.evaluation.baselines import copy_support_mask, intensity_nearest_neighbour
 from iris_engine.evaluation.report import write_report
+from iris_engine.input_scale import FINE_SCALE, choose_input_scale
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.metrics import hd95
 from iris_engine.model.iris import IrisModel
@@ -46,6 +52,8 @@ class EvalConfig:
     tuning_steps: int = 20
     tuning_lr: float = 1e-2
     threshold: float = 0.5
+    score_scale: int = FINE_SCALE  # slices scored at this multiple of the model's input size
+    fine_scale_thickness: float = InferenceConfig.fine_scale_thickness  # 0: every task at the model's input size
 
 
 @dataclass(frozen=True)
@@ -108,10 +116,10 @@ def case_dice(predictions: torch.Tensor, pairs: list[EvalPair]) -> float:
     return float(np.mean([a / b if b > 0 else 1.0 for a, b in sums.values()]))
 
 
-def _mean_hd95(predictions: torch.Tensor, pairs: list[EvalPair]) -> float:
-    """Mean per-slice HD95 in model-grid pixels over slices where the prediction is non-empty."""
+def _mean_hd95(predictions: torch.Tensor, pairs: list[EvalPair], scale: int) -> float:
+    """Mean per-slice HD95 in model-grid pixels (scored on a grid `scale` x finer) over non-empty predictions."""
     values = [
-        hd95(p.bool().numpy(), (pair.query_mask[0] >= 0.5).numpy())
+        hd95(p.bool().numpy(), (pair.query_mask[0] >= 0.5).numpy()) / scale
         for p, pair in zip(predictions, pairs, strict=True)
         if p.any()
     ]
@@ -128,21 +136,55 @@ class Evaluator:
         self.bank = bank
         self.split = split
         self.config = config
-        self.inference = InferenceConfig(threshold=config.threshold, batch_size=16)
+        self.inference = InferenceConfig(threshold=config.threshold, batch_size=16,
+                                         fine_scale_thickness=config.fine_scale_thickness)
+        self.size = model.config.image_size
 
     def pairs(self, spec: TaskSpec, n_supports: int, seed: int) -> list[EvalPair]:
         pairs = list(iter_eval_pairs(self.bank, self.split, spec.dataset, spec.class_name, n_supports, seed,
                                      support_from=spec.support_from))
         return _subset(pairs, self.config.max_queries)
 
-    def masks(self, embedding: strategies.TaskEmbedding, queries: torch.Tensor) -> torch.Tensor:
-        result = strategies.segment_with_embedding(self.model, queries, embedding, self.inference)
-        return result.masks[:, 0]
+    def model_grid(self, images: torch.Tensor, masks: bool = False) -> torch.Tensor:
+        """Bank-grid tensors (N, C, H, W) area-averaged down to the model's input (masks: covered >= half)."""
+        if images.shape[-1] == self.size:
+            return images
+        small = F.interpolate(images.float(), size=(self.size, self.size), mode="area")
+        if not masks:
+            return small
+        covered = small >= 0.5
+        return torch.where(covered.flatten(2).any(-1)[..., None, None], covered, small > 0).float()
+
+    def score_grid(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, *S) model-grid probabilities -> (B, H, W) on the bank's grid."""
+        if values.shape[-1] == self.bank.images.shape[-1]:
+            return values
+        size = self.bank.images.shape[-2:]
+        return F.interpolate(values[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+    def inputs(self, support_images: torch.Tensor, support_masks: torch.Tensor, queries: torch.Tensor,
+               fine_allowed: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Model inputs: at twice the input size straight from the bank for a thin support (the engine's rule,
+        when the bank is that fine), else area-averaged down to the input size."""
+        small_masks = self.model_grid(support_masks, masks=True)
+        fine = fine_allowed and self.bank.images.shape[-1] == FINE_SCALE * self.size \
+            and choose_input_scale(small_masks, self.inference) == FINE_SCALE
+        if fine:
+            return support_images, support_masks.float(), queries
+        return self.model_grid(support_images), small_masks, self.model_grid(queries)
+
+    def predict(self, pairs: list[EvalPair], queries: torch.Tensor) -> torch.Tensor:
+        """Masks on the bank grid from the supports of pairs[0] (one-shot or context ensemble)."""
+        images, masks, inputs = self.inputs(pairs[0].support_images, pairs[0].support_masks, queries)
+        embedding = strategies.encode_supports(self.model, images, masks)
+        result = strategies.segment_with_embedding(self.model, inputs, embedding, self.inference)
+        return self.score_grid(result.probabilities[:, 0]) >= self.config.threshold
 
     def _record(self, result: TaskResult, name: str, predictions: torch.Tensor, pairs: list[EvalPair]) -> None:
         result.dice.setdefault(name, []).append(case_dice(predictions, pairs))
         if result.spec.is_3d:
-            result.hd95.setdefault(name, []).append(_mean_hd95(predictions, pairs))
+            result.hd95.setdefault(name, []).append(_mean_hd95(predictions, pairs,
+                                                               self.bank.images.shape[-1] // self.size))
         result.support_patients.setdefault(name, []).append(pairs[0].support_patients)
 
     def evaluate_task(self, spec: TaskSpec) -> TaskResult:
@@ -158,7 +200,7 @@ class Evaluator:
                 continue
             queries = torch.stack([p.query_image for p in pairs])
             result.query_patients = sorted({p.query_patient for p in pairs})
-            self._record(result, "one_shot", self.masks(self.embed(pairs), queries), pairs)
+            self._record(result, "one_shot", self.predict(pairs, queries), pairs)
             largest = pairs
             for k in self.config.ensemble_sizes:
                 try:
@@ -168,28 +210,28 @@ class Evaluator:
                     continue
                 largest = ensemble_pairs
                 ensemble_queries = torch.stack([p.query_image for p in ensemble_pairs])
-                self._record(result, f"context_ensemble_k{k}", self.masks(self.embed(ensemble_pairs),
-                                                                            ensemble_queries), ensemble_pairs)
-            tuned = strategies.in_context_tuning(
-                self.model, largest[0].support_images, largest[0].support_masks,
-                torch.stack([p.query_image for p in largest]), [spec.class_name], self.inference,
-                steps=self.config.tuning_steps, lr=self.config.tuning_lr,
-            )
-            self._record(result, "in_context_tuning", tuned.masks[:, 0], largest)
+                self._record(result, f"context_ensemble_k{k}", self.predict(ensemble_pairs, ensemble_queries),
+                             ensemble_pairs)
+            images, masks, inputs = self.inputs(largest[0].support_images, largest[0].support_masks,
+                                                torch.stack([p.query_image for p in largest]))
+            tuned = strategies.in_context_tuning(self.model, images, masks, inputs, [spec.class_name], self.inference,
+                                                 steps=self.config.tuning_steps, lr=self.config.tuning_lr)
+            self._record(result, "in_context_tuning", self.score_grid(tuned.probabilities[:, 0])
+                         >= self.config.threshold, largest)
             key = f"{spec.dataset}/{spec.class_name}"
             if key in self.memory_bank:
-                embedding = self.memory_bank.get(key)
-                self._record(result, "memory_bank", self.masks(embedding, queries), pairs)
-            self._record(result, "baseline_copy_support", torch.stack(
-                [copy_support_mask(p.support_masks)[0] for p in pairs]), pairs)
-            self._record(result, "baseline_intensity_knn", torch.stack([
-                intensity_nearest_neighbour(p.support_images, p.support_masks, p.query_image, seed=seed)[0]
-                for p in pairs]), pairs)
+                probabilities = strategies.segment_with_embedding(
+                    self.model, self.model_grid(queries), self.memory_bank.get(key), self.inference).probabilities
+                self._record(result, "memory_bank", self.score_grid(probabilities[:, 0]) >= self.config.threshold,
+                             pairs)
+            support_images, support_masks, small_queries = self.inputs(
+                pairs[0].support_images, pairs[0].support_masks, queries, fine_allowed=False)
+            copied = copy_support_mask(support_masks)[0].float().expand(len(pairs), -1, -1)
+            self._record(result, "baseline_copy_support", self.score_grid(copied) >= 0.5, pairs)
+            knn = torch.stack([intensity_nearest_neighbour(support_images, support_masks, q, seed=seed)[0]
+                               for q in small_queries])
+            self._record(result, "baseline_intensity_knn", self.score_grid(knn.float()) >= 0.5, pairs)
         return result
-
-    def embed(self, pairs: list[EvalPair]) -> strategies.TaskEmbedding:
-        first = pairs[0]
-        return strategies.encode_supports(self.model, first.support_images, first.support_masks)
 
     def context_sensitivity(self, dataset: str, classes: list[str], seed: int = 0) -> dict[str, Any] | None:
         """Same queries, supports of two structures: each prediction should match its own structure."""
@@ -213,8 +255,8 @@ class Evaluator:
         queries = torch.stack([p.query_image for p in both])
         truth_a = torch.stack([torch.from_numpy(self.bank.labels[self.bank_row(p)] == value_a) for p in both])
         truth_b = torch.stack([torch.from_numpy(self.bank.labels[self.bank_row(p)] == value_b) for p in both])
-        pred_a = self.masks(self.embed(pairs_a[:1]), queries)
-        pred_b = self.masks(self.embed(pairs_b[:1]), queries)
+        pred_a = self.predict(pairs_a[:1], queries)
+        pred_b = self.predict(pairs_b[:1], queries)
 
         def dice(x: torch.Tensor, y: torch.Tensor) -> float:
             total = float(x.sum() + y.sum())
@@ -245,7 +287,7 @@ def run_evaluation(
     """Evaluate one checkpoint; the slice bank is built at the model's input size unless given."""
     loaded = load_checkpoint(checkpoint)
     if bank is None:
-        bank = build_slice_bank(root=data_root, size=loaded.model.config.image_size)
+        bank = build_slice_bank(root=data_root, size=config.score_scale * loaded.model.config.image_size)
     evaluator = Evaluator(loaded.model, loaded.memory_bank, bank, split, config)
     specs = [s for s in evaluation_tasks(bank, split) if datasets is None or s.dataset in datasets]
     start = time.perf_counter()
@@ -291,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="*", default=list(EvalConfig.seeds))
     parser.add_argument("--max-queries", type=int, default=EvalConfig.max_queries)
     parser.add_argument("--tuning-steps", type=int, default=EvalConfig.tuning_steps)
+    parser.add_argument("--score-scale", type=int, default=EvalConfig.score_scale,
+                        help="score on a grid this many times the model's input size (1: the model's grid)")
+    parser.add_argument("--fine-scale-thickness", type=float, default=EvalConfig.fine_scale_thickness,
+                        help="support structures thinner than this (model-grid pixels) run at 2x; 0: off")
     parser.add_argument("--threads", type=int, default=0)
     return parser
 
@@ -301,7 +347,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     split_path = args.split or args.checkpoint.parent / "split.json"
     split = Split.load(split_path) if split_path.exists() else make_split(args.split_seed, root=args.data_root)
-    config = EvalConfig(seeds=tuple(args.seeds), max_queries=args.max_queries, tuning_steps=args.tuning_steps)
+    config = EvalConfig(seeds=tuple(args.seeds), max_queries=args.max_queries, tuning_steps=args.tuning_steps,
+                        score_scale=args.score_scale, fine_scale_thickness=args.fine_scale_thickness)
     payload = run_evaluation(args.checkpoint, args.out, split, config, datasets=args.datasets, data_root=args.data_root)
     print(json.dumps({"report": str(args.out / "report.md"), "seconds": payload["seconds"]}))
     return payload

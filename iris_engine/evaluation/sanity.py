@@ -3,8 +3,9 @@ returns the support's mask. Never an accuracy figure; the cheapest proof that th
 
 For every labelled structure of every dataset, a few slices showing it (seeded draws) are used as support AND
 query at their original resolution: the image is normalised and resized to the model's input as at inference,
-the probabilities are resized back, and Dice is taken against the original mask. The ceiling beside it is the
-Dice of the mask itself resized to the model's input and back (what no model at that input size can beat).
+the probabilities are resized back, and Dice is taken against the original mask. Thin structures run at twice
+the model's input size, as at inference (`iris_engine.input_scale`). The ceiling beside it is the Dice of the
+mask itself resized to the input size used and back (what no model at that input size can beat).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import torch.nn.functional as F
 
 from iris_engine import strategies
 from iris_engine.checkpoint import load_checkpoint
+from iris_engine.config import InferenceConfig
 from iris_engine.data.catalog import dataset_info, default_datasets
 from iris_engine.data.msd import MSDDataset
 from iris_engine.data.shared_paths import shared_data_dir
 from iris_engine.data.slices import normalise_intensities, resize_images, resize_labels
 from iris_engine.errors import IrisInputError
+from iris_engine.input_scale import choose_input_scale
 from iris_engine.model.iris import IrisModel
 
 
@@ -37,6 +40,7 @@ class SanityConfig:
     draws: int = 3
     min_area: int = 16
     threshold: float = 0.5
+    fine_scale_thickness: float = InferenceConfig.fine_scale_thickness
 
 
 @dataclass
@@ -63,18 +67,23 @@ def resize_ceiling(truth: np.ndarray, size: int) -> float:
     return _dice(_back_to_original(small[0], truth.shape) >= 0.5, truth)
 
 
-def support_equals_query(model: IrisModel, sample: SliceSample, value: int, threshold: float) -> tuple[float, float]:
-    """(one-shot Dice, resize ceiling) of one structure of one slice used as its own support."""
+def support_equals_query(model: IrisModel, sample: SliceSample, value: int, config: SanityConfig
+                         ) -> tuple[float, float, int]:
+    """(one-shot Dice, resize ceiling, input scale) of one structure of one slice used as its own support."""
     size = model.config.image_size
     truth = sample.labels == value
-    image = torch.from_numpy(resize_images(sample.image[None], size))[:, None]
     mask_small = torch.from_numpy(resize_labels(truth[None].astype(np.uint8), size) > 0)
-    ceiling = resize_ceiling(truth, size)
     if not mask_small.any() or mask_small.all():
-        return float("nan"), ceiling
-    embedding = strategies.encode_supports(model, image, mask_small[:, None].float())
+        return float("nan"), resize_ceiling(truth, size), 1
+    scale = choose_input_scale(mask_small[:, None].float(),
+                               InferenceConfig(fine_scale_thickness=config.fine_scale_thickness))
+    size *= scale
+    image = torch.from_numpy(resize_images(sample.image[None], size))[:, None]
+    mask = torch.from_numpy(resize_labels(truth[None].astype(np.uint8), size) > 0)
+    embedding = strategies.encode_supports(model, image, mask[:, None].float())
     probabilities = strategies.predict_probabilities(model, image, embedding)[0, 0]
-    return _dice(_back_to_original(probabilities, truth.shape) >= threshold, truth), ceiling
+    return _dice(_back_to_original(probabilities, truth.shape) >= config.threshold, truth), \
+        resize_ceiling(truth, size), scale
 
 
 def _dataset_slices(ds: MSDDataset, value: int, min_area: int, draws: int, seed: int) -> list[SliceSample]:
@@ -114,13 +123,14 @@ def run_sanity(
             classes = [classes[i] for i in sorted(rng.permutation(len(classes))[:max_classes])]
         for class_name, value in classes:
             samples = _dataset_slices(ds, value, config.min_area, config.draws, seed)
-            scores = [support_equals_query(model, s, value, config.threshold) for s in samples]
+            scores = [support_equals_query(model, s, value, config) for s in samples]
             scores = [s for s in scores if np.isfinite(s[0])]
             if not scores:
                 continue
             rows.append({
                 "dataset": name, "class_name": class_name, "slices": len(scores),
                 "dice": float(np.mean([s[0] for s in scores])), "ceiling": float(np.mean([s[1] for s in scores])),
+                "fine_scale_slices": sum(s[2] > 1 for s in scores),
                 "ceiling_2x": float(np.mean([resize_ceiling(s.labels == value, 2 * model.config.image_size)
                                              for s in samples])),
             })
@@ -136,16 +146,17 @@ def render_markdown(rows: list[dict[str, Any]], checkpoint: str) -> str:
         f"# Support = query sanity check (`{checkpoint}`)",
         "",
         "Each structure's own slice is its support and its query (never an accuracy figure). Dice at the original "
-        "resolution; ceiling = the mask resized to the model input and back (and at twice that input size).",
+        "resolution; ceiling = the mask resized to the input size used and back (and at twice the model's input "
+        "size); slices at 2x = slices of a thin structure segmented at twice the model's input size.",
         "",
         f"- structures: {len(rows)}; mean Dice {dice.mean():.3f} (mean ceiling {ceiling.mean():.3f}); "
-        f"below min(0.80, ceiling): {len(below)}",
+        f"below min(0.80, ceiling): {len(below)}; run at 2x: {sum(r['fine_scale_slices'] > 0 for r in rows)}",
         "",
-        "| dataset | structure | slices | Dice | ceiling | ceiling at twice the input size |",
-        "|---|---|---|---|---|---|",
+        "| dataset | structure | slices | slices at 2x | Dice | ceiling | ceiling at twice the input size |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r['dataset']} | {r['class_name']} | {r['slices']} | {r['dice']:.3f} | {r['ceiling']:.3f} | "
-              f"{r['ceiling_2x']:.3f} |" for r in rows]
+    lines += [f"| {r['dataset']} | {r['class_name']} | {r['slices']} | {r['fine_scale_slices']} | {r['dice']:.3f} | "
+              f"{r['ceiling']:.3f} | {r['ceiling_2x']:.3f} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

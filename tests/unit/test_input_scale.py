@@ -1,0 +1,94 @@
+"""Fine input scale for thin structures: the thickness measure, the rule, and its use in IrisSegmenter and
+`iris evaluate`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from iris_engine.config import InferenceConfig, ModelConfig
+from iris_engine.evaluation.harness import EvalConfig, Evaluator
+from iris_engine.inference import IrisSegmenter, Support
+from iris_engine.input_scale import FINE_SCALE, choose_input_scale, structure_thickness
+from iris_engine.io.volume import Volume
+from iris_engine.memory_bank import MemoryBank
+from iris_engine.model.iris import IrisModel
+
+TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
+                   task_encoder_layers=1, decoder_layers=1)
+
+
+def _masks() -> torch.Tensor:
+    """(1, 2, 32, 32): a 10 x 10 square and a one-pixel line."""
+    masks = torch.zeros(1, 2, 32, 32)
+    masks[0, 0, 4:14, 4:14] = 1
+    masks[0, 1, 20, 3:29] = 1
+    return masks
+
+
+def test_thickness_is_twice_area_over_boundary_as_scipy_counts_it() -> None:
+    masks = _masks()
+    expected = []
+    for k in range(2):
+        inside = masks[0, k].numpy() > 0
+        expected.append(2 * inside.sum() / (inside & ~ndimage.binary_erosion(inside)).sum())
+    np.testing.assert_allclose(structure_thickness(masks).numpy(), expected, rtol=1e-6)
+    assert torch.isinf(structure_thickness(torch.zeros(2, 1, 8, 8))).all()
+
+
+def test_only_an_all_thin_support_set_runs_at_the_fine_scale() -> None:
+    config = InferenceConfig()
+    masks = _masks()
+    assert choose_input_scale(masks[:, 1:], config) == FINE_SCALE
+    assert choose_input_scale(masks[:, :1], config) == 1
+    assert choose_input_scale(masks, config) == 1  # one thick class keeps the whole call at the input size
+    assert choose_input_scale(masks[:, 1:], replace(config, fine_scale_thickness=0.0)) == 1
+    assert choose_input_scale(masks[:, 1:, None].expand(-1, -1, 4, -1, -1), config) == 1  # 3D masks
+
+
+def _image(seed: int, shape: tuple[int, int] = (48, 40)) -> Volume:
+    array = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    return Volume(array, np.eye(4), "MR")
+
+
+@pytest.mark.parametrize(("row_slice", "expected"), [(slice(20, 21), FINE_SCALE), (slice(10, 30), 1)])
+def test_segmenter_runs_a_thin_support_at_twice_the_input_size(row_slice: slice, expected: int) -> None:
+    torch.manual_seed(0)
+    segmenter = IrisSegmenter(IrisModel(TINY))
+    mask = np.zeros((48, 40), np.uint8)
+    mask[row_slice, 5:35] = 1
+    seen: list[tuple[int, ...]] = []
+    encode_query = segmenter.model.encode_query
+    segmenter.model.encode_query = lambda images: seen.append(tuple(images.shape)) or encode_query(images)
+    query = _image(2)
+    result = segmenter.segment(query, "one_shot", [Support(_image(1), mask)], ["line"])
+    assert result.input_scale == expected
+    assert seen and all(shape[-1] == TINY.image_size * expected for shape in seen)
+    assert result.probabilities.shape == result.masks.shape == (1, 48, 40)
+    segmenter.memory_bank.update_from_embedding(result.embedding)
+    seen.clear()
+    retrieved = segmenter.segment(query, "memory_bank", [], ["line"])
+    assert retrieved.input_scale == 1 and all(shape[-1] == TINY.image_size for shape in seen)
+
+
+def test_evaluation_takes_thin_supports_from_the_fine_bank_grid() -> None:
+    """A bank at twice the model's size: thin supports are used as they are, others averaged down."""
+
+    class Bank:
+        images = torch.zeros(4, 64, 64)
+
+    evaluator = Evaluator(IrisModel(TINY), MemoryBank(), Bank(), None, EvalConfig())  # type: ignore[arg-type]
+    images, queries = torch.rand(1, 1, 64, 64), torch.rand(3, 1, 64, 64)
+    line, block = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
+    line[..., 30:32, 4:60] = 1
+    block[..., 10:40, 10:40] = 1
+    fine = evaluator.inputs(images, line, queries)
+    assert [t.shape[-1] for t in fine] == [64, 64, 64]
+    coarse = evaluator.inputs(images, block, queries)
+    assert [t.shape[-1] for t in coarse] == [32, 32, 32]
+    assert torch.allclose(coarse[2], torch.nn.functional.avg_pool2d(queries, 2))
+    assert evaluator.score_grid(torch.rand(3, 32, 32)).shape == (3, 64, 64)
