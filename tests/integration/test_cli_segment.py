@@ -132,3 +132,20 @@ def test_export_command(workspace, tmp_path, capsys, fmt):
     assert target.is_file()
     difference = float(capsys.readouterr().out.rsplit(":", 1)[1])
     assert difference < 1e-3
+
+
+def test_a_thin_support_segments_the_folder_at_twice_the_input_size(workspace, tmp_path, monkeypatch):
+    ring = (_disk((64, 64), (32, 32), 20) & ~_disk((64, 64), (32, 32), 19)).astype(np.uint8)
+    Image.fromarray(_image(ring > 0, 3)).save(tmp_path / "thin.png")
+    Image.fromarray(ring).save(tmp_path / "thin_mask.png")
+    sizes: list[int] = []
+    encode_query = IrisModel.encode_query
+    monkeypatch.setattr(IrisModel, "encode_query", lambda self, x: sizes.append(x.shape[-1]) or encode_query(self, x))
+    out = tmp_path / "out"
+    code = main(["segment", "--support", str(tmp_path / "thin.png"), str(tmp_path / "thin_mask.png"),
+                 "--input", str(workspace["scans"]), "--output", str(out), "--weights", str(workspace["weights"]),
+                 "--class", "ring", "--quiet"])
+    assert code == 0
+    assert sizes and set(sizes) == {2 * TINY.image_size}
+    assert Image.open(out / "a_seg.png").size == (40, 48)
+    assert nib.load(out / "vol_seg.nii.gz").shape == (20, 24, 6)
