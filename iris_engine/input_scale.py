@@ -1,7 +1,7 @@
 """Input scale chosen from the support: a structure only a few pixels thick on the model grid is segmented at
 twice the grid's size, where the model (trained at 128 px) still sees its shape.
 
-Measured on training patients (assets/evaluation/report.md, "Fine scale for thin structures"): vessels,
+Measured on training patients (assets/evaluation/report.md, "Session 16: a fine input scale ..."): vessels,
 oesophagus and trachea gain at 2x, while thicker structures (kidneys, lungs, aorta, LV myocardium) lose there.
 """
 
