@@ -248,15 +248,14 @@ def bank_key(name: str, stored: list[str]) -> str:
 def task_embedding(
     segmenter: IrisSegmenter, strategy: str, supports: list[Support], names: list[str], tuning_steps: int
 ) -> tuple[TaskEmbedding, int]:
-    """The task embedding and the input scale (`IrisSegmenter.input_scale`), once for the whole batch of inputs."""
+    """The task embedding and its input scale (`IrisSegmenter.encode_at_input_scale`), once for the whole batch."""
     if strategy == "memory_bank":
         stored = segmenter.memory_bank.get([bank_key(n, segmenter.memory_bank.class_names) for n in names],
                                            segmenter.model_version)
         return TaskEmbedding(stored.tokens, names, stored.model_version), 1
     if strategy == "one_shot" and len(supports) != 1:
         raise IrisInputError(f"one-shot takes exactly one --support, got {len(supports)}")
-    scale = segmenter.input_scale(supports, names)
-    embedding = segmenter.encode(supports, names, scale)
+    embedding, scale = segmenter.encode_at_input_scale(supports, names)
     if strategy != "in_context_tuning":
         return embedding, scale
     images, masks = segmenter.support_batch(supports, names, scale)

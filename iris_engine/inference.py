@@ -180,8 +180,8 @@ class IrisSegmenter:
             rows = rows[torch.linspace(0, len(rows) - 1, MAX_SUPPORT_SLICES).round().long()]
         return images[rows], masks[rows]
 
-    def _support_key(self, supports: Sequence[Support], class_names: Sequence[str], scale: int) -> str:
-        digest = hashlib.sha256(f"{self.model_version}@{scale}".encode())
+    def _support_key(self, supports: Sequence[Support], class_names: Sequence[str]) -> str:
+        digest = hashlib.sha256(self.model_version.encode())
         for name in class_names:
             digest.update(name.encode())
         for support in supports:
@@ -200,20 +200,26 @@ class IrisSegmenter:
         pairs = [self._support_tensors(s, len(class_names), scale) for s in supports]
         return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
-    def input_scale(self, supports: Sequence[Support], class_names: Sequence[str]) -> int:
-        """2 where every class of the supports is thin on the model grid (`iris_engine.input_scale`), else 1."""
-        if self.is_3d:
-            return 1
-        key = self._support_key(supports, class_names, 0)
-        if key not in self._scales:
-            self._scales[key] = choose_input_scale(self.support_batch(supports, class_names)[1], self.config)
-            if len(self._scales) > CACHE_SIZE:
-                self._scales.pop(next(iter(self._scales)))
-        return self._scales[key]
-
     def encode(self, supports: Sequence[Support], class_names: Sequence[str], scale: int = 1) -> TaskEmbedding:
         """Task embedding of a support set (averaged over supports, at `scale`), cached by content."""
-        key = self._support_key(supports, class_names, scale)
+        return self._encode(self._support_key(supports, class_names), supports, class_names, scale)
+
+    def encode_at_input_scale(self, supports: Sequence[Support], class_names: Sequence[str]
+                              ) -> tuple[TaskEmbedding, int]:
+        """The task embedding at the scale its supports call for, and that scale: 2 where every class is thin on
+        the model grid (`iris_engine.input_scale`), else 1. Both cached by content (hashed once)."""
+        content = self._support_key(supports, class_names)
+        if content not in self._scales:
+            masks = self.support_batch(supports, class_names)[1]
+            self._scales[content] = 1 if self.is_3d else choose_input_scale(masks, self.config)
+            if len(self._scales) > CACHE_SIZE:
+                self._scales.pop(next(iter(self._scales)))
+        scale = self._scales[content]
+        return self._encode(content, supports, class_names, scale), scale
+
+    def _encode(self, content: str, supports: Sequence[Support], class_names: Sequence[str], scale: int
+                ) -> TaskEmbedding:
+        key = f"{content}@{scale}"
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -248,14 +254,13 @@ class IrisSegmenter:
             raise IrisInputError(f"one-shot takes exactly one support, got {len(supports)}")
         if strategy in ("context_ensemble", "in_context_tuning") and not supports:
             raise IrisInputError(f"{strategy} needs at least one support")
-        report(0.05, "preparing the query")
-        scale = 1 if strategy == "memory_bank" else self.input_scale(supports, names)
-        queries, restore, _ = self.to_model_space(query, scale)
         if strategy == "memory_bank":
-            embedding = self.memory_bank.get(names, self.model_version)
+            embedding, scale = self.memory_bank.get(names, self.model_version), 1
         else:
-            report(0.2, "encoding the supports")
-            embedding = self.encode(supports, names, scale)
+            report(0.05, "encoding the supports")
+            embedding, scale = self.encode_at_input_scale(supports, names)
+        report(0.2, "preparing the query")
+        queries, restore, _ = self.to_model_space(query, scale)
         if strategy == "in_context_tuning":
             report(0.35, "tuning the task embedding")
             images, masks = self.support_batch(supports, names, scale)

@@ -15,12 +15,18 @@ from iris_engine.config import InferenceConfig
 FINE_SCALE = 2
 
 
+def covered(masks: torch.Tensor) -> torch.Tensor:
+    """Binary (N, K, *S) from resized soft masks: pixels from 0.5 on, or above 0 where a structure is so thin
+    that none of its pixels reaches 0.5."""
+    inside = masks >= 0.5
+    reaches = inside.flatten(2).any(-1).view(*inside.shape[:2], *[1] * (inside.ndim - 2))
+    return torch.where(reaches, inside, masks > 0)
+
+
 def structure_thickness(masks: torch.Tensor) -> torch.Tensor:
     """(N, K, H, W) masks -> (K,) mean thickness in pixels, 2 x area / boundary pixels (4-neighbour boundary, the
-    image border counts as outside), over all N; inf for a class no mask shows. A pixel is inside from 0.5 on,
-    or from above 0 in a resized mask of a structure so thin that no pixel reaches 0.5."""
-    inside = masks >= 0.5
-    inside = torch.where(inside.flatten(2).any(-1)[..., None, None], inside, masks > 0)
+    image border counts as outside), over all N, of their `covered` pixels; inf for a class no mask shows."""
+    inside = covered(masks)
     padded = F.pad(inside.float(), (1, 1, 1, 1))
     neighbours = torch.stack([padded[..., :-2, 1:-1], padded[..., 2:, 1:-1], padded[..., 1:-1, :-2],
                               padded[..., 1:-1, 2:]]).amin(0) > 0.5

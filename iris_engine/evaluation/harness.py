@@ -32,7 +32,7 @@ from iris_engine.data.splits import Split, make_split
 from iris_engine.errors import IrisInputError
 from iris_engine.evaluation.baselines import copy_support_mask, intensity_nearest_neighbour
 from iris_engine.evaluation.report import write_report
-from iris_engine.input_scale import FINE_SCALE, choose_input_scale
+from iris_engine.input_scale import FINE_SCALE, choose_input_scale, covered
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.metrics import hd95
 from iris_engine.model.iris import IrisModel
@@ -146,14 +146,11 @@ class Evaluator:
         return _subset(pairs, self.config.max_queries)
 
     def model_grid(self, images: torch.Tensor, masks: bool = False) -> torch.Tensor:
-        """Bank-grid tensors (N, C, H, W) area-averaged down to the model's input (masks: covered >= half)."""
+        """Bank-grid tensors (N, C, H, W) area-averaged down to the model's input (masks: their `covered` pixels)."""
         if images.shape[-1] == self.size:
             return images
         small = F.interpolate(images.float(), size=(self.size, self.size), mode="area")
-        if not masks:
-            return small
-        covered = small >= 0.5
-        return torch.where(covered.flatten(2).any(-1)[..., None, None], covered, small > 0).float()
+        return covered(small).float() if masks else small
 
     def score_grid(self, values: torch.Tensor) -> torch.Tensor:
         """(B, *S) model-grid probabilities -> (B, H, W) on the bank's grid."""
