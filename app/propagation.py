@@ -95,13 +95,14 @@ def run_propagation(services: Services, session: Session, progress: Progress | N
         ids[name] = services.storage.predictions.add(
             session.case_id, name, mask, STRATEGY, result.model_version,
             {"seconds": round(seconds, 3), "painted_slices": result.painted_slices,
-             "recomputed_slices": result.recomputed_slices}).id
+             "recomputed_slices": result.recomputed_slices, "input_scale": result.input_scale}).id
     segmentation = VolumeSegmentation(result.probabilities, result.masks, names, STRATEGY, result.model_version,
-                                      result.timings)
+                                      result.timings, input_scale=result.input_scale)
     session.result = Result(session.case_id, segmentation, ids, result.masks.copy(), seconds)
     session.fixed_slices[session.case_id] = set(fixed)
     voxels = ", ".join(f"{n} {int(m.sum())} voxels" for n, m in zip(names, result.masks, strict=True))
-    return (f"Propagated from painted slices {result.painted_slices} in {seconds:.2f} s "
+    scale = " (thin structure: read at twice the model's input size)" if result.input_scale > 1 else ""
+    return (f"Propagated from painted slices {result.painted_slices} in {seconds:.2f} s{scale} "
             f"({result.recomputed_slices} slices segmented, the rest reused): {voxels}. Scroll the slices to check; "
             "fix a slice in 3 · Correct & accept and propagate again, or accept all.")
 

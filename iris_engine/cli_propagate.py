@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write(args.output.with_name(args.output.name + ".labels.json"), lambda tmp: tmp.write_text(labels))
     voxels = ", ".join(f"{n}={int(m.sum())}" for n, m in zip(names, result.masks, strict=True))
     print(f"propagated {len(names)} class(es) from painted {result.axis} slices {result.painted_slices} in "
-          f"{time.perf_counter() - start:.1f} s ({result.recomputed_slices} slices segmented; model "
-          f"{result.model_version}): {voxels} voxels; wrote {args.output}")
+          f"{time.perf_counter() - start:.1f} s ({result.recomputed_slices} slices segmented at "
+          f"{result.input_scale}x the model's input size; model {result.model_version}): {voxels} voxels; "
+          f"wrote {args.output}")
     return 0

@@ -211,7 +211,7 @@ class IrisSegmenter:
         content = self._support_key(supports, class_names)
         if content not in self._scales:
             masks = self.support_batch(supports, class_names)[1]
-            self._scales[content] = 1 if self.is_3d else choose_input_scale(masks, self.config)
+            self._scales[content] = 1 if self.is_3d else choose_input_scale(masks, self.config.fine_scale_thickness)
             if len(self._scales) > CACHE_SIZE:
                 self._scales.pop(next(iter(self._scales)))
         scale = self._scales[content]
@@ -299,7 +299,8 @@ class IrisSegmenter:
     def propagator(self) -> Propagator:
         """Within-volume propagation with this model; its per-volume caches live as long as the segmenter."""
         if self._propagator is None or self._propagator.model is not self.model:
-            config = PropagationConfig(threshold=self.config.threshold, batch_size=self.config.batch_size)
+            config = PropagationConfig(threshold=self.config.threshold, batch_size=self.config.batch_size,
+                                       fine_scale_thickness=self.config.fine_scale_thickness)
             self._propagator = Propagator(self.model, self.preprocess, config, self.device)
         return self._propagator
 

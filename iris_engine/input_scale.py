@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from iris_engine.config import InferenceConfig
-
 FINE_SCALE = 2
 
 
@@ -35,10 +33,11 @@ def structure_thickness(masks: torch.Tensor) -> torch.Tensor:
     return torch.where(area > 0, 2.0 * area / boundary.clamp(min=1.0), torch.full_like(area, float("inf")))
 
 
-def choose_input_scale(masks: torch.Tensor, config: InferenceConfig) -> int:
+def choose_input_scale(masks: torch.Tensor, fine_scale_thickness: float) -> int:
     """FINE_SCALE when every class of 2D support masks (N, K, H, W) on the model grid is thinner than
-    `config.fine_scale_thickness`, else 1 (3D masks and a threshold of 0 always give 1)."""
-    if masks.ndim != 4 or config.fine_scale_thickness <= 0:
+    `fine_scale_thickness` pixels (`InferenceConfig.fine_scale_thickness`), else 1 (3D masks and a limit of 0
+    always give 1)."""
+    if masks.ndim != 4 or fine_scale_thickness <= 0:
         return 1
     thickness = structure_thickness(masks)
-    return FINE_SCALE if bool((thickness < config.fine_scale_thickness).all()) else 1
+    return FINE_SCALE if bool((thickness < fine_scale_thickness).all()) else 1

@@ -8,6 +8,9 @@ only where it touches the previous slice's mask, and a class stops where its are
 is predicted beyond the structure's extent. A painted slice is taken as complete: what is painted on it
 comes back unchanged, and a class not painted on it is absent there (a stop for that class).
 
+A structure only a few pixels thick on the model grid in its painted slices (every painted class, as in
+`iris_engine.input_scale`) is propagated with the volume's slices read at twice the model's input size.
+
 Per-slice task embeddings and per-slice model outputs are cached per volume, keyed by content, so a
 re-propagation after a correction recomputes only the slices whose embedding mix changed.
 """
@@ -25,8 +28,9 @@ import torch
 from scipy import ndimage
 
 from iris_engine import strategies
-from iris_engine.config import PreprocessConfig
+from iris_engine.config import InferenceConfig, PreprocessConfig
 from iris_engine.errors import IrisInputError
+from iris_engine.input_scale import choose_input_scale
 from iris_engine.io.volume import Volume
 from iris_engine.model.iris import IrisModel
 from iris_engine.preprocess import (
@@ -50,6 +54,7 @@ class PropagationConfig:
     connect_radius: int = 1  # px: a component continues the structure if it touches the previous mask dilated so
     batch_size: int = 8
     cached_volumes: int = 4
+    fine_scale_thickness: float = InferenceConfig.fine_scale_thickness  # 0: always at the model's input size
 
 
 @dataclass
@@ -64,6 +69,7 @@ class PropagationResult:
     recomputed_slices: int
     model_version: str
     timings: dict[str, float] = field(default_factory=dict)
+    input_scale: int = 1  # 2: the slices were read at twice the model's input size (a thin structure)
 
     def label_map(self) -> np.ndarray:
         """0 = background, k + 1 = class k (the most probable class where masks overlap)."""
@@ -213,17 +219,27 @@ class Propagator:
     def model_version(self) -> str:
         return str(getattr(self.model, "version", ""))
 
-    def _state(self, canonical: Volume, axis: int) -> _VolumeState:
-        key = digest(self.model_version, str(axis), canonical.modality, str(canonical.shape), canonical.array)
+    def _state(self, canonical: Volume, axis: int, scale: int) -> _VolumeState:
+        key = digest(self.model_version, f"{axis}@{scale}", canonical.modality, str(canonical.shape),
+                     canonical.array)
         if key in self._states:
             self._states.move_to_end(key)
             return self._states[key]
-        slices, geometry = volume_to_model_slices(canonical, self.model.config.image_size, axis, self.preprocess)
+        slices, geometry = volume_to_model_slices(canonical, self.model.config.image_size * scale, axis,
+                                                  self.preprocess)
         state = _VolumeState(slices, geometry)
         self._states[key] = state
         while len(self._states) > self.config.cached_volumes:
             self._states.popitem(last=False)
         return state
+
+    def input_scale(self, canonical_labels: np.ndarray, painted: Sequence[int], num_classes: int) -> int:
+        """2 where every class is thin on the model grid over its painted slices (axis 0 of the labels), else 1."""
+        stack = np.stack([canonical_labels[z] == k + 1 for z in painted for k in range(num_classes)])
+        geometry = SliceGeometry(stack.shape[1:], None, self.model.config.image_size)
+        masks = mask_to_model_slices(stack.astype(np.float32), geometry)[0]
+        return choose_input_scale(masks.view(len(painted), num_classes, *masks.shape[-2:]),
+                                  self.config.fine_scale_thickness)
 
     def _painted_tokens(self, state: _VolumeState, z: int, labels: np.ndarray, names: list[str],
                         present: set[int]) -> dict[int, torch.Tensor]:
@@ -276,7 +292,8 @@ class Propagator:
         painted_set = sorted(set(np.flatnonzero(canonical_labels.reshape(num_slices, -1).any(1)).tolist()) | set(extra))
         present = {z: {int(v) - 1 for v in np.unique(canonical_labels[z]) if v > 0} for z in painted_set}
         report(0.05, "preparing the volume")
-        state = self._state(canonical, axis_number)
+        scale = self.input_scale(canonical_labels, painted_set, len(names))
+        state = self._state(canonical, axis_number, scale)
         tokens = {z: self._painted_tokens(state, z, canonical_labels[z], names, present[z]) for z in painted_set}
         plans = plan_sources(painted_set, present, num_slices, len(names))
         fallback = [next(tokens[z][k] for z in painted_set if k in tokens[z]) for k in range(len(names))]
@@ -302,7 +319,7 @@ class Propagator:
         timings = {"segment": outputs.seconds, "total": time.perf_counter() - start}
         axis_name = axis if isinstance(axis, str) else next(n for n, a in VIEW_AXES.items() if a == axis_number)
         return PropagationResult(probabilities, masks, names, painted_set, axis_name, outputs.recomputed,
-                                 self.model_version, timings)
+                                 self.model_version, timings, scale)
 
 
 class _LazyOutputs:

@@ -112,6 +112,13 @@ class Split:
         return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
+def dev_split(split: Split) -> Split:
+    """Training patients only, as 'test' cases: for choosing settings without touching test patients."""
+    train = {d: list(c) for d, c in split.train_cases.items()
+             if len({split.patient_of(d, x) for x in c}) >= 2}
+    return Split(split.seed, {}, train, split.patients, (), split.held_out_classes, split.held_out_fraction)
+
+
 def split_cases(
     dataset: str,
     case_ids: list[str],

@@ -165,7 +165,7 @@ class Evaluator:
         when the bank is that fine), else area-averaged down to the input size."""
         small_masks = self.model_grid(support_masks, masks=True)
         fine = fine_allowed and self.bank.images.shape[-1] == FINE_SCALE * self.size \
-            and choose_input_scale(small_masks, self.inference) == FINE_SCALE
+            and choose_input_scale(small_masks, self.inference.fine_scale_thickness) == FINE_SCALE
         if fine:
             return support_images, support_masks.float(), queries
         return self.model_grid(support_images), small_masks, self.model_grid(queries)

@@ -29,7 +29,7 @@ from iris_engine.config import InferenceConfig
 from iris_engine.data.catalog import dataset_info
 from iris_engine.data.msd import MSDDataset
 from iris_engine.data.shared_paths import shared_data_dir
-from iris_engine.data.splits import Split
+from iris_engine.data.splits import Split, dev_split
 from iris_engine.errors import IrisInputError
 from iris_engine.inference import IrisSegmenter
 from iris_engine.io.readers import read_image
@@ -50,6 +50,8 @@ class PropagationEvalConfig:
     max_structures: int | None = None
     seed: int = 0
     threshold: float = 0.5
+    fine_scale_thickness: float = InferenceConfig.fine_scale_thickness  # 0: every structure at the input size
+    dev: bool = False  # TRAINING patients as the volumes (for choosing settings), never for reported numbers
 
 
 def painted_indices(lo: int, hi: int, k: int) -> list[int]:
@@ -168,6 +170,7 @@ def evaluate_structure(segmenter: IrisSegmenter, volume: Volume, labels: np.ndar
         start = time.perf_counter()
         result = segmenter.propagate(volume, paint, [structure.class_name])
         row["seconds"] = time.perf_counter() - start
+        row["input_scale"] = result.input_scale
         predictions = {
             "propagation": result.masks[0],
             "copy_nearest": copy_nearest(truth, painted),
@@ -215,13 +218,18 @@ def render_markdown(payload: dict[str, Any]) -> str:
         "# Within-volume propagation: paint k slices, propagate, score the rest",
         "",
         f"- checkpoint: `{payload['checkpoint']}` (model version `{payload['model_version']}`); split seed "
-        f"{payload['split_seed']} (fingerprint `{payload['split_fingerprint']}`), held-out (test) patients only",
+        f"{payload['split_seed']} (fingerprint `{payload['split_fingerprint']}`), "
+        + ("TRAINING patients (`--dev`: for choosing settings, not a result)" if payload["config"].get("dev")
+           else "held-out (test) patients only"),
+        f"- structures whose painted slices are all thinner than {payload['config'].get('fine_scale_thickness', 0)} "
+        "model-grid pixels are read at twice the model's input size (`iris_engine.input_scale`; 0 = never): "
+        f"{sum(r.get('input_scale', 1) > 1 for r in payload['rows'])} of {len(payload['rows'])} propagations",
         "- k = 1 paints the middle slice of each structure's axial range, k = 3 the slices at 1/6, 1/2, 5/6 (the "
         "nearest slice showing the structure where the range has gaps); 3D Dice over the range's other slices",
         "- baselines: copy of the nearest painted slice; signed-distance interpolation between painted slices "
         "(copy of the outermost painted slice beyond them: at k = 1 it equals the copy)",
         "- FP mL: volume predicted on slices outside the structure's range (the copy baselines fill every slice)",
-        f"- structures: {payload['structures']} (test volume, structure) pairs"
+        f"- structures: {payload['structures']} (volume, structure) pairs"
         + (f", a fixed-seed subsample (seed {payload['config']['seed']})" if payload["subsampled"] else ", all")
         + "; training-only single-subject sets have no held-out patients and are not evaluated",
         f"- evaluation time: {payload['seconds']} s",
@@ -276,8 +284,9 @@ def run_propagation_evaluation(checkpoint: Path, split: Split, out: Path, config
     if root is None:
         raise IrisInputError("shared data not found: set IRIS_SHARED_DATA or pass --data-root")
     loaded = load_checkpoint(checkpoint)
-    segmenter = IrisSegmenter(loaded.model, loaded.memory_bank, InferenceConfig(threshold=config.threshold))
-    structures = evaluation_structures(Path(root), split, datasets)
+    segmenter = IrisSegmenter(loaded.model, loaded.memory_bank, InferenceConfig(
+        threshold=config.threshold, fine_scale_thickness=config.fine_scale_thickness))
+    structures = evaluation_structures(Path(root), dev_split(split) if config.dev else split, datasets)
     if not structures:
         raise IrisInputError("no 3D dataset with held-out patients found")
     subsampled = config.max_structures is not None and len(structures) > config.max_structures
@@ -323,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="evaluate a fixed-seed random subset of the (volume, structure) pairs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--fine-scale-thickness", type=float, default=PropagationEvalConfig.fine_scale_thickness,
+                        help="structures thinner than this (model-grid px) in their painted slices are read at 2x; "
+                             "0 = never")
+    parser.add_argument("--dev", action="store_true",
+                        help="run on TRAINING patients (for choosing settings), never for reported numbers")
     return parser
 
 
@@ -335,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     split_path = args.split or args.checkpoint.parent / "split.json"
     if not split_path.is_file():
         raise IrisInputError(f"split file {split_path} not found (give --split)")
-    config = PropagationEvalConfig(ks=tuple(args.ks), max_structures=args.max_structures, seed=args.seed)
+    config = PropagationEvalConfig(ks=tuple(args.ks), max_structures=args.max_structures, seed=args.seed,
+                                   fine_scale_thickness=args.fine_scale_thickness, dev=args.dev)
     payload = run_propagation_evaluation(args.checkpoint, Split.load(split_path), args.out, config, args.data_root,
                                          args.datasets)
     overall = payload["summary"]["overall"]

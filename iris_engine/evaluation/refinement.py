@@ -32,7 +32,7 @@ from iris_engine.checkpoint import CLICK_REFINER_FILE, load_checkpoint, load_cli
 from iris_engine.data.catalog import default_datasets
 from iris_engine.data.episodes import EvalPair, iter_eval_pairs
 from iris_engine.data.slices import SliceBank, build_slice_bank
-from iris_engine.data.splits import Split
+from iris_engine.data.splits import Split, dev_split
 from iris_engine.errors import IrisInputError
 from iris_engine.evaluation.harness import TaskSpec, evaluation_tasks
 from iris_engine.io.writers import atomic_write
@@ -183,13 +183,6 @@ def _task(spec: TaskSpec) -> tuple[dict[str, Any] | None, str | None, float]:
         return row, None, time.process_time() - begin
     except IrisInputError as error:
         return None, str(error), time.process_time() - begin
-
-
-def dev_split(split: Split) -> Split:
-    """Training patients only, as 'test' cases: for choosing refinement settings without touching test patients."""
-    train = {d: list(c) for d, c in split.train_cases.items()
-             if len({split.patient_of(d, x) for x in c}) >= 2}
-    return Split(split.seed, {}, train, split.patients, (), split.held_out_classes, split.held_out_fraction)
 
 
 def run(checkpoint: Path, split: Split, config: RefineEvalConfig, refine: RefineConfig,

@@ -75,8 +75,7 @@ def support_equals_query(model: IrisModel, sample: SliceSample, value: int, conf
     mask_small = torch.from_numpy(resize_labels(truth[None].astype(np.uint8), size) > 0)
     if not mask_small.any() or mask_small.all():
         return float("nan"), resize_ceiling(truth, size), 1
-    scale = choose_input_scale(mask_small[:, None].float(),
-                               InferenceConfig(fine_scale_thickness=config.fine_scale_thickness))
+    scale = choose_input_scale(mask_small[:, None].float(), config.fine_scale_thickness)
     size *= scale
     image = torch.from_numpy(resize_images(sample.image[None], size))[:, None]
     mask = torch.from_numpy(resize_labels(truth[None].astype(np.uint8), size) > 0)

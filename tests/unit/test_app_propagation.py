@@ -71,3 +71,17 @@ def test_supports_of_other_cases_are_not_painted_slices(services, nifti: Path) -
     with pytest.raises(HandlerError, match="paint the structure"):
         p.run_propagation(services, second)
     assert second.result is None
+
+
+def test_a_thin_painted_structure_is_propagated_at_twice_the_input_size_and_the_status_says_so(
+        services, nifti: Path) -> None:
+    session = Session()
+    h.load_case(services, session, [str(nifti)])
+    value = h.editor_value(services, session, 4, "MR / auto")
+    layer = np.zeros((*value["background"].shape[:2], 4), dtype=np.uint8)
+    voxel = layer.shape[0] // 32  # display pixels per voxel of the 32 x 32 slice
+    layer[16 * voxel: 17 * voxel, 2 * voxel: -2 * voxel, 3] = 255  # a line one voxel thick
+    h.add_support(services, session, {**value, "layers": [layer]}, "line", 4)
+    message = p.run_propagation(services, session)
+    assert "thin structure: read at twice the model's input size" in message
+    assert session.result.segmentation.input_scale == 2

@@ -114,3 +114,14 @@ def test_cli_subsample_with_a_fixed_seed(tiny_dataset, tmp_path: Path) -> None:
     assert first["subsampled"] and first["structures"] == 2
     assert [r["case_id"] + r["class_name"] for r in first["rows"]] == \
         [r["case_id"] + r["class_name"] for r in second["rows"]]
+
+
+def test_dev_scores_training_patients_only_and_says_so(tiny_dataset, tmp_path: Path) -> None:
+    root, _, checkpoint = tiny_dataset
+    split = Split(seed=0, train_cases={"toy3d": ["toy_a", "toy_b"]}, test_cases={"toy3d": ["toy_c"]},
+                  patients={"toy3d": {c: c for c in ("toy_a", "toy_b", "toy_c")}})
+    payload = run_propagation_evaluation(checkpoint, split, tmp_path / "dev", PropagationEvalConfig(ks=(1,), dev=True),
+                                         root)
+    assert {r["case_id"] for r in payload["rows"]} == {"toy_a", "toy_b"}
+    assert all(r["input_scale"] == 1 for r in payload["rows"] if r["class_name"] == "box")
+    assert "TRAINING patients" in (tmp_path / "dev" / "propagation.md").read_text()

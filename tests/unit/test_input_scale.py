@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -41,13 +39,13 @@ def test_thickness_is_twice_area_over_boundary_as_scipy_counts_it() -> None:
 
 
 def test_only_an_all_thin_support_set_runs_at_the_fine_scale() -> None:
-    config = InferenceConfig()
+    limit = InferenceConfig().fine_scale_thickness
     masks = _masks()
-    assert choose_input_scale(masks[:, 1:], config) == FINE_SCALE
-    assert choose_input_scale(masks[:, :1], config) == 1
-    assert choose_input_scale(masks, config) == 1  # one thick class keeps the whole call at the input size
-    assert choose_input_scale(masks[:, 1:], replace(config, fine_scale_thickness=0.0)) == 1
-    assert choose_input_scale(masks[:, 1:, None].expand(-1, -1, 4, -1, -1), config) == 1  # 3D masks
+    assert choose_input_scale(masks[:, 1:], limit) == FINE_SCALE
+    assert choose_input_scale(masks[:, :1], limit) == 1
+    assert choose_input_scale(masks, limit) == 1  # one thick class keeps the whole call at the input size
+    assert choose_input_scale(masks[:, 1:], 0.0) == 1
+    assert choose_input_scale(masks[:, 1:, None].expand(-1, -1, 4, -1, -1), limit) == 1  # 3D masks
 
 
 def _image(seed: int, shape: tuple[int, int] = (48, 40)) -> Volume:

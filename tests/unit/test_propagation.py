@@ -146,3 +146,22 @@ def test_a_2d_image_is_refused() -> None:
     image = Volume(np.zeros((16, 16), np.float32))
     with pytest.raises(IrisInputError, match="needs a 3D volume"):
         _segmenter().propagate(image, np.ones((16, 16), np.uint8), ["organ"])
+
+
+@pytest.mark.parametrize(("rows", "limit", "expected"), [(slice(10, 11), 3.5, 2), (slice(6, 16), 3.5, 1),
+                                                         (slice(10, 11), 0.0, 1)])
+def test_a_thin_painted_structure_is_propagated_at_twice_the_input_size(rows: slice, limit: float,
+                                                                         expected: int) -> None:
+    torch.manual_seed(0)
+    segmenter = IrisSegmenter(IrisModel(TINY), config=InferenceConfig(fine_scale_thickness=limit))
+    seen: list[int] = []
+    segment = segmenter.model.segment
+    segmenter.model.segment = lambda images, tokens: seen.append(images.shape[-1]) or segment(images, tokens)
+    painted = np.zeros(SHAPE, dtype=np.uint8)
+    painted[rows, 2:18, 3] = 1
+    painted[rows, 3:17, 8] = 1
+    result = segmenter.propagate(_volume(), painted, ["line"])
+    assert result.input_scale == expected
+    assert seen and set(seen) == {TINY.image_size * expected}
+    assert result.masks.shape == result.probabilities.shape == (1, *SHAPE)
+    np.testing.assert_array_equal(result.masks[0][:, :, [3, 8]], painted[:, :, [3, 8]] > 0)
