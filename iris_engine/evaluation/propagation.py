@@ -264,16 +264,17 @@ def render_markdown(payload: dict[str, Any]) -> str:
         lines.append(f"| {dataset} | {class_name} | {trained} | {k} | {len(members)} | "
                      + " | ".join(f"{v:.3f}" for v in means) + " |")
     lines += ["", "## Per structure", "", "| dataset | case | structure | k | painted | range | propagation "
-              "| copy | interpolation | FP mL propagation | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| copy | interpolation | FP mL propagation | seconds | input scale |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in payload["rows"]:
         if "note" in row:
             lines.append(f"| {row['dataset']} | {row['case_id']} | {row['class_name']} | {row['k']} | "
-                         f"{row['painted']} | {row['range']} | {row['note']} | | | | |")
+                         f"{row['painted']} | {row['range']} | {row['note']} | | | | | |")
             continue
         lines.append(f"| {row['dataset']} | {row['case_id']} | {row['class_name']} | {row['k']} | {row['painted']} "
                      f"| {row['range']} | {row['propagation']['dice']:.3f} | {row['copy_nearest']['dice']:.3f} | "
                      f"{row['interpolation']['dice']:.3f} | {row['propagation']['fp_ml']:.1f} | "
-                     f"{row['seconds']:.1f} |")
+                     f"{row['seconds']:.1f} | {row.get('input_scale', 1)}x |")
     return "\n".join(lines) + "\n"
 
 
