@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from iris_engine.config import InferenceConfig
+from iris_engine.evaluation.propagation import painted_indices
 from iris_engine.inference import IrisSegmenter
 from iris_engine.io.volume import Volume
 
@@ -49,8 +50,7 @@ def tube(size: int, slices: int, seed: int = 0) -> tuple[Volume, np.ndarray]:
 def paint(truth: np.ndarray) -> tuple[np.ndarray, list[int]]:
     """The truth on 3 slices at 1/6, 1/2 and 5/6 of its range, and those slices."""
     shown = np.flatnonzero(truth.any(axis=(0, 1)))
-    lo, hi = int(shown[0]), int(shown[-1])
-    painted_at = [lo + round(f * (hi - lo)) for f in (1 / 6, 1 / 2, 5 / 6)]
+    painted_at = painted_indices(int(shown[0]), int(shown[-1]), 3)
     painted = np.zeros(truth.shape, dtype=np.uint8)
     painted[:, :, painted_at] = truth[:, :, painted_at]
     return painted, painted_at
@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "propagation_results.md")
     args = parser.parse_args()
+    if args.size < 128:
+        parser.error("--size must be at least 128 (the thin tube is 1.5 % of the side across)")
     torch.set_num_threads(args.threads)
     volume, truth = ellipsoid(args.size, args.slices)
     painted, painted_at = paint(truth)

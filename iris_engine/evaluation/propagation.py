@@ -138,7 +138,7 @@ def evaluation_structures(root: Path, split: Split, datasets: list[str] | None) 
     return out
 
 
-def _load(root: Path, structure: Structure) -> tuple[Volume, np.ndarray]:
+def load_structure(root: Path, structure: Structure) -> tuple[Volume, np.ndarray]:
     """The canonical volume (modality as the training slices were normalised) and its canonical label map."""
     dataset = MSDDataset(root / structure.dataset)
     case = dataset.case(structure.case_id)
@@ -300,7 +300,7 @@ def run_propagation_evaluation(checkpoint: Path, split: Split, out: Path, config
     for index, structure in enumerate(structures):
         key = (structure.dataset, structure.case_id)
         if cache is None or cache[0] != key:
-            cache = (key, _load(Path(root), structure))
+            cache = (key, load_structure(Path(root), structure))
         volume, labels = cache[1]
         for row in evaluate_structure(segmenter, volume, labels, structure, config.ks):
             rows.append({**row, "class_in_training": split.is_train_class(structure.dataset, structure.class_name)})

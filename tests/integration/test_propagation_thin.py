@@ -16,9 +16,10 @@ import pytest
 from iris_engine.config import InferenceConfig
 from iris_engine.data.shared_paths import shared_data_dir
 from iris_engine.data.splits import Split
-from iris_engine.evaluation.propagation import Structure, _load, painted_indices
+from iris_engine.evaluation.propagation import Structure, load_structure, painted_indices
 from iris_engine.inference import IrisSegmenter
 from iris_engine.io.volume import Volume
+from iris_engine.metrics import dice
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "assets" / "weights" / "iris2d.pt"
 SLICES = 24
@@ -29,14 +30,10 @@ pytestmark = [
 ]
 
 
-def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    return 2.0 * float((prediction & truth).sum()) / max(1, int(prediction.sum() + truth.sum()))
-
-
 def test_the_oesophagus_is_propagated_at_twice_the_input_size() -> None:
     case = Split.load(WEIGHTS.with_name("split.json")).train_cases["segthor_ct"][0]
     structure = Structure("segthor_ct", case, "esophagus", 1)
-    volume, labels = _load(Path(shared_data_dir()), structure)
+    volume, labels = load_structure(Path(shared_data_dir()), structure)
     shown = np.flatnonzero((labels == structure.value).any(axis=(0, 1)))
     middle = int(shown[len(shown) // 2])
     window = slice(middle - SLICES // 2, middle + SLICES // 2)
@@ -51,5 +48,5 @@ def test_the_oesophagus_is_propagated_at_twice_the_input_size() -> None:
         segmenter = IrisSegmenter.from_checkpoint(WEIGHTS, InferenceConfig(fine_scale_thickness=limit))
         result = segmenter.propagate(part, painted, ["esophagus"])
         assert result.input_scale == (2 if limit else 1)
-        scores[result.input_scale] = _dice(result.masks[0][:, :, scored], truth[:, :, scored])
+        scores[result.input_scale] = dice(result.masks[0][:, :, scored], truth[:, :, scored])
     assert scores[2] >= scores[1] + 0.1, scores
