@@ -28,6 +28,7 @@ from iris_engine.refinement import (
     refine_slab,
 )
 from iris_engine.strategies import encode_supports
+from iris_engine.thin_clicks import drop_halo
 from iris_engine.training import click_training
 from iris_engine.training.click_training import (
     ClickTrainConfig,
@@ -178,8 +179,13 @@ def test_thin_structures_get_the_local_edit_only() -> None:
     clicks[14, 60, 0], clicks[50, 8, 0] = POSITIVE, NEGATIVE
     for start, thin in ((vessels, True), (blob, False)):
         default = refine_slab(image[..., None], start, clicks, RefineConfig(), tuner, learned=learned)
+        without_ridges = refine_slab(image[..., None], start, clicks, RefineConfig(thin_keep=1.0), tuner,
+                                     learned=learned)
         local = refine_slab(image[..., None], start, clicks, RefineConfig(method="local"))
-        assert np.array_equal(default, local) == thin
+        halo_dropped = drop_halo(image, start[..., 0], clicks[..., 0], RefineConfig().thin_keep, 0.5)[..., None]
+        local_after_drop = refine_slab(image[..., None], halo_dropped, clicks, RefineConfig(method="local"))
+        assert np.array_equal(without_ridges, local) == thin and not np.array_equal(default, local)
+        assert np.array_equal(default, local_after_drop) == thin  # thin: the negative click drops the halo first
 
 
 def test_click_training_resumes_exactly_and_clicks_land_on_errors(tmp_path: Path) -> None:

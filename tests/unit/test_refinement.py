@@ -270,3 +270,10 @@ def test_learned_without_a_refiner_falls_back_to_the_local_edit_with_a_warning(s
     with pytest.warns(UserWarning, match="refining with 'local' instead of 'learned'"):
         fallback = segmenter.refine(volume, result, clicks, RefineConfig(method="learned"))
     assert np.array_equal(fallback.probabilities, local.probabilities)
+
+
+def test_a_refined_result_keeps_the_input_scale_it_was_segmented_at(segmenter: IrisSegmenter) -> None:
+    volume, result = _segmented(segmenter, (40, 36))
+    fine = replace(result, input_scale=2)
+    clicks = [Click(tuple(np.argwhere(~result.masks[0])[0]), True)]
+    assert segmenter.refine(volume, fine, clicks, RefineConfig(method="local")).input_scale == 2
