@@ -65,3 +65,12 @@ def test_the_keep_share_is_checked() -> None:
     for keep in (0.0, 1.5):
         with pytest.raises(IrisInputError, match="thin_keep"):
             RefineConfig(thin_keep=keep)
+
+
+def test_the_last_ridge_response_is_kept_for_the_next_click_on_the_same_result() -> None:
+    image, truth, probability = _lines(True)
+    mask = probability >= 0.5
+    first = ridge_response(image, mask)
+    assert ridge_response(image.copy(), mask.copy()) is first and not first.flags.writeable
+    other = ridge_response(image, truth)
+    assert other is not first and not np.array_equal(other, first)
