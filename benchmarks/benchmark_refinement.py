@@ -8,7 +8,8 @@ encodes the query's slices afresh, and a warm one, as the app makes them, where 
 model features from the previous click on the same image (`refinement.FeatureCache`); the default `learned` is also
 timed with the tuning blend it had before (`learned_tuning`), side by side. `--volume` times the same on a
 192 x 192 x 64 volume instead (no goal there; the clicks follow the simulated user of the evaluation, each at the
-centre of the largest 3D error region of the previous result).
+centre of the largest 3D error region of the previous result). `--thin` times a slice of thin dark curves
+(vessel-like: the one-shot runs at twice the input size, and negative clicks take the thin-mask halo step).
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ def phantom(size: int = 256, seed: int = 0) -> tuple[Volume, np.ndarray]:
     organ = ((rows - 0.5) / 0.25) ** 2 + ((cols - 0.45) / 0.18) ** 2 < 1
     image = 80 + 60 * organ + 10 * np.sin(12 * rows) + rng.normal(0, 8, (size, size))
     return Volume(image.astype(np.float32), np.eye(4), "MR"), organ.astype(np.uint8)
+
+
+def phantom_vessels(size: int = 256, seed: int = 0) -> tuple[Volume, np.ndarray]:
+    """A textured slice with five dark curves about 3 pixels wide (vessel-like) and their mask."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size] / size
+    curves = np.zeros((size, size), bool)
+    for k in range(5):
+        centre = 0.15 + 0.17 * k + 0.04 * np.sin(2 * np.pi * (cols + rng.random()) * (1 + k % 3))
+        curves |= np.abs(rows - centre) < 1.5 / size
+    image = 120 - 50 * curves + 10 * np.sin(12 * rows) + rng.normal(0, 6, (size, size))
+    return Volume(image.astype(np.float32), np.eye(4), "MR"), curves.astype(np.uint8)
 
 
 def phantom_volume(size: int = 192, depth: int = 64, seed: int = 0) -> tuple[Volume, np.ndarray]:
@@ -85,10 +98,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clicks", type=int, default=1)
     parser.add_argument("--volume", action="store_true", help="a 192 x 192 x 64 volume instead of a slice")
+    parser.add_argument("--thin", action="store_true", help="a 256 x 256 slice of thin, vessel-like curves")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     segmenter = IrisSegmenter.from_checkpoint(args.weights)
-    make = phantom_volume if args.volume else phantom
+    make = phantom_volume if args.volume else phantom_vessels if args.thin else phantom
     support, support_mask = make(seed=1)
     query, truth = make(seed=2)
     if args.volume:  # one painted slice of another volume, as a user would give
@@ -100,9 +114,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     clicks = [Click((int(r), int(c)), bool(i % 2 == 0)) for i, (r, c) in
               enumerate(rng.integers(20, 236, size=(args.clicks, 2)))]
-    where = "a 192 x 192 x 64 volume" if args.volume else "a 256 x 256 slice"
+    where = "a 192 x 192 x 64 volume" if args.volume else f"a 256 x 256 slice{' of thin curves' if args.thin else ''}"
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads; "
-          f"weights {args.weights.name} ({segmenter.model_version}); {args.clicks} click(s) on {where}")
+          f"weights {args.weights.name} ({segmenter.model_version}); {args.clicks} click(s) on {where}; "
+          f"one-shot at {result.input_scale}x the input size")
     print("| method | cold wall s | warm wall s | warm CPU s | cold / warm | warm / 1 s goal |\n"
           "|---|---|---|---|---|---|")
     variants = [(method, RefineConfig(method=method)) for method in METHODS]
