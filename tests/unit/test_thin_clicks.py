@@ -1,4 +1,4 @@
-"""Negative clicks on thin masks: the halo beside a ridge drops out, the ridge stays, compact masks are untouched."""
+"""Negative clicks on thin masks: the halo beside a ridge drops out, the ridge stays, the response is kept."""
 
 from __future__ import annotations
 
