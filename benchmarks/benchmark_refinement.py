@@ -97,8 +97,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clicks", type=int, default=1)
-    parser.add_argument("--volume", action="store_true", help="a 192 x 192 x 64 volume instead of a slice")
-    parser.add_argument("--thin", action="store_true", help="a 256 x 256 slice of thin, vessel-like curves")
+    case = parser.add_mutually_exclusive_group()
+    case.add_argument("--volume", action="store_true", help="a 192 x 192 x 64 volume instead of a slice")
+    case.add_argument("--thin", action="store_true", help="a 256 x 256 slice of thin, vessel-like curves")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     segmenter = IrisSegmenter.from_checkpoint(args.weights)
@@ -114,7 +115,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     clicks = [Click((int(r), int(c)), bool(i % 2 == 0)) for i, (r, c) in
               enumerate(rng.integers(20, 236, size=(args.clicks, 2)))]
-    where = "a 192 x 192 x 64 volume" if args.volume else f"a 256 x 256 slice{' of thin curves' if args.thin else ''}"
+    where = "a 192 x 192 x 64 volume" if args.volume else "a 256 x 256 slice of thin curves" if args.thin \
+        else "a 256 x 256 slice"
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads; "
           f"weights {args.weights.name} ({segmenter.model_version}); {args.clicks} click(s) on {where}; "
           f"one-shot at {result.input_scale}x the input size")

@@ -518,8 +518,8 @@ def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, 
         gap = np.array([min(abs(z - c) for c in clicked) for z in rows], dtype=np.float32)
         blend = 1.0 - gap / (reach + 1)  # 1 on a clicked slice, 1 / (reach + 1) at the edge of its window
         out[:, :, rows] = (1.0 - blend) * out[:, :, rows] + blend * tuned
-    if thin and config.thin_keep < 1.0:
-        for z in (z for z, is_thin in zip(clicked, thin, strict=True) if is_thin):
+    for z, is_thin in zip(clicked, thin, strict=False):  # `thin` is empty unless the method is "learned"
+        if is_thin and config.thin_keep < 1.0:
             out[:, :, z] = drop_halo(image[:, :, z], out[:, :, z], clicks[:, :, z], config.thin_keep, config.threshold)
     if config.method == "learned" and learned is None:
         raise IrisInputError("refinement method 'learned' needs click refiner weights trained for this model; "
