@@ -17,7 +17,6 @@ from app import display
 from app.demo import stored_slices
 from app.editor_canvas import from_canvas, place, touched
 from app.services import Services, prototype_tokens
-from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
 from iris_engine.inference import Support, VolumeSegmentation
 from iris_engine.io.readers import read_mask
@@ -507,15 +506,14 @@ def accept(services: Services, session: Session, progress: Progress | None = Non
             continue
         with services.lock:
             try:
-                tokens = prototype_tokens(services, volume, mask, name)
+                tokens, fine = prototype_tokens(services, volume, mask, name)
             except IrisInputError as error:
                 lines.append(f"{name}: accepted (correction {correction.id}); prototype unchanged: {error}")
                 continue
             bank = services.segmenter.memory_bank
-            updated = bank.update(name, tokens, momentum=services.config.ema_momentum)
-            record = services.storage.prototypes.upsert(
-                name, version, TaskEmbedding(updated[None], [name], version).to_bytes(),
-                update_count=bank.count(name), reason="accept")
+            bank.update(name, tokens, momentum=services.config.ema_momentum, fine_tokens=fine)
+            record = services.storage.prototypes.upsert(name, version, bank.entry_bytes(name, version),
+                                                        update_count=bank.count(name), reason="accept")
         lines.append(f"{name}: accepted (correction {correction.id}), prototype updated "
                      f"({record.update_count} update{'s' if record.update_count != 1 else ''})")
     return "Accepted. " + "; ".join(lines)
@@ -546,19 +544,15 @@ def undo_accept(services: Services, session: Session) -> str:
         return f"Undid the accepted **{name}** mask (correction {correction.id})."
     previous = _previous_prototype(services, name, version)
     with services.lock:
-        state = services.segmenter.memory_bank.state_dict()
-        embeddings, counts = dict(state["embeddings"]), dict(state["counts"])  # type: ignore[arg-type]
+        bank = MemoryBank.from_state_dict(services.segmenter.memory_bank.state_dict())
         if previous is None:
-            embeddings.pop(name, None)
-            counts.pop(name, None)
+            bank.remove(name)
             note = "its prototype is no longer used by the memory bank (the store keeps the row; see report)"
         else:
-            embeddings[name] = TaskEmbedding.from_bytes(previous[0]).tokens[0]
-            counts[name] = previous[1]
+            bank.set_entry(name, previous[0], previous[1])
             services.storage.prototypes.upsert(name, version, previous[0], update_count=previous[1], reason="undo")
             note = "its prototype was restored"
-        services.segmenter.memory_bank = MemoryBank.from_state_dict({**state, "embeddings": embeddings,
-                                                                     "counts": counts})
+        services.segmenter.memory_bank = bank
     return f"Undid the accepted **{name}** mask (correction {correction.id}); {note}."
 
 

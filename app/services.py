@@ -19,9 +19,9 @@ from app.demo import ensure_demo_case
 from app.jobs import TrainingJobs, clean_run_partials
 from app.uploads import check_case_volume, is_dicom_upload, read_dicom_upload
 from iris_engine.config import InferenceConfig, ModelConfig
-from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import CheckpointError, IrisInputError
 from iris_engine.inference import IrisSegmenter, Support
+from iris_engine.input_scale import FINE_SCALE
 from iris_engine.io.dicom_series import is_dicom_file
 from iris_engine.io.readers import read_image
 from iris_engine.io.volume import Volume
@@ -193,13 +193,10 @@ def make_segmenter(path: Path | None, device: str) -> tuple[IrisSegmenter, str]:
 
 def sync_bank_from_db(storage: Storage, segmenter: IrisSegmenter) -> None:
     """Overlay the DB prototypes of this model version on the checkpoint's memory bank."""
-    state = segmenter.memory_bank.state_dict()
-    embeddings, counts = dict(state["embeddings"]), dict(state["counts"])  # type: ignore[arg-type]
+    bank = MemoryBank.from_state_dict(segmenter.memory_bank.state_dict())
     for record in storage.prototypes.list(segmenter.model_version):
-        embedding = TaskEmbedding.from_bytes(record.embedding)
-        embeddings[record.class_name] = embedding.tokens[0].float()
-        counts[record.class_name] = record.update_count
-    segmenter.memory_bank = MemoryBank.from_state_dict({**state, "embeddings": embeddings, "counts": counts})
+        bank.set_entry(record.class_name, record.embedding, record.update_count)
+    segmenter.memory_bank = bank
 
 
 def resolve_weights(config: AppConfig, storage: Storage) -> Path | None:
@@ -227,13 +224,22 @@ def build_services(config: AppConfig, with_demo: bool = True) -> Services:
     return services
 
 
-def prototype_tokens(services: Services, volume: Volume, mask: np.ndarray, class_name: str) -> torch.Tensor:
-    """(T, C) task tokens of one class from an accepted mask, leaving out axial slices it fills completely."""
+def prototype_tokens(services: Services, volume: Volume, mask: np.ndarray, class_name: str
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(T, C) task tokens of one class from an accepted mask, leaving out axial slices it fills completely; and
+    its tokens at twice the input size where the class keeps a fine entry, or is new and thin (else None)."""
     canon, transform = to_canonical(volume)
     slices = transform.apply(mask.astype(bool))
     if canon.ndim == 3:
         slices[:, :, slices.all(axis=(0, 1))] = False
     elif slices.all():
         slices[:] = False
-    embedding = services.segmenter.encode([Support(volume, transform.invert(slices).astype(np.uint8))], [class_name])
-    return embedding.tokens[0]
+    supports = [Support(volume, transform.invert(slices).astype(np.uint8))]
+    segmenter = services.segmenter
+    tokens = segmenter.encode(supports, [class_name]).tokens[0]
+    bank = segmenter.memory_bank
+    if class_name in bank:
+        fine = bank.has_fine(class_name) and not segmenter.is_3d
+    else:
+        fine = segmenter.encode_at_input_scale(supports, [class_name])[1] == FINE_SCALE
+    return tokens, segmenter.encode(supports, [class_name], FINE_SCALE).tokens[0] if fine else None

@@ -17,7 +17,8 @@ from iris_engine.data.msd import MSDDataset
 from iris_engine.data.slices import build_slice_bank
 from iris_engine.data.splits import Split
 from iris_engine.memory_bank import MemoryBank
-from iris_engine.training.run import ResumableSampler, refresh_memory_bank
+from iris_engine.training.bank_refresh import refresh_memory_bank
+from iris_engine.training.run import ResumableSampler
 from iris_engine.training.trainer import Trainer
 
 

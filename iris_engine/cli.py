@@ -35,7 +35,8 @@ DELEGATED = {"train": "iris_engine.training.run", "evaluate": "iris_engine.evalu
              "evaluate-propagation": "iris_engine.evaluation.propagation", "propagate": "iris_engine.cli_propagate",
              "refine": "iris_engine.cli_refine", "evaluate-refinement": "iris_engine.evaluation.refinement",
              "sanity": "iris_engine.evaluation.sanity", "train-refiner": "iris_engine.training.click_training",
-             "bank": "iris_engine.data.bank_export", "average-weights": "iris_engine.training.soup"}
+             "bank": "iris_engine.data.bank_export", "average-weights": "iris_engine.training.soup",
+             "refresh-bank": "iris_engine.training.bank_refresh"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 STEM_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".dicom", ".npy", ".npz", ".zip", *IMAGE_SUFFIXES)
 EXIT_ALL_FAILED = 1
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                             ("train", "episodic training (iris train --help)"),
                             ("train-refiner", "train the click refiner on a frozen model (iris train-refiner --help)"),
                             ("bank", "save the training slice bank, to train elsewhere (iris bank --help)"),
-                            ("average-weights", "average fine-tunes of one model (iris average-weights --help)")):
+                            ("average-weights", "average fine-tunes of one model (iris average-weights --help)"),
+                            ("refresh-bank", "rebuild a checkpoint's memory bank (iris refresh-bank --help)")):
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
@@ -250,9 +252,8 @@ def task_embedding(
 ) -> tuple[TaskEmbedding, int]:
     """The task embedding and its input scale (`IrisSegmenter.encode_at_input_scale`), once for the whole batch."""
     if strategy == "memory_bank":
-        stored = segmenter.memory_bank.get([bank_key(n, segmenter.memory_bank.class_names) for n in names],
-                                           segmenter.model_version)
-        return TaskEmbedding(stored.tokens, names, stored.model_version), 1
+        stored, scale = segmenter.bank_embedding([bank_key(n, segmenter.memory_bank.class_names) for n in names])
+        return TaskEmbedding(stored.tokens, names, stored.model_version), scale
     if strategy == "one_shot" and len(supports) != 1:
         raise IrisInputError(f"one-shot takes exactly one --support, got {len(supports)}")
     embedding, scale = segmenter.encode_at_input_scale(supports, names)

@@ -217,6 +217,13 @@ class IrisSegmenter:
         scale = self._scales[content]
         return self._encode(content, supports, class_names, scale), scale
 
+    def bank_embedding(self, names: Sequence[str]) -> tuple[TaskEmbedding, int]:
+        """The memory bank's embedding of these classes and its input scale: 2 where every class keeps a fine
+        entry (it is thin), as one-shot would choose for such supports; else 1 (always 1 for 3D models)."""
+        fine = not self.is_3d and self.config.fine_scale_thickness > 0
+        scale = self.memory_bank.input_scale(list(names)) if fine else 1
+        return self.memory_bank.get(list(names), self.model_version, scale), scale
+
     def _encode(self, content: str, supports: Sequence[Support], class_names: Sequence[str], scale: int
                 ) -> TaskEmbedding:
         key = f"{content}@{scale}"
@@ -255,7 +262,7 @@ class IrisSegmenter:
         if strategy in ("context_ensemble", "in_context_tuning") and not supports:
             raise IrisInputError(f"{strategy} needs at least one support")
         if strategy == "memory_bank":
-            embedding, scale = self.memory_bank.get(names, self.model_version), 1
+            embedding, scale = self.bank_embedding(names)
         else:
             report(0.05, "encoding the supports")
             embedding, scale = self.encode_at_input_scale(supports, names)

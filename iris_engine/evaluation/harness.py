@@ -170,6 +170,12 @@ class Evaluator:
             return support_images, support_masks.float(), queries
         return self.model_grid(support_images), small_masks, self.model_grid(queries)
 
+    def bank_scale(self, key: str) -> int:
+        """The memory bank's input scale for a class (its fine entry where it keeps one, as the engine) when the
+        slice bank is that fine, else 1."""
+        fine_bank = self.bank.images.shape[-1] == FINE_SCALE * self.size and self.inference.fine_scale_thickness > 0
+        return self.memory_bank.input_scale(key) if fine_bank else 1
+
     def predict(self, pairs: list[EvalPair], queries: torch.Tensor) -> torch.Tensor:
         """Masks on the bank grid from the supports of pairs[0] (one-shot or context ensemble)."""
         images, masks, inputs = self.inputs(pairs[0].support_images, pairs[0].support_masks, queries)
@@ -217,8 +223,10 @@ class Evaluator:
                          >= self.config.threshold, largest)
             key = f"{spec.dataset}/{spec.class_name}"
             if key in self.memory_bank:
+                scale = self.bank_scale(key)
+                bank_queries = queries if scale == FINE_SCALE else self.model_grid(queries)
                 probabilities = strategies.segment_with_embedding(
-                    self.model, self.model_grid(queries), self.memory_bank.get(key), self.inference).probabilities
+                    self.model, bank_queries, self.memory_bank.get(key, scale=scale), self.inference).probabilities
                 self._record(result, "memory_bank", self.score_grid(probabilities[:, 0]) >= self.config.threshold,
                              pairs)
             support_images, support_masks, small_queries = self.inputs(
@@ -307,6 +315,7 @@ def run_evaluation(
         "held_out_datasets": list(split.held_out_datasets),
         "held_out_classes": [list(p) for p in split.held_out_classes],
         "config": asdict(config),
+        "memory_bank_fine": [key for key in loaded.memory_bank.class_names if evaluator.bank_scale(key) > 1],
         "seconds": round(time.perf_counter() - start, 1),
         "tasks": [
             {**asdict(r.spec), "dice": r.dice, "hd95": r.hd95, "support_patients": r.support_patients,

@@ -15,8 +15,7 @@ from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
 from iris_engine.data.parallel_episodes import ParallelEpisodes
 from iris_engine.data.slices import SliceBank, build_slice_bank
 from iris_engine.data.splits import Split, make_split
-from iris_engine.memory_bank import MemoryBank
-from iris_engine.model.iris import IrisModel
+from iris_engine.training.bank_refresh import refresh_memory_bank
 from iris_engine.training.trainer import FINAL_CHECKPOINT, EpisodeSource, Trainer
 
 SPLIT_FILE = "split.json"
@@ -42,29 +41,6 @@ class ResumableSampler:
 def episode_source(sampler: EpisodeSampler, batch_size: int, workers: int, seed: int) -> EpisodeSource:
     """Episodes from `workers` background processes, or (0) from the training process with exact resume."""
     return ParallelEpisodes(sampler, batch_size, workers, seed) if workers > 0 else ResumableSampler(sampler)
-
-
-def refresh_memory_bank(
-    model: IrisModel, bank: SliceBank, split: Split, momentum: float, supports_per_class: int = 16, seed: int = 0
-) -> MemoryBank:
-    """Class embeddings of the FINAL model: EMA over train-split supports of every train class.
-
-    The in-training EMA (momentum 0.999) is dominated by early, untrained embeddings on a short CPU
-    recipe, so the shipped bank is rebuilt from the final weights the same way (EMA over supports).
-    """
-    sampler = EpisodeSampler(bank, split, EpisodeConfig(synthetic_fraction=0.0, augment=False, max_classes=1), seed)
-    memory = MemoryBank(momentum)
-    model.eval()
-    with torch.no_grad():
-        for dataset, per_class in sampler.class_slices.items():
-            for value, rows in per_class.items():
-                class_name = bank.class_names[dataset][value - 1]
-                chosen = sampler.rng.choice(rows, min(supports_per_class, len(rows)), replace=False)
-                images = torch.from_numpy(bank.images[chosen].astype("float32"))[:, None]
-                masks = torch.from_numpy((bank.labels[chosen] == value).astype("float32"))[:, None]
-                tokens = model.encode_task(images, masks)[:, 0]
-                memory.update(f"{dataset}/{class_name}", tokens.mean(0), momentum=0.0)
-    return memory
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ from iris_engine.data.splits import Split
 from iris_engine.errors import IrisInputError
 from iris_engine.model.click_refiner import ClickRefiner
 from iris_engine.model.iris import IrisModel
-from iris_engine.training.run import refresh_memory_bank
+from iris_engine.training.bank_refresh import refresh_memory_bank
 
 Module = TypeVar("Module", IrisModel, ClickRefiner)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from app import handlers as h
 from app import training
@@ -81,6 +82,32 @@ def test_support_segment_accept_undo_and_restart(services, nifti: Path, checkpoi
     assert h.export_mask(services, session, "PNG", 2).suffix == ".png"
     restarted = build_services(AppConfig(data_dir=tmp_path / "data", weights=checkpoint), with_demo=False)
     assert "blob" in restarted.segmenter.memory_bank
+    restarted.close()
+
+
+def test_accepting_a_thin_structure_keeps_its_fine_entry_through_undo_and_restart(
+        services, nifti: Path, checkpoint: Path, tmp_path: Path) -> None:
+    session = Session()
+    h.load_case(services, session, [str(nifti)])
+    h.add_support(services, session, painted(services, session, 2), "blob", 2)
+    h.run_segmentation(services, session, "One-shot")
+    session.result.masks[:] = False
+    session.result.masks[0, 16, 4:28, 2] = True  # a one-voxel wire on one slice: thin on the model grid
+    bank = services.segmenter.memory_bank
+    h.accept(services, session)
+    first = services.storage.prototypes.get("blob", services.model_version).embedding
+    assert bank.has_fine("blob") and bank.input_scale("blob") == 2
+    h.accept(services, session)
+    assert services.segmenter.memory_bank.count("blob") == 2 and services.segmenter.memory_bank.has_fine("blob")
+    assert h.run_segmentation(services, session, "Memory bank", ["blob"])
+    assert session.result.segmentation.input_scale == 2
+    assert "restored" in h.undo_accept(services, session)
+    restored = services.segmenter.memory_bank
+    assert restored.has_fine("blob") and restored.entry_bytes("blob", services.model_version) == first
+    restarted = build_services(AppConfig(data_dir=tmp_path / "data", weights=checkpoint), with_demo=False)
+    assert restarted.segmenter.memory_bank.has_fine("blob")
+    assert torch.equal(restarted.segmenter.memory_bank.get("blob", scale=2).tokens,
+                       restored.get("blob", scale=2).tokens)
     restarted.close()
 
 

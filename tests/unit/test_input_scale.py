@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -73,6 +75,23 @@ def test_segmenter_runs_a_thin_support_at_twice_the_input_size(row_slice: slice,
     assert retrieved.input_scale == 1 and all(shape[-1] == TINY.image_size for shape in seen)
 
 
+def test_memory_bank_retrieves_a_class_with_a_fine_entry_at_twice_the_input_size() -> None:
+    torch.manual_seed(0)
+    segmenter = IrisSegmenter(IrisModel(TINY))
+    mask = np.zeros((48, 40), np.uint8)
+    mask[20, 5:35] = 1
+    support, query = [Support(_image(1), mask)], _image(2)
+    one_shot = segmenter.segment(query, "one_shot", support, ["line"])
+    assert one_shot.input_scale == FINE_SCALE
+    segmenter.memory_bank.update("line", segmenter.encode(support, ["line"]).tokens[0],
+                                 fine_tokens=one_shot.embedding.tokens[0])
+    retrieved = segmenter.segment(query, "memory_bank", [], ["line"])
+    assert retrieved.input_scale == FINE_SCALE
+    np.testing.assert_allclose(retrieved.probabilities, one_shot.probabilities, atol=1e-5)
+    segmenter.config = replace(segmenter.config, fine_scale_thickness=0.0)  # off: the coarse entry at 1x
+    assert segmenter.bank_embedding(["line"])[1] == 1
+
+
 def test_evaluation_takes_thin_supports_from_the_fine_bank_grid() -> None:
     """A bank at twice the model's size: thin supports are used as they are, others averaged down."""
 
@@ -90,3 +109,6 @@ def test_evaluation_takes_thin_supports_from_the_fine_bank_grid() -> None:
     assert [t.shape[-1] for t in coarse] == [32, 32, 32]
     assert torch.allclose(coarse[2], torch.nn.functional.avg_pool2d(queries, 2))
     assert evaluator.score_grid(torch.rand(3, 32, 32)).shape == (3, 64, 64)
+    evaluator.memory_bank.update("d/line", torch.rand(3, 8), fine_tokens=torch.rand(3, 8))
+    evaluator.memory_bank.update("d/block", torch.rand(3, 8))
+    assert evaluator.bank_scale("d/line") == FINE_SCALE and evaluator.bank_scale("d/block") == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 
@@ -147,3 +149,48 @@ def test_wrong_payload_is_refused(tmp_path):
     torch.save({"something": torch.zeros(2)}, buffer)
     with pytest.raises(IrisInputError, match="not a valid memory bank"):
         MemoryBank.from_bytes(buffer.getvalue())
+
+
+def test_fine_entries_follow_the_coarse_ones_and_are_taken_only_when_every_class_has_one():
+    bank = MemoryBank(momentum=0.5)
+    bank.update("vessel", tokens(1), fine_tokens=tokens(2))
+    bank.update("vessel", tokens(3), fine_tokens=tokens(4))
+    bank.update("liver", tokens(5))
+    assert bank.has_fine("vessel") and not bank.has_fine("liver") and bank.count("vessel") == 2
+    torch.testing.assert_close(bank.get("vessel", scale=2).tokens[0], 0.5 * tokens(2) + 0.5 * tokens(4))
+    torch.testing.assert_close(bank.get("vessel").tokens[0], 0.5 * tokens(1) + 0.5 * tokens(3))
+    assert bank.input_scale("vessel") == 2
+    assert bank.input_scale(["vessel", "liver"]) == 1 and bank.input_scale([]) == 1
+    with pytest.raises(IrisInputError, match="no fine memory-bank entry"):
+        bank.get(["vessel", "liver"], scale=2)
+    with pytest.raises(IrisInputError, match="not 3x"):
+        bank.get("vessel", scale=3)
+    with pytest.raises(IrisInputError, match="NaN"):
+        bank.update("vessel", tokens(6), fine_tokens=torch.full((5, 8), float("nan")))
+
+
+def test_entry_bytes_round_trip_and_plain_embeddings_drop_the_fine_entry():
+    bank = MemoryBank()
+    bank.update("vessel", tokens(1), fine_tokens=tokens(2))
+    blob = bank.entry_bytes("vessel", "v1")
+    assert TaskEmbedding.from_bytes(blob).class_names == ["vessel"]  # still readable as a task embedding
+    other = MemoryBank()
+    other.set_entry("vessel", blob, count=7)
+    assert torch.equal(other.get("vessel", scale=2).tokens, bank.get("vessel", scale=2).tokens)
+    assert other.count("vessel") == 7
+    other.set_entry("vessel", TaskEmbedding(tokens(3)[None], ["vessel"], "v1").to_bytes(), count=8)
+    assert not other.has_fine("vessel") and torch.equal(other.get("vessel").tokens[0], tokens(3))
+    with pytest.raises(IrisInputError, match="not a valid memory-bank entry"):
+        other.set_entry("vessel", b"garbage", count=1)
+    half_bad = io.BytesIO()
+    torch.save({"tokens": tokens(4)[None], "fine_tokens": torch.full((1, 5, 8), float("nan"))}, half_bad)
+    with pytest.raises(IrisInputError, match="NaN"):
+        other.set_entry("vessel", half_bad.getvalue(), count=2)
+    assert torch.equal(other.get("vessel").tokens[0], tokens(3))  # a bad blob changes nothing
+    assert other.count("vessel") == 8
+    with pytest.raises(IrisInputError, match="no memory-bank entry"):
+        bank.entry_bytes("liver")
+    restored = MemoryBank.from_state_dict(bank.state_dict())
+    assert torch.equal(restored.get("vessel", scale=2).tokens, bank.get("vessel", scale=2).tokens)
+    restored.remove("vessel")
+    assert "vessel" not in restored and not restored.has_fine("vessel") and restored.count("vessel") == 0

@@ -1,0 +1,118 @@
+"""The memory bank of a trained model, rebuilt from its final weights; `iris refresh-bank` rebuilds a checkpoint's.
+
+Each train class of the split gets the mean task tokens of up to `supports_per_class` train-patient supports. A
+thin class (thinner than `InferenceConfig.fine_scale_thickness` model-grid pixels over those supports, the one-shot
+rule of `iris_engine.input_scale`) also gets a fine entry from the same slices read at twice the input size, when
+a slice bank of that size is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from iris_engine.checkpoint import load_checkpoint, save_checkpoint
+from iris_engine.config import InferenceConfig, TrainConfig
+from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
+from iris_engine.data.slices import SliceBank, build_slice_bank
+from iris_engine.data.splits import Split
+from iris_engine.errors import IrisInputError
+from iris_engine.input_scale import FINE_SCALE, choose_input_scale, covered
+from iris_engine.memory_bank import MemoryBank
+from iris_engine.model.iris import IrisModel
+
+
+def _class_tensors(bank: SliceBank, rows: np.ndarray, value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(bank.images[rows].astype("float32"))[:, None]
+    masks = torch.from_numpy((bank.labels[rows] == value).astype("float32"))[:, None]
+    return images, masks
+
+
+def _fine_rows(bank: SliceBank, fine_bank: SliceBank, rows: np.ndarray) -> np.ndarray:
+    """Rows of `fine_bank` holding the same (case, slice) as `rows` of `bank` (those it has)."""
+    where = {(c, int(z)): i for i, (c, z) in enumerate(zip(fine_bank.case_ids, fine_bank.slice_index, strict=True))}
+    found = [where.get((bank.case_ids[r], int(bank.slice_index[r]))) for r in rows]
+    return np.asarray([i for i in found if i is not None], dtype=np.int64)
+
+
+def _fine_tokens(model: IrisModel, images: torch.Tensor, masks: torch.Tensor, thickness: float
+                 ) -> torch.Tensor | None:
+    """Mean tokens of fine-grid supports if the class is thin on the model grid, else None."""
+    size = model.config.image_size
+    small = covered(F.interpolate(masks, size=(size, size), mode="area")).float()
+    if choose_input_scale(small, thickness) != FINE_SCALE:
+        return None
+    return model.encode_task(images, masks)[:, 0].mean(0)
+
+
+def refresh_memory_bank(
+    model: IrisModel, bank: SliceBank, split: Split, momentum: float, supports_per_class: int = 16, seed: int = 0,
+    fine_bank: SliceBank | None = None, fine_scale_thickness: float = InferenceConfig.fine_scale_thickness,
+) -> MemoryBank:
+    """Class embeddings of the FINAL model over train-split supports of every train class (and fine entries of
+    the thin ones from `fine_bank`, the same slices at FINE_SCALE x the input size).
+
+    The in-training EMA (momentum 0.999) is dominated by early, untrained embeddings on a short CPU
+    recipe, so the shipped bank is rebuilt from the final weights.
+    """
+    if fine_bank is not None and fine_bank.size != FINE_SCALE * model.config.image_size:
+        raise IrisInputError(f"the fine slice bank must be {FINE_SCALE * model.config.image_size} px, "
+                             f"got {fine_bank.size}")
+    sampler = EpisodeSampler(bank, split, EpisodeConfig(synthetic_fraction=0.0, augment=False, max_classes=1), seed)
+    memory = MemoryBank(momentum)
+    model.eval()
+    with torch.no_grad():
+        for dataset, per_class in sampler.class_slices.items():
+            for value, rows in per_class.items():
+                class_name = bank.class_names[dataset][value - 1]
+                chosen = sampler.rng.choice(rows, min(supports_per_class, len(rows)), replace=False)
+                tokens = model.encode_task(*_class_tensors(bank, chosen, value))[:, 0].mean(0)
+                fine = None
+                if fine_bank is not None and fine_scale_thickness > 0:
+                    fine_rows = _fine_rows(bank, fine_bank, chosen)
+                    if fine_rows.size:
+                        fine = _fine_tokens(model, *_class_tensors(fine_bank, fine_rows, value), fine_scale_thickness)
+                memory.update(f"{dataset}/{class_name}", tokens, momentum=0.0, fine_tokens=fine)
+    return memory
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iris refresh-bank", description=(
+        "Rebuild a checkpoint's memory bank from its weights and split: every train class, plus fine entries "
+        "(twice the input size) for the thin ones. The model and its version are unchanged."))
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--split", type=Path, required=True, help="the split the model was trained on")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the checkpoint (may be the input)")
+    parser.add_argument("--seed", type=int, default=0, help="draws the supports (as `iris train` and "
+                                                            "`iris average-weights`)")
+    parser.add_argument("--data-root", type=Path, default=None, help="datasets root (default ../shared/data)")
+    parser.add_argument("--datasets", nargs="*", default=None, help="dataset folder names (default: all known)")
+    parser.add_argument("--no-fine", action="store_true", help="no fine entries")
+    parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    loaded = load_checkpoint(args.checkpoint)
+    split = Split.load(args.split)
+    size = loaded.model.config.image_size
+    datasets = tuple(args.datasets) if args.datasets else None
+    bank = build_slice_bank(datasets, root=args.data_root, size=size)
+    fine_bank = None if args.no_fine else build_slice_bank(datasets, root=args.data_root, size=FINE_SCALE * size)
+    memory = refresh_memory_bank(loaded.model, bank, split, TrainConfig().memory_momentum, seed=args.seed,
+                                 fine_bank=fine_bank)
+    save_checkpoint(args.out, loaded.model, memory, loaded.training_state, loaded.metadata)
+    fine = [name for name in memory.class_names if memory.has_fine(name)]
+    print(f"{loaded.model.version}: {len(memory)} classes, {len(fine)} with a fine entry ({', '.join(fine)}) "
+          f"-> {args.out}", flush=True)
+    return args.out
+
+
+if __name__ == "__main__":
+    main()
