@@ -50,9 +50,12 @@ def exit_with_parent(parent_pid: int, interval_s: float = 0.5) -> threading.Thre
 
 
 def carry_over(base: dict[str, object], fresh: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
-    """The fresh bank's embeddings and counts, plus every class of the base bank the fresh one lacks (kept as
-    the base model encoded it: the fine-tuned model starts from the same weights)."""
-    return {key: {**dict(base[key]), **fresh[key]} for key in ("embeddings", "counts")}  # type: ignore[call-overload]
+    """The fresh bank's entries and counts, plus every class of the base bank the fresh one lacks, with its fine
+    entry (kept as the base model encoded them: the fine-tuned model starts from the same weights)."""
+    merged = {key: {**dict(base[key]), **fresh[key]} for key in ("embeddings", "counts")}  # type: ignore[call-overload]
+    base_fine = dict(base.get("fine_embeddings", {}))  # type: ignore[attr-defined]
+    carried = {name: tokens for name, tokens in base_fine.items() if name not in fresh["embeddings"]}
+    return {**merged, "fine_embeddings": {**carried, **fresh.get("fine_embeddings", {})}}
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> Path:
     loaded = load_checkpoint(result.checkpoint)
     refreshed = refresh_memory_bank(loaded.model, bank, split, config.memory_momentum).state_dict()
     prefix = f"{DATASET}/"
-    renamed = {k: {name.removeprefix(prefix): v for name, v in refreshed[k].items()} for k in ("embeddings", "counts")}
+    renamed = {k: {name.removeprefix(prefix): v for name, v in refreshed[k].items()}
+               for k in ("embeddings", "counts", "fine_embeddings")}
     if args.init is not None:  # every class of the base model's bank stays usable; re-encoded ones win
         renamed = carry_over(load_checkpoint(args.init).memory_bank.state_dict(), renamed)
     memory = MemoryBank.from_state_dict({**refreshed, **renamed})

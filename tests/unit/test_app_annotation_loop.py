@@ -181,12 +181,16 @@ def test_cancel_without_a_run_says_so() -> None:
 
 
 def test_fine_tuned_bank_keeps_every_base_class() -> None:
-    base = {"momentum": 0.9, "embeddings": {"chaos_mr/liver": torch.zeros(2), "spleen": torch.zeros(2)},
-            "counts": {"chaos_mr/liver": 3, "spleen": 1}}
-    fresh = {"embeddings": {"spleen": torch.ones(2)}, "counts": {"spleen": 7}}
+    base = {"momentum": 0.9, "embeddings": {"chaos_mr/liver": torch.zeros(2), "spleen": torch.zeros(2),
+                                            "drive/vessel": torch.zeros(2)},
+            "counts": {"chaos_mr/liver": 3, "spleen": 1, "drive/vessel": 2},
+            "fine_embeddings": {"drive/vessel": torch.full((2,), 5.0), "spleen": torch.full((2,), 5.0)}}
+    fresh = {"embeddings": {"spleen": torch.ones(2)}, "counts": {"spleen": 7}, "fine_embeddings": {}}
     merged = carry_over(base, fresh)
-    assert set(merged["embeddings"]) == {"chaos_mr/liver", "spleen"}
-    assert merged["counts"] == {"chaos_mr/liver": 3, "spleen": 7} and merged["embeddings"]["spleen"].sum() == 2
+    assert set(merged["embeddings"]) == {"chaos_mr/liver", "spleen", "drive/vessel"}
+    assert merged["counts"] == {"chaos_mr/liver": 3, "spleen": 7, "drive/vessel": 2}
+    assert merged["embeddings"]["spleen"].sum() == 2
+    assert set(merged["fine_embeddings"]) == {"drive/vessel"}  # a re-encoded class drops the base's fine entry
 
 
 def test_one_studio_per_data_folder(tmp_path: Path) -> None:
