@@ -639,10 +639,12 @@ def bank_summary(services: Services) -> str:
     groups: dict[str, list[str]] = {}
     for name in bank.class_names:
         group, _, short = name.rpartition("/")
-        groups.setdefault(group or "studio", []).append(f"{short} ({bank.count(name)})")
+        fine = ", 256 px" if bank.has_fine(name) else ""
+        groups.setdefault(group or "studio", []).append(f"{short} ({bank.count(name)}{fine})")
     title = f"Memory bank of model `{services.model_version}`: {len(bank.class_names)} classes"
     if not groups:
         return f"{title} (empty)"
     folded = "\n".join(f"<details><summary>{group} ({len(items)})</summary>{', '.join(items)}</details>"
                        for group, items in sorted(groups.items()))
-    return f"{title}; pick them by typing in the memory-bank class box.\n\n{folded}"
+    return (f"{title}; pick them by typing in the memory-bank class box (update counts; '256 px': a thin class, "
+            f"retrieved at twice the input size).\n\n{folded}")

@@ -152,8 +152,10 @@ def test_photo_sizes_in_pixels_and_grouped_bank(services, tmp_path: Path) -> Non
     bank = services.segmenter.memory_bank
     bank.update("chaos_mr/liver", torch.ones(4, 8))
     bank.update("chaos_mr/spleen", torch.ones(4, 8))
+    bank.update("drive/vessel", torch.ones(4, 8), fine_tokens=torch.ones(4, 8))
     summary = h.bank_summary(services)
     assert "<summary>chaos_mr (2)</summary>liver (1), spleen (1)" in summary
+    assert "<summary>drive (1)</summary>vessel (1, 256 px)" in summary
     assert "background:" in h.legend(services, session) and "lesion" in h.legend(services, session)
 
 
