@@ -183,7 +183,7 @@ def test_demo_paint_one_shot_accept(server: tuple[str, Path, Weights]) -> None:
             assert 0 < voxels < volume_voxels // 2, f"one-shot gave no real partial mask ({voxels} voxels)"
             assert "prototype updated (1 update)" in accepted, accepted
             page.get_by_role("tab", name="Cases & classes").click()
-            sync_api.expect(page.locator("#bank-info")).to_contain_text(f"{CLASS} (1)")
+            sync_api.expect(page.locator("#bank-info")).to_contain_text(f"{CLASS} (1")  # ", 256 px)" if thin
             page.locator("#proto-class input").click()
             page.get_by_role("option", name=CLASS, exact=True).click()
             table = page.locator("#proto-table")
