@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from iris_engine.checkpoint import load_checkpoint, save_checkpoint
 from iris_engine.data.slices import build_slice_bank
 from iris_engine.data.splits import make_split
 from iris_engine.errors import IrisInputError
+from iris_engine.metrics import dice
 from iris_engine.model.iris import IrisModel
-from iris_engine.training.bank_refresh import main, refresh_memory_bank
+from iris_engine.training.bank_refresh import FineCheck, check_fine_entry, main, refresh_memory_bank
 from tests.unit.test_data_msd_split_bank import _write_msd
 from tests.unit.test_trainer import TINY
 
@@ -31,7 +34,8 @@ def toy(tmp_path: Path):
 def test_only_classes_thinner_than_the_limit_get_a_fine_entry_from_the_same_slices(toy) -> None:
     _, split, model, bank, fine_bank = toy
     coarse = refresh_memory_bank(model, bank, split, 0.999)
-    thin = refresh_memory_bank(model, bank, split, 0.999, fine_bank=fine_bank, fine_scale_thickness=100.0)
+    thin = refresh_memory_bank(model, bank, split, 0.999, fine_bank=fine_bank, fine_scale_thickness=100.0,
+                               supports_per_class=64)  # every train slice a support: nothing left to check on
     thick = refresh_memory_bank(model, bank, split, 0.999, fine_bank=fine_bank, fine_scale_thickness=0.5)
     assert coarse.class_names == thin.class_names == thick.class_names == ["toy2d/disc"]
     assert thin.has_fine("toy2d/disc") and not thick.has_fine("toy2d/disc") and not coarse.has_fine("toy2d/disc")
@@ -44,6 +48,36 @@ def test_only_classes_thinner_than_the_limit_get_a_fine_entry_from_the_same_slic
     torch.testing.assert_close(thin.get("toy2d/disc", scale=2).tokens[0], expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(IrisInputError, match="fine slice bank must be"):
         refresh_memory_bank(model, bank, split, 0.999, fine_bank=bank)
+
+
+def test_the_fine_entry_is_kept_only_where_it_segments_the_other_training_slices_at_least_as_well(toy) -> None:
+    _, split, model, bank, fine_bank = toy
+    checks: dict[str, FineCheck] = {}
+    memory = refresh_memory_bank(model, bank, split, 0.999, supports_per_class=2, fine_bank=fine_bank,
+                                 fine_scale_thickness=100.0, checks=checks)
+    check = checks["toy2d/disc"]
+    assert check.slices == len(split.train_cases["toy2d"]) - 2  # one disc slice per case, two were supports
+    assert memory.has_fine("toy2d/disc") == check.kept == (check.fine >= check.plain)
+    assert FineCheck(3, 0.5, 0.4).kept is False and FineCheck(3, 0.5, 0.5).kept is True
+
+
+def test_the_check_scores_the_plain_entry_at_the_input_size_and_the_fine_one_at_twice_it(toy) -> None:
+    _, _, model, _, fine_bank = toy
+    images = torch.from_numpy(fine_bank.images[:3].astype("float32"))[:, None]
+    masks = torch.from_numpy((fine_bank.labels[:3] == 1).astype("float32"))[:, None]
+    with torch.no_grad():
+        plain = model.encode_task(F.avg_pool2d(images, 2), F.avg_pool2d(masks, 2))[0, 0]
+        fine = model.encode_task(images, masks)[0, 0]
+        check = check_fine_entry(model, plain, fine, images, masks)
+        small = torch.sigmoid(model.segment(F.avg_pool2d(images, 2), plain[None]))
+        large = torch.sigmoid(model.segment(images, fine[None]))
+    upsampled = F.interpolate(small, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    truth = masks[:, 0].numpy() > 0.5
+    expected_plain = np.mean([dice(p >= 0.5, t) for p, t in zip(upsampled[:, 0].numpy(), truth, strict=True)])
+    expected_fine = np.mean([dice(p >= 0.5, t) for p, t in zip(large[:, 0].numpy(), truth, strict=True)])
+    assert check.slices == 3
+    assert check.plain == pytest.approx(expected_plain, abs=1e-6)
+    assert check.fine == pytest.approx(expected_fine, abs=1e-6)
 
 
 def test_the_command_rewrites_only_the_memory_bank(toy) -> None:
