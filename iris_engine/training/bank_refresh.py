@@ -27,6 +27,7 @@ from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
 from iris_engine.input_scale import FINE_SCALE, choose_input_scale, covered
 from iris_engine.memory_bank import MemoryBank
+from iris_engine.metrics import dice
 from iris_engine.model.iris import IrisModel
 from iris_engine.strategies import segment_with_embedding
 
@@ -70,11 +71,9 @@ def _fine_tokens(model: IrisModel, images: torch.Tensor, masks: torch.Tensor, th
     return model.encode_task(images, masks)[:, 0].mean(0)
 
 
-def _dice_per_slice(probabilities: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    predicted = probabilities >= 0.5
-    overlap = (predicted & truth).flatten(1).sum(1).float()
-    total = (predicted.flatten(1).sum(1) + truth.flatten(1).sum(1)).float()
-    return torch.where(total > 0, 2 * overlap / total.clamp(min=1), torch.ones_like(total))
+def _mean_dice(probabilities: torch.Tensor, truth: np.ndarray) -> float:
+    """Mean per-slice Dice of (N, H, W) probabilities at 0.5 against (N, H, W) masks."""
+    return float(np.mean([dice(p >= 0.5, t) for p, t in zip(probabilities.numpy(), truth, strict=True)]))
 
 
 def check_fine_entry(model: IrisModel, plain: torch.Tensor, fine: torch.Tensor, images: torch.Tensor,
@@ -86,9 +85,8 @@ def check_fine_entry(model: IrisModel, plain: torch.Tensor, fine: torch.Tensor, 
     coarse = segment_with_embedding(model, small, TaskEmbedding(plain[None], ["check"]), config).probabilities
     coarse = F.interpolate(coarse, size=images.shape[-2:], mode="bilinear", align_corners=False)
     detailed = segment_with_embedding(model, images, TaskEmbedding(fine[None], ["check"]), config).probabilities
-    truth = masks[:, 0] >= 0.5
-    return FineCheck(len(images), float(_dice_per_slice(coarse[:, 0], truth).mean()),
-                     float(_dice_per_slice(detailed[:, 0], truth).mean()))
+    truth = masks[:, 0].numpy() >= 0.5
+    return FineCheck(len(images), _mean_dice(coarse[:, 0], truth), _mean_dice(detailed[:, 0], truth))
 
 
 def _check_rows(rows: np.ndarray, chosen: np.ndarray) -> np.ndarray:
