@@ -446,7 +446,10 @@ def run_segment(args: argparse.Namespace) -> int:
         atomic_write(args.output / "labels.json", lambda tmp: tmp.write_text(labels))
     elif not existed and args.output.is_dir() and not any(args.output.iterdir()):
         args.output.rmdir()  # nothing succeeded: leave no trace
-    print(f"{strategy}, classes {', '.join(names)}, model {segmenter.model_version}, device {args.device}")
+    size = segmenter.model.config.image_size * scale
+    thin = " (a thin structure: twice the model's input size)" if scale > 1 else ""
+    print(f"{strategy}, classes {', '.join(names)}, model {segmenter.model_version}, device {args.device}, "
+          f"read at {size} px{thin}")
     order = {path: index for index, path in enumerate(inputs)}
     results = sorted(batch.results, key=lambda r: order[r.path])
     print(format_summary(results, time.perf_counter() - start))

@@ -39,6 +39,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     model = IrisModel(TINY)
     bank = MemoryBank()
     bank.update("Task09_Spleen/spleen", torch.randn(TINY.num_task_tokens, TINY.embed_dim))
+    bank.update("drive/vessel", torch.randn(TINY.num_task_tokens, TINY.embed_dim),
+                fine_tokens=torch.randn(TINY.num_task_tokens, TINY.embed_dim))
     weights = save_checkpoint(root / "tiny.pt", model, bank, metadata={"model_version": "tiny-test"})
     labels = (_disk((64, 64), (24, 24), 10) + 2 * _disk((64, 64), (44, 44), 8)).astype(np.uint8)
     Image.fromarray(_image(labels > 0, 0)).save(root / "support.png")
@@ -92,13 +94,21 @@ def test_memory_bank_retrieval_by_class_name(workspace, tmp_path, capsys):
                  "--weights", str(workspace["weights"]), "--class", "spleen", "--quiet"])
     assert code == 0
     assert (tmp_path / "b_seg.png").is_file()
-    assert "memory_bank, classes spleen, model tiny-test" in capsys.readouterr().out
+    assert f"memory_bank, classes spleen, model tiny-test, device cpu, read at {TINY.image_size} px\n" \
+        in capsys.readouterr().out
+
+
+def test_a_thin_memory_bank_class_is_read_at_twice_the_input_size(workspace, tmp_path, capsys):
+    code = main(["segment", "--input", str(workspace["scans"] / "b.png"), "--output", str(tmp_path),
+                 "--weights", str(workspace["weights"]), "--class", "vessel", "--quiet"])
+    assert code == 0 and (tmp_path / "b_seg.png").is_file()
+    assert f"read at {2 * TINY.image_size} px (a thin structure" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--class", "liver"], "no memory-bank entry for 'liver' (stored: Task09_Spleen/spleen)"),
+        (["--class", "liver"], "no memory-bank entry for 'liver' (stored: Task09_Spleen/spleen, drive/vessel)"),
         ([], "memory-bank retrieval needs --class NAME"),
     ],
 )
