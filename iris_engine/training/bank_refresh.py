@@ -54,10 +54,15 @@ def _class_tensors(bank: SliceBank, rows: np.ndarray, value: int) -> tuple[torch
     return images, masks
 
 
-def _fine_rows(bank: SliceBank, fine_bank: SliceBank, rows: np.ndarray) -> np.ndarray:
-    """Rows of `fine_bank` holding the same (case, slice) as `rows` of `bank` (those it has)."""
-    where = {(c, int(z)): i for i, (c, z) in enumerate(zip(fine_bank.case_ids, fine_bank.slice_index, strict=True))}
-    found = [where.get((bank.case_ids[r], int(bank.slice_index[r]))) for r in rows]
+def _slice_index(bank: SliceBank) -> dict[tuple[str, int], int]:
+    """Row of each (case, slice) in a bank."""
+    return {(c, int(z)): i for i, (c, z) in enumerate(zip(bank.case_ids, bank.slice_index, strict=True))}
+
+
+def _fine_rows(bank: SliceBank, fine_index: dict[tuple[str, int], int], rows: np.ndarray) -> np.ndarray:
+    """Rows of the fine bank (`fine_index`, its `_slice_index`) holding the same (case, slice) as `rows` of `bank`
+    (those it has)."""
+    found = [fine_index.get((bank.case_ids[r], int(bank.slice_index[r]))) for r in rows]
     return np.asarray([i for i in found if i is not None], dtype=np.int64)
 
 
@@ -114,6 +119,7 @@ def refresh_memory_bank(
                              f"got {fine_bank.size}")
     sampler = EpisodeSampler(bank, split, EpisodeConfig(synthetic_fraction=0.0, augment=False, max_classes=1), seed)
     memory = MemoryBank(momentum)
+    fine_index = _slice_index(fine_bank) if fine_bank is not None else {}
     model.eval()
     with torch.no_grad():
         for dataset, per_class in sampler.class_slices.items():
@@ -124,10 +130,10 @@ def refresh_memory_bank(
                 key = f"{dataset}/{class_name}"
                 fine = None
                 if fine_bank is not None and fine_scale_thickness > 0:
-                    fine_rows = _fine_rows(bank, fine_bank, chosen)
+                    fine_rows = _fine_rows(bank, fine_index, chosen)
                     if fine_rows.size:
                         fine = _fine_tokens(model, *_class_tensors(fine_bank, fine_rows, value), fine_scale_thickness)
-                    check_rows = _fine_rows(bank, fine_bank, _check_rows(np.asarray(rows), chosen))
+                    check_rows = _fine_rows(bank, fine_index, _check_rows(np.asarray(rows), chosen))
                     if fine is not None and check_rows.size:
                         check = check_fine_entry(model, tokens, fine, *_class_tensors(fine_bank, check_rows, value))
                         if checks is not None:
