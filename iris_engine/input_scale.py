@@ -41,3 +41,18 @@ def choose_input_scale(masks: torch.Tensor, fine_scale_thickness: float) -> int:
         return 1
     thickness = structure_thickness(masks)
     return FINE_SCALE if bool((thickness < fine_scale_thickness).all()) else 1
+
+
+def to_model_grid(images: torch.Tensor, size: int, masks: bool = False) -> torch.Tensor:
+    """(N, C, H, W) tensors on a finer grid area-averaged down to size x size (masks: their `covered` pixels)."""
+    if images.shape[-1] == size:
+        return images
+    small = F.interpolate(images.float(), size=(size, size), mode="area")
+    return covered(small).float() if masks else small
+
+
+def to_score_grid(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) model-grid probabilities resized bilinearly to (B, *size)."""
+    if tuple(values.shape[-2:]) == tuple(size):
+        return values
+    return F.interpolate(values[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]

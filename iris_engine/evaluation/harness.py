@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from iris_engine import strategies
 from iris_engine.checkpoint import load_checkpoint
@@ -32,7 +31,7 @@ from iris_engine.data.splits import Split, make_split
 from iris_engine.errors import IrisInputError
 from iris_engine.evaluation.baselines import copy_support_mask, intensity_nearest_neighbour
 from iris_engine.evaluation.report import write_report
-from iris_engine.input_scale import FINE_SCALE, choose_input_scale, covered
+from iris_engine.input_scale import FINE_SCALE, choose_input_scale, to_model_grid, to_score_grid
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.metrics import hd95
 from iris_engine.model.iris import IrisModel
@@ -147,17 +146,11 @@ class Evaluator:
 
     def model_grid(self, images: torch.Tensor, masks: bool = False) -> torch.Tensor:
         """Bank-grid tensors (N, C, H, W) area-averaged down to the model's input (masks: their `covered` pixels)."""
-        if images.shape[-1] == self.size:
-            return images
-        small = F.interpolate(images.float(), size=(self.size, self.size), mode="area")
-        return covered(small).float() if masks else small
+        return to_model_grid(images, self.size, masks)
 
     def score_grid(self, values: torch.Tensor) -> torch.Tensor:
         """(B, *S) model-grid probabilities -> (B, H, W) on the bank's grid."""
-        if values.shape[-1] == self.bank.images.shape[-1]:
-            return values
-        size = self.bank.images.shape[-2:]
-        return F.interpolate(values[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+        return to_score_grid(values, tuple(self.bank.images.shape[-2:]))
 
     def inputs(self, support_images: torch.Tensor, support_masks: torch.Tensor, queries: torch.Tensor,
                fine_allowed: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -29,12 +29,15 @@ import torch
 
 from iris_engine import strategies
 from iris_engine.checkpoint import CLICK_REFINER_FILE, load_checkpoint, load_click_refiner
+from iris_engine.config import InferenceConfig
 from iris_engine.data.catalog import default_datasets
 from iris_engine.data.episodes import EvalPair, iter_eval_pairs
 from iris_engine.data.slices import SliceBank, build_slice_bank
 from iris_engine.data.splits import Split, dev_split
+from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
 from iris_engine.evaluation.harness import TaskSpec, evaluation_tasks
+from iris_engine.input_scale import FINE_SCALE, choose_input_scale, to_model_grid, to_score_grid
 from iris_engine.io.writers import atomic_write
 from iris_engine.metrics import json_safe
 from iris_engine.model.click_refiner import ClickRefiner
@@ -47,7 +50,7 @@ from iris_engine.refinement import (
     QueryFeatures,
     RefineConfig,
     next_click,
-    refine_slab,
+    refine_on_grid,
 )
 
 REPORT_AT = (1, 3, 5)
@@ -65,6 +68,11 @@ class RefineEvalConfig:
     threshold: float = 0.5
     volumes: bool = False  # 3D sets only, each held-out volume one query (the slices around the class's range)
     margin: int = 2  # bank slices kept beyond the class's range on either side of a volume
+    # slices clicked and scored on a grid this multiple of the model's input, as `iris evaluate` scores them; at 2
+    # the one-shot start of a thin support is segmented at twice the input size, as the engine does (1: the
+    # protocol of sessions 11-19, everything on the model grid)
+    score_scale: int = FINE_SCALE
+    fine_scale_thickness: float = InferenceConfig.fine_scale_thickness
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -73,10 +81,10 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 
 def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: RefineConfig,
-             tuner: ClickTuner | None, max_clicks: int, target: float, learned: LearnedClicks | None = None
-             ) -> tuple[list[float], float]:
-    """Dice after 0, 1, ... automatic clicks on (H, W, Z) arrays (each call restarts from `start` with all clicks)
-    and seconds per click.
+             tuner: ClickTuner | None, max_clicks: int, target: float, learned: LearnedClicks | None = None,
+             view: int | None = None) -> tuple[list[float], float]:
+    """Dice after 0, 1, ... automatic clicks on (H, W, Z) arrays (each call restarts from `start` with all clicks,
+    refined on the in-plane `view` grid as the engine does, `refine_on_grid`) and seconds per click.
 
     Stops once at least max(REPORT_AT) clicks are placed and the target was reached (nothing later is reported).
     """
@@ -94,7 +102,7 @@ def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: Re
         position, positive = placed
         clicks[position] = POSITIVE if positive else NEGATIVE
         begin = time.process_time()
-        probability = refine_slab(image, start, clicks, config, tuner, learned=learned)
+        probability = refine_on_grid(image, start, clicks, config, view, tuner, learned=learned)
         seconds.append(time.process_time() - begin)
         scores.append(dice(probability >= config.threshold, truth))
     return scores, float(np.mean(seconds)) if seconds else 0.0
@@ -135,6 +143,18 @@ def _queries(pairs: list[EvalPair], spec: TaskSpec, config: RefineEvalConfig) ->
     return stacks
 
 
+def one_shot_embedding(model: IrisModel, pair: EvalPair, config: RefineEvalConfig) -> tuple[TaskEmbedding, bool]:
+    """The support's task embedding as the engine computes it, and whether it is read at twice the input size
+    (a thin support on a slice bank that fine, `iris_engine.input_scale`)."""
+    size = model.config.image_size
+    small_masks = to_model_grid(pair.support_masks, size, masks=True)
+    fine = pair.support_images.shape[-1] == FINE_SCALE * size \
+        and choose_input_scale(small_masks, config.fine_scale_thickness) == FINE_SCALE
+    if fine:
+        return strategies.encode_supports(model, pair.support_images, pair.support_masks.float()), True
+    return strategies.encode_supports(model, to_model_grid(pair.support_images, size), small_masks), False
+
+
 def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpec, config: RefineEvalConfig,
                   refine: RefineConfig, refiner: ClickRefiner | None = None) -> dict[str, Any]:
     """Per method: Dice after each click and clicks to the target, averaged over the task's queries."""
@@ -143,24 +163,27 @@ def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpe
     queries = _queries(pairs, spec, config)
     if not queries:
         raise IrisInputError(f"{spec.dataset}/{spec.class_name}: no query slice shows the class")
-    embedding = strategies.encode_supports(model, pairs[0].support_images, pairs[0].support_masks)
+    size = model.config.image_size
+    embedding, fine = one_shot_embedding(model, pairs[0], config)
     curves: dict[str, list[list[float]]] = {m: [] for m in config.methods}
     seconds: dict[str, list[float]] = {m: [] for m in config.methods}
     for stack, truth, _ in queries:
-        start = np.moveaxis(strategies.predict_probabilities(model, stack, embedding)[:, 0].numpy(), 0, -1)
+        small = to_model_grid(stack, size)
+        probabilities = strategies.predict_probabilities(model, stack if fine else small, embedding)[:, 0]
+        start = np.moveaxis(to_score_grid(probabilities, tuple(stack.shape[-2:])).numpy(), 0, -1)
         image = np.moveaxis(stack[:, 0].numpy(), 0, -1).astype(np.float32)
-        features = QueryFeatures(model, stack)
+        features = QueryFeatures(model, small)
         learned = None if refiner is None else LearnedClicks(refiner, features)
         for method in config.methods:
             method_config = replace(refine, method=method, threshold=config.threshold)
             tuner = ClickTuner(features, embedding.tokens, method_config)
             scores, per_click = simulate(image, truth, start, method_config, tuner, config.max_clicks, config.target,
-                                         learned)
+                                         learned, size * (FINE_SCALE if fine else 1))
             curves[method].append(scores)
             seconds[method].append(per_click)
     return {
         **asdict(spec), "queries": len(queries), "query_patients": sorted({q[2] for q in queries}),
-        "slices": int(sum(q[1].shape[2] for q in queries)),
+        "slices": int(sum(q[1].shape[2] for q in queries)), "input_scale": FINE_SCALE if fine else 1,
         "support_patients": pairs[0].support_patients,
         "dice_curve": {m: np.mean([s[: max(REPORT_AT) + 1] for s in c], axis=0).round(4).tolist()
                        for m, c in curves.items()},
@@ -200,7 +223,7 @@ def run(checkpoint: Path, split: Split, config: RefineEvalConfig, refine: Refine
         refiner = refiner_file.refiner
     if bank is None:
         names = tuple(d for d in default_datasets() if split.test_cases.get(d) and (datasets is None or d in datasets))
-        bank = build_slice_bank(names, root=data_root, size=model.config.image_size)
+        bank = build_slice_bank(names, root=data_root, size=config.score_scale * model.config.image_size)
     specs = [s for s in evaluation_tasks(bank, split)
              if (datasets is None or s.dataset in datasets) and (s.is_3d or not config.volumes)]
     begin, cpu = time.perf_counter(), time.process_time()
@@ -270,6 +293,15 @@ def _queries_line(cfg: dict[str, Any]) -> str:
             "(`--volumes` scores them as volumes).")
 
 
+def _grid_words(cfg: dict[str, Any]) -> str:
+    scale = cfg.get("score_scale", 1)
+    if scale == 1:
+        return "the model grid"
+    return (f"a grid {scale} x the model's input (the one-shot start of a support thinner than "
+            f"{cfg['fine_scale_thickness']} model-grid pixels segmented at twice the input size, as the engine "
+            "does; others on the model grid and resized up)")
+
+
 def markdown(payload: dict[str, Any]) -> str:
     """The report: protocol, per-dataset table, per-task table."""
     methods = payload["protocol"]["methods"]
@@ -283,7 +315,7 @@ def markdown(payload: dict[str, Any]) -> str:
         _queries_line(cfg),
         f"- each next click at the centre of the largest error region (positive in a missed region, negative in a "
         f"false positive); {cfg['max_clicks']} clicks at most; clicks to Dice {cfg['target']} capped at "
-        f"{cfg['max_clicks']} (0 = one-shot already there). Dice per {unit} on the model grid, "
+        f"{cfg['max_clicks']} (0 = one-shot already there). Dice per {unit} on {_grid_words(cfg)}, "
         f"averaged over {unit}s, then over a dataset's classes. "
         "`disc` is the non-learned baseline (a disc of fixed radius at each click, on the clicked slice).",
         f"- settings: `{json.dumps(payload['refine'])}`", "",
@@ -294,7 +326,7 @@ def markdown(payload: dict[str, Any]) -> str:
         cells = [f"{row[m]['dice@0']:.3f} / {row[m]['dice@1']:.3f} / {row[m]['dice@3']:.3f} / {row[m]['dice@5']:.3f}"
                  f", **{row[m]['clicks']:.1f}**" for m in methods]
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean CPU seconds per refinement call (all clicks so far, 128 x 128 model grid, one thread): "
+    lines += ["", f"Mean CPU seconds per refinement call (all clicks so far, {_grid_words(cfg)}, one thread): "
               + ", ".join(f"{m} {summary(payload)['mean over datasets'][m]['seconds']:.3f}" for m in methods)
               if payload["tasks"] else "", "", "## Per dataset / class (Dice after 5 clicks, clicks to target)", "",
               f"| dataset / class | 2D/3D | {unit}s | one-shot | " + " | ".join(methods) + " |",
@@ -330,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="*", default=list(RefineEvalConfig.methods))
     parser.add_argument("--max-queries", type=int, default=RefineEvalConfig.max_queries)
     parser.add_argument("--seed", type=int, default=RefineEvalConfig.seed)
+    parser.add_argument("--score-scale", type=int, default=RefineEvalConfig.score_scale,
+                        help="click and score on a grid this multiple of the model's input (1: the model grid)")
+    parser.add_argument("--fine-scale-thickness", type=float, default=RefineEvalConfig.fine_scale_thickness,
+                        help="thin-support limit for the twice-input-size start (0: never)")
     parser.add_argument("--volumes", action="store_true",
                         help="score the 3D sets as volumes (3D click placement and Dice, neighbour slices edited)")
     parser.add_argument("--dev", action="store_true",
@@ -349,7 +385,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.dev:
         split = dev_split(split)
     config = RefineEvalConfig(methods=tuple(args.methods), max_queries=args.max_queries, seed=args.seed,
-                              volumes=args.volumes)
+                              volumes=args.volumes, score_scale=args.score_scale,
+                              fine_scale_thickness=args.fine_scale_thickness)
     for method in config.methods:
         RefineConfig(method=method)
     payload = run(args.checkpoint, split, config, RefineConfig(), datasets=args.datasets, data_root=args.data_root,

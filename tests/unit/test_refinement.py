@@ -23,6 +23,7 @@ from iris_engine.refinement import (
     QueryFeatures,
     RefineConfig,
     clicks_from_label_map,
+    refine_on_grid,
     refine_segmentation,
     refine_slab,
     scribble,
@@ -277,3 +278,35 @@ def test_a_refined_result_keeps_the_input_scale_it_was_segmented_at(segmenter: I
     fine = replace(result, input_scale=2)
     clicks = [Click(tuple(np.argwhere(~result.masks[0])[0]), True)]
     assert segmenter.refine(volume, fine, clicks, RefineConfig(method="local")).input_scale == 2
+
+
+def test_a_large_slice_is_refined_on_the_model_view_of_the_result(segmenter: IrisSegmenter,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    volume, result = _segmented(segmenter, (128, 112))  # 4 x the tiny model's 32 px input
+    clicks = [Click((70, 50), True), Click((70, 51), False)]  # both in one cell of the 32 px view
+    grids: list[tuple[int, ...]] = []
+
+    def spy(image: np.ndarray, *args: object, **kwargs: object) -> np.ndarray:
+        grids.append(image.shape)
+        return refine_slab(image, *args, **kwargs)
+
+    monkeypatch.setattr("iris_engine.refinement.refine_slab", spy)
+    for scale, config in ((1, RefineConfig()), (2, RefineConfig()), (1, RefineConfig(model_grid=False))):
+        refined = segmenter.refine(volume, replace(result, input_scale=scale), clicks, config)
+        assert refined.probabilities.shape == result.probabilities.shape
+        assert refined.masks[0][70, 50] and not refined.masks[0][70, 51]
+    assert grids == [(32, 32, 1), (64, 64, 1), (128, 112, 1)]
+
+
+def test_a_slab_no_larger_than_the_view_is_refined_as_it_is() -> None:
+    image = _edge_image((30, 24))[..., None]
+    probability = np.full((30, 24, 1), 0.2, np.float32)
+    clicks = np.zeros((30, 24, 1), np.uint8)
+    clicks[10, 5, 0] = POSITIVE
+    config = RefineConfig(method="local")
+    expected = refine_slab(image, probability, clicks, config)
+    assert np.array_equal(refine_on_grid(image, probability, clicks, config, 32), expected)
+    assert np.array_equal(refine_on_grid(image, probability, clicks, config, None), expected)
+    with pytest.raises(IrisInputError, match="no clicks"):
+        refine_on_grid(np.zeros((64, 64, 1), np.float32), np.zeros((64, 64, 1), np.float32),
+                       np.zeros((64, 64, 1), np.uint8), config, 32)

@@ -6,12 +6,23 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from iris_engine.checkpoint import CLICK_REFINER_FILE, save_checkpoint, save_click_refiner
+from iris_engine import strategies
+from iris_engine.checkpoint import (
+    CLICK_REFINER_FILE,
+    load_checkpoint,
+    load_click_refiner,
+    save_checkpoint,
+    save_click_refiner,
+)
 from iris_engine.config import ModelConfig
+from iris_engine.data.episodes import EvalPair, iter_eval_pairs
 from iris_engine.data.slices import SliceBank, build_slice_bank
 from iris_engine.data.splits import Split, make_split
 from iris_engine.evaluation import refinement as ev
+from iris_engine.evaluation.harness import evaluation_tasks
+from iris_engine.input_scale import to_model_grid, to_score_grid
 from iris_engine.model.click_refiner import ClickRefiner, ClickRefinerConfig
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import RefineConfig
@@ -107,3 +118,48 @@ def test_the_volume_protocol_scores_each_held_out_volume_of_the_3d_sets(tmp_path
     report = (tmp_path / "out" / "refinement_volumes.md").read_text()
     assert "3D sets as volumes" in report and "| toy3d / organ | 3D |" in report
     assert not (tmp_path / "out" / "refinement.md").exists()
+
+
+def _pair(image: torch.Tensor, mask: torch.Tensor) -> EvalPair:
+    return EvalPair(image, mask[None, None].float(), image[0], mask[None].float(), ["s"], ["p1"], "q", "p2", 0)
+
+
+def test_the_start_reads_a_thin_support_at_twice_the_input_size_as_the_engine_does() -> None:
+    model = IrisModel(TINY).eval()
+    image = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    line = torch.zeros(64, 64)
+    line[10:54, 30:32] = 1  # one pixel thick on the 32 px model grid
+    block = torch.zeros(64, 64)
+    block[10:40, 12:44] = 1
+    config = ev.RefineEvalConfig()
+    thin, fine = ev.one_shot_embedding(model, _pair(image, line), config)
+    assert fine and torch.allclose(thin.tokens, strategies.encode_supports(model, image, line[None, None]).tokens)
+    thick, fine = ev.one_shot_embedding(model, _pair(image, block), config)
+    small, small_mask = to_model_grid(image, 32), to_model_grid(block[None, None], 32, masks=True)
+    assert not fine and torch.allclose(thick.tokens, strategies.encode_supports(model, small, small_mask).tokens)
+    assert not ev.one_shot_embedding(model, _pair(image, line), ev.RefineEvalConfig(fine_scale_thickness=0))[1]
+    model_grid_line = to_model_grid(line[None, None], 32, masks=True)[0, 0]
+    assert not ev.one_shot_embedding(model, _pair(small, model_grid_line), config)[1]  # bank at the model's size
+
+
+def test_on_a_finer_bank_the_clicks_start_from_the_engine_one_shot_and_score_on_that_grid(tmp_path: Path) -> None:
+    split, _, checkpoint = _tiny_folders(tmp_path)
+    bank = build_slice_bank(datasets=("toy2d",), root=tmp_path, size=64, cache_dir=None)
+    config = ev.RefineEvalConfig(methods=("disc", "learned"), max_queries=2, max_clicks=4)
+    model = load_checkpoint(checkpoint).model.eval()
+    refiner = load_click_refiner(checkpoint.with_name(CLICK_REFINER_FILE)).refiner
+    (spec,) = [s for s in evaluation_tasks(bank, split) if s.dataset == "toy2d"]
+    row = ev.evaluate_task(model, bank, split, spec, config, RefineConfig(tuning_steps=1), refiner)
+    pairs = list(iter_eval_pairs(bank, split, "toy2d", spec.class_name, 1, 0, support_from=spec.support_from))
+    embedding, fine = ev.one_shot_embedding(model, pairs[0], config)
+    starts = []
+    for stack, truth, _ in ev._queries(pairs, spec, config):
+        assert truth.shape == (64, 64, 1)
+        inputs = stack if fine else to_model_grid(stack, 32)
+        probability = to_score_grid(strategies.predict_probabilities(model, inputs, embedding)[:, 0], (64, 64))
+        starts.append(ev.dice(np.moveaxis(probability.numpy(), 0, -1) >= 0.5, truth))
+    assert row["input_scale"] == (2 if fine else 1)
+    assert row["dice_curve"]["disc"][0] == row["dice_curve"]["learned"][0] == round(float(np.mean(starts)), 4)
+    payload = ev.run(checkpoint, split, config, RefineConfig(tuning_steps=1), bank=bank, log=False)
+    ev.write(payload, tmp_path / "out")
+    assert "a grid 2 x the model's input" in (tmp_path / "out" / "refinement.md").read_text()
