@@ -1,12 +1,13 @@
 """Latency of one refinement click on a 256 x 256 slice, per method (goal: under 1 s on the 2 CPU cores).
 
-Usage: python benchmarks/benchmark_refinement.py [--weights assets/weights/iris2d.pt] [--repeats 5] [--threads 2]
+Usage: python benchmarks/benchmark_refinement.py [--weights assets/weights/iris2d.pt] [--repeats 5] [--threads 2] [--size 256]
 Prints a table of wall and CPU seconds per call (median over repeats, after one warm-up call) and the ratio to
 the 1 s goal. Each call is what the app does on a click: refine the one-shot result with all clicks so far
 (here the first click; `--clicks N` times the N-th click of a series). Measured side by side: a cold call, which
 encodes the query's slices afresh, and a warm one, as the app makes them, where the segmenter kept the query's
 model features from the previous click on the same image (`refinement.FeatureCache`); the default `learned` is also
-timed with the tuning blend it had before (`learned_tuning`), side by side. `--volume` times the same on a
+timed with the tuning blend it had before (`learned_tuning`) and on the slice's own grid instead of the
+model's view of it (`model_grid` off), side by side; `--size` sets the slice's side. `--volume` times the same on a
 192 x 192 x 64 volume instead (no goal there; the clicks follow the simulated user of the evaluation, each at the
 centre of the largest 3D error region of the previous result). `--thin` times a slice of thin dark curves
 (vessel-like: the one-shot runs at twice the input size, and negative clicks take the thin-mask halo step).
@@ -32,6 +33,7 @@ from iris_engine.refinement import METHODS, Click, RefineConfig, next_click, ref
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 1.0
 TUNING_BLEND = "learned + tuning blend (`learned_tuning`)"
+OWN_GRID = "learned on the slice's own grid (`model_grid` off)"
 
 
 def phantom(size: int = 256, seed: int = 0) -> tuple[Volume, np.ndarray]:
@@ -97,6 +99,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clicks", type=int, default=1)
+    parser.add_argument("--size", type=int, default=256, help="side of the slice (not with --volume)")
     case = parser.add_mutually_exclusive_group()
     case.add_argument("--volume", action="store_true", help="a 192 x 192 x 64 volume instead of a slice")
     case.add_argument("--thin", action="store_true", help="a 256 x 256 slice of thin, vessel-like curves")
@@ -104,8 +107,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     segmenter = IrisSegmenter.from_checkpoint(args.weights)
     make = phantom_volume if args.volume else phantom_vessels if args.thin else phantom
-    support, support_mask = make(seed=1)
-    query, truth = make(seed=2)
+    size = {} if args.volume else {"size": args.size}
+    support, support_mask = make(seed=1, **size)
+    query, truth = make(seed=2, **size)
     if args.volume:  # one painted slice of another volume, as a user would give
         middle = support_mask.shape[2] // 2
         painted = np.zeros_like(support_mask)
@@ -114,9 +118,10 @@ def main() -> None:
     result = segmenter.segment(query, "one_shot", [Support(support, support_mask)], ["organ"])
     rng = np.random.default_rng(0)
     clicks = [Click((int(r), int(c)), bool(i % 2 == 0)) for i, (r, c) in
-              enumerate(rng.integers(20, 236, size=(args.clicks, 2)))]
-    where = "a 192 x 192 x 64 volume" if args.volume else "a 256 x 256 slice of thin curves" if args.thin \
-        else "a 256 x 256 slice"
+              enumerate(rng.integers(20, query.shape[0] - 20, size=(args.clicks, 2)))]
+    side = f"{args.size} x {args.size}"
+    where = "a 192 x 192 x 64 volume" if args.volume else f"a {side} slice of thin curves" if args.thin \
+        else f"a {side} slice"
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads; "
           f"weights {args.weights.name} ({segmenter.model_version}); {args.clicks} click(s) on {where}; "
           f"one-shot at {result.input_scale}x the input size")
@@ -124,6 +129,7 @@ def main() -> None:
           "|---|---|---|---|---|---|")
     variants = [(method, RefineConfig(method=method)) for method in METHODS]
     variants.append((TUNING_BLEND, RefineConfig(learned_tuning=True)))
+    variants.append((OWN_GRID, RefineConfig(model_grid=False)))
     warm: dict[str, float] = {}
     for name, config in variants:
         if args.volume:
@@ -135,7 +141,8 @@ def main() -> None:
         wall = warm[name] = statistics.median(walls)
         print(f"| {name} | {cold:.3f} | {wall:.3f} | {statistics.median(cpus):.3f} | {cold / wall:.2f} "
               f"| {wall / GOAL_SECONDS:.2f} |")
-    print(f"warm learned with / without the tuning blend: {warm[TUNING_BLEND] / warm['learned']:.2f}x")
+    print(f"warm learned with / without the tuning blend: {warm[TUNING_BLEND] / warm['learned']:.2f}x; "
+          f"on the slice's own grid / on the model's view: {warm[OWN_GRID] / warm['learned']:.2f}x")
 
 
 if __name__ == "__main__":

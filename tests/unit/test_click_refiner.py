@@ -24,6 +24,7 @@ from iris_engine.refinement import (
     QueryFeatures,
     RefineConfig,
     clicks_to_grid,
+    honour,
     local_edit,
     refine_slab,
 )
@@ -162,7 +163,7 @@ def test_learned_tuning_adds_the_tuned_prediction_from_the_second_click() -> Non
     assert not np.allclose(refined(with_tuning), refined(default), atol=1e-3)
 
 
-def test_thin_structures_get_the_local_edit_only() -> None:
+def test_thin_structures_get_the_halo_step_and_the_local_edit_with_a_lighter_refiner_weight() -> None:
     torch.manual_seed(0)
     model = IrisModel(TINY).eval()
     image = np.random.default_rng(0).normal(size=(128, 128)).astype(np.float32)
@@ -177,15 +178,23 @@ def test_thin_structures_get_the_local_edit_only() -> None:
     learned = LearnedClicks(ClickRefiner(SMALL_REFINER), features)
     clicks = np.zeros((128, 128, 1), np.uint8)
     clicks[14, 60, 0], clicks[50, 8, 0] = POSITIVE, NEGATIVE
+    local_only = RefineConfig(thin_learned_weight=0.0)
     for start, thin in ((vessels, True), (blob, False)):
-        default = refine_slab(image[..., None], start, clicks, RefineConfig(), tuner, learned=learned)
-        without_ridges = refine_slab(image[..., None], start, clicks, RefineConfig(thin_keep=1.0), tuner,
+        default = refine_slab(image[..., None], start, clicks, local_only, tuner, learned=learned)
+        without_ridges = refine_slab(image[..., None], start, clicks, replace(local_only, thin_keep=1.0), tuner,
                                      learned=learned)
         local = refine_slab(image[..., None], start, clicks, RefineConfig(method="local"))
         halo_dropped = drop_halo(image, start[..., 0], clicks[..., 0], RefineConfig().thin_keep, 0.5)[..., None]
         local_after_drop = refine_slab(image[..., None], halo_dropped, clicks, RefineConfig(method="local"))
         assert np.array_equal(without_ridges, local) == thin and not np.array_equal(default, local)
         assert np.array_equal(default, local_after_drop) == thin  # thin: the negative click drops the halo first
+    refined = learned.refine(vessels[:, :, [0]], clicks, [0])
+    blended = refine_slab(image[..., None], vessels, clicks, RefineConfig(), tuner, learned=learned)
+    halo_dropped = drop_halo(image, vessels[..., 0], clicks[..., 0], RefineConfig().thin_keep, 0.5)[..., None]
+    local_after_drop = refine_slab(image[..., None], halo_dropped, clicks, RefineConfig(method="local"))
+    weight = RefineConfig().thin_learned_weight
+    expected = honour(weight * refined + (1 - weight) * local_after_drop, clicks, 0.5)  # default: the refiner weighs in
+    assert np.allclose(blended, expected, atol=1e-6)
 
 
 def test_click_training_resumes_exactly_and_clicks_land_on_errors(tmp_path: Path) -> None:
