@@ -12,12 +12,13 @@ Methods (measured against each other by `iris_engine.evaluation.refinement`):
   slices with the local edit (with `learned_tuning`, from the second clicked voxel on, with "combined"
   instead); in a volume the neighbour slices get the local edit, and each clicked slice's refined mask then
   serves as a support for the slices around it (`spread_decay`). A thin, elongated mask (vessels, membranes)
-  gets the local edit only, after its negative clicks have dropped the halo beside its ridges
-  (`thin_clicks.py`).
+  gets the local edit with the refiner at a lower weight (`thin_learned_weight`), after its negative clicks have
+  dropped the halo beside its ridges (`thin_clicks.py`).
 - "disc": the non-learned baseline, a disc of fixed radius painted at each click.
 Every method honours every click (positive inside, negative outside). In a volume the edit works on
 canonical axial slices; a click also reaches `neighbour_slices` slices on either side (the geodesic
-distance is 3D there, and tuned predictions are blended in with a weight falling off with distance).
+distance is 3D there, and tuned predictions are blended in with a weight falling off with distance). A slice
+larger than the model's view of it is refined on that view and resized back (`refine_on_grid`).
 The model's features of each query slice are computed once (`QueryFeatures`) and shared by the methods; the
 segmenter keeps them from one click to the next on the same image (`FeatureCache`).
 """
@@ -92,7 +93,7 @@ class RefineConfig:
     # 0.719 with; 1.6 vs 2.8 CPU-s per call)
     learned_tuning_in_volumes: bool = False
     # "learned": a mask with mean inner distance below thin_width x the larger side and below thin_compactness x
-    # sqrt(area) (a disc: 0.19) is thin and elongated (vessels, membranes) and gets the local edit only; on all 14
+    # sqrt(area) (a disc: 0.19) is thin and elongated (vessels, membranes; see thin_learned_weight); on all 14
     # training fundus images the one-shot vessel masks lie at 0.058-0.079 x sqrt(area)
     thin_width: float = 0.012
     thin_compactness: float = 0.08
@@ -116,7 +117,7 @@ class RefineConfig:
     threshold: float = 0.5
     # clicks on a slice larger than the model's view of it (its input size x the result's input scale) are
     # refined on that view and the result resized back, every click honoured on the slice's own grid (training
-    # patients, 256 px slices: 0.837 -> 0.843 Dice after 5 clicks, 0.38 -> 0.19 CPU-s per call); off: on the
+    # patients, 256 px slices: 0.837 -> 0.843 Dice after 5 clicks, 0.38 -> 0.23 CPU-s per call); off: on the
     # slice's own grid
     model_grid: bool = True
 
