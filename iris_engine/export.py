@@ -52,24 +52,29 @@ def _tracing() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def example_inputs(model: IrisModel, batch: int = 2, classes: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random query images and task tokens of the shapes the exported graph takes."""
+def example_inputs(model: IrisModel, batch: int = 2, classes: int = 1, size: int | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random query images (side `size`, default the model's input size) and task tokens of the shapes the
+    exported graph takes."""
     config = model.config
     device = next(model.parameters()).device
-    image = torch.randn(batch, config.in_channels, *(config.image_size,) * config.spatial_dims, device=device)
+    side = size or config.image_size
+    image = torch.randn(batch, config.in_channels, *(side,) * config.spatial_dims, device=device)
     tokens = torch.randn(classes, config.num_task_tokens, config.embed_dim, device=device)
     return image, tokens
 
 
-def export_onnx(model: IrisModel, path: str | Path, opset: int = ONNX_OPSET) -> Path:
-    """ONNX graph with dynamic batch (B) and class (K) axes (TorchScript-based exporter, no onnxscript needed)."""
+def export_onnx(model: IrisModel, path: str | Path, opset: int = ONNX_OPSET, size: int | None = None) -> Path:
+    """ONNX graph with dynamic batch (B) and class (K) axes for queries of side `size` (default the model's input
+    size; TorchScript-based exporter, no onnxscript needed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = SegmentPath(model).eval()
     dynamic_axes = {"query_image": {0: "batch"}, "task_tokens": {0: "classes"}, OUTPUT_NAME: {0: "batch", 1: "classes"}}
     with _tracing():
         torch.onnx.export(
-            module, example_inputs(model), str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+            module, example_inputs(model, size=size), str(path), input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
             dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False,
         )
     return path

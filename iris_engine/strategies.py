@@ -102,7 +102,7 @@ def predict_probabilities(
     backend "onnx" runs the query path on ONNX Runtime (`onnx_runtime.py`), "eager" on PyTorch."""
     device = next(model.parameters()).device
     tokens = embedding.tokens.to(device)
-    session = onnx_runtime.query_path(model) if backend == "onnx" else None
+    session = onnx_runtime.query_path(model, queries.shape[-1]) if backend == "onnx" else None
 
     def run(chunk: torch.Tensor) -> torch.Tensor:
         return model.segment(chunk.to(device), tokens) if session is None else session.logits(chunk, tokens)

@@ -35,7 +35,8 @@ def test_auto_takes_onnx_for_a_volume_and_pytorch_for_a_few_slices():
     config = InferenceConfig(onnx_min_queries=6)
     assert onnx_runtime.choose_backend(config, model, torch.zeros(5, 1, 32, 32)) == "eager"
     assert onnx_runtime.choose_backend(config, model, torch.zeros(6, 1, 32, 32)) == "onnx"
-    assert onnx_runtime.choose_backend(config, model, torch.zeros(6, 1, 64, 64)) == "eager"  # not model space
+    assert onnx_runtime.choose_backend(config, model, torch.zeros(6, 1, 64, 64)) == "onnx"  # a thin structure's 2x
+    assert onnx_runtime.choose_backend(config, model, torch.zeros(6, 1, 48, 48)) == "eager"  # not model space
     assert onnx_runtime.choose_backend(InferenceConfig(backend="eager", onnx_min_queries=1), model,
                                        torch.zeros(9, 1, 32, 32)) == "eager"
     with pytest.raises(IrisInputError, match="unknown inference backend"):
@@ -52,6 +53,19 @@ def test_onnx_probabilities_equal_pytorch():
     torch.testing.assert_close(onnx, eager, atol=1e-4, rtol=1e-4)
     result = strategies.segment_with_embedding(model, queries, embedding, InferenceConfig(onnx_min_queries=4))
     torch.testing.assert_close(result.probabilities, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_queries_at_twice_the_input_size_get_their_own_session_with_pytorch_probabilities():
+    model = tiny(0)
+    embedding = embedding_of(model)
+    queries = torch.randn(3, 1, 64, 64)
+    eager = strategies.predict_probabilities(model, queries, embedding, backend="eager")
+    onnx = strategies.predict_probabilities(model, queries, embedding, backend="onnx")
+    assert onnx.shape == eager.shape == (3, 2, 64, 64)
+    torch.testing.assert_close(onnx, eager, atol=1e-4, rtol=1e-4)
+    assert onnx_runtime.query_path(model, 64) is not onnx_runtime.query_path(model)
+    with pytest.raises(IrisInputError, match="no ONNX query path for 48 px"):
+        onnx_runtime.query_path(model, 48)
 
 
 def test_the_session_follows_new_weights():
