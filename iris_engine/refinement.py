@@ -559,7 +559,9 @@ def refine_on_grid(image: np.ndarray, probability: np.ndarray, clicks: np.ndarra
                    sampling: tuple[float, float, float] = (1.0, 1.0, 1.0),
                    learned: LearnedClicks | None = None) -> np.ndarray:
     """`refine_slab` on the (H, W, Z) slab's size x size in-plane view (`RefineConfig.model_grid`, where the slab
-    is larger), resized back bilinearly with every click honoured on the slab's own grid; None: on its own grid."""
+    is larger); its change is resized back bilinearly and added to the slab's own probability (so detail the view
+    cannot hold, e.g. brush edits, survives where nothing changed), every click honoured on the slab's own grid.
+    None: on its own grid."""
     h, w = image.shape[:2]
     if size is None or not config.model_grid or max(h, w) <= size:
         return refine_slab(image, probability, clicks, config, tuner, sampling, learned)
@@ -567,10 +569,10 @@ def refine_on_grid(image: np.ndarray, probability: np.ndarray, clicks: np.ndarra
         raise IrisInputError("no clicks given: click inside a missed region or on a false positive")
     view_sampling = (1.0, 1.0, sampling[2] * 2.0 * size / (h + w))  # z spacing in units of the view's pixels
     view_clicks = np.moveaxis(clicks_to_grid(clicks, size), 0, 2)
-    small = refine_slab(_shrink(image, size), _shrink(probability, size), view_clicks, config, tuner, view_sampling,
-                        learned)
-    back = _from_grid(torch.from_numpy(np.ascontiguousarray(np.moveaxis(small, 2, 0)))[:, None], (h, w))
-    return honour(back, clicks, config.threshold)
+    start = _shrink(probability, size)
+    change = refine_slab(_shrink(image, size), start, view_clicks, config, tuner, view_sampling, learned) - start
+    back = _from_grid(torch.from_numpy(np.ascontiguousarray(np.moveaxis(change, 2, 0)))[:, None], (h, w))
+    return honour(np.clip(probability + back, 0.0, 1.0), clicks, config.threshold)
 
 
 # ----------------------------------------------------------------------------------- volumes

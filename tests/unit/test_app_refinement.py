@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -113,3 +114,10 @@ def test_clicks_without_a_result_or_class_are_refused(services, session: Session
         r.add_click(services, session, state, "blob", 2, 5, 5, "positive")
     with pytest.raises(HandlerError, match="nothing painted"):
         r.add_stroke(services, session, state, "blob", 2, None, "positive")
+
+
+def test_the_clicks_refine_at_the_input_scale_the_result_was_segmented_at(services, session: Session) -> None:
+    session.result.segmentation = replace(session.result.segmentation, input_scale=2)  # as for a thin structure
+    state = r.ClickState(config=RefineConfig(method="local"))
+    r.add_click(services, session, state, "blob", 2, *_display_xy(services, session, (16, 15, 2)), "positive")
+    assert state.base.input_scale == 2 and session.result.masks[0][16, 15, 2]

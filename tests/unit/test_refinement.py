@@ -310,3 +310,14 @@ def test_a_slab_no_larger_than_the_view_is_refined_as_it_is() -> None:
     with pytest.raises(IrisInputError, match="no clicks"):
         refine_on_grid(np.zeros((64, 64, 1), np.float32), np.zeros((64, 64, 1), np.float32),
                        np.zeros((64, 64, 1), np.uint8), config, 32)
+
+
+def test_refining_on_the_view_keeps_the_slab_detail_where_nothing_changed() -> None:
+    image = _edge_image((128, 128), edge=64)[..., None]
+    probability = np.full((128, 128, 1), 0.1, np.float32)
+    probability[100:120:2, 100:120, 0] = 0.9  # one-pixel stripes no 32 px view can hold (a brush edit, say)
+    clicks = np.zeros((128, 128, 1), np.uint8)
+    clicks[20, 20, 0] = POSITIVE
+    refined = refine_on_grid(image, probability, clicks, RefineConfig(method="local"), 32)
+    assert refined[20, 20, 0] >= 0.5 and refined[:40, :40, 0].mean() > probability[:40, :40, 0].mean()
+    assert np.array_equal(refined[96:, 96:], probability[96:, 96:])  # far from the click: untouched
