@@ -14,7 +14,7 @@ import torch
 from iris_engine.cli import read_supports, resolve_classes
 from iris_engine.config import InferenceConfig
 from iris_engine.errors import IrisInputError
-from iris_engine.inference import IrisSegmenter, VolumeSegmentation
+from iris_engine.inference import IrisSegmenter, Support, VolumeSegmentation
 from iris_engine.io.readers import read_image, read_mask
 from iris_engine.io.volume import Volume
 from iris_engine.io.writers import write_mask
@@ -97,15 +97,17 @@ def read_clicks(path: Path, volume: Volume, click_class: str | None) -> list[Cli
     return clicks
 
 
-def _mask_result(path: Path, volume: Volume, classes: list[str]) -> VolumeSegmentation:
-    """An existing label map as a result to refine (probabilities 0/1, no task embedding)."""
+def _mask_result(path: Path, volume: Volume, classes: list[str], segmenter: IrisSegmenter) -> VolumeSegmentation:
+    """An existing label map as a result to refine (probabilities 0/1, no task embedding), at the input scale the
+    engine would read its structures at (twice the input size where every class is thin)."""
     labels = read_mask(path, reference=volume)
     count = max(int(labels.max()), len(classes), 1)
     names = classes or [f"class_{k + 1}" for k in range(count)]
     if len(names) < count:
         raise IrisInputError(f"{path} has labels up to {count} but only {len(names)} --class names")
     masks = np.stack([labels == k + 1 for k in range(len(names))])
-    return VolumeSegmentation(masks.astype(np.float32), masks, names, "mask", "")
+    scale = segmenter.input_scale_of([Support(volume, labels)], names) if all(m.any() for m in masks) else 1
+    return VolumeSegmentation(masks.astype(np.float32), masks, names, "mask", "", input_scale=scale)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                              threshold=args.threshold))
     volume = read_image(args.input)
     if args.mask is not None:
-        result = _mask_result(args.mask, volume, args.classes)
+        result = _mask_result(args.mask, volume, args.classes, segmenter)
     else:
         supports = read_supports(args.support)
         strategy = "one_shot" if len(supports) == 1 else "context_ensemble"

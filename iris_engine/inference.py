@@ -210,12 +210,18 @@ class IrisSegmenter:
         the model grid (`iris_engine.input_scale`), else 1. Both cached by content (hashed once)."""
         content = self._support_key(supports, class_names)
         if content not in self._scales:
-            masks = self.support_batch(supports, class_names)[1]
-            self._scales[content] = 1 if self.is_3d else choose_input_scale(masks, self.config.fine_scale_thickness)
+            self._scales[content] = self.input_scale_of(supports, class_names)
             if len(self._scales) > CACHE_SIZE:
                 self._scales.pop(next(iter(self._scales)))
         scale = self._scales[content]
         return self._encode(content, supports, class_names, scale), scale
+
+    def input_scale_of(self, supports: Sequence[Support], class_names: Sequence[str]) -> int:
+        """2 where every class of these masks is thin on the model grid (`iris_engine.input_scale`), else 1 (always
+        1 for 3D models)."""
+        if self.is_3d:
+            return 1
+        return choose_input_scale(self.support_batch(supports, class_names)[1], self.config.fine_scale_thickness)
 
     def bank_embedding(self, names: Sequence[str]) -> tuple[TaskEmbedding, int]:
         """The memory bank's embedding of these classes and its input scale: 2 where every class keeps a fine

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iris_engine import cli
+from iris_engine import cli, cli_refine
 from iris_engine.checkpoint import save_checkpoint
 from iris_engine.config import ModelConfig
+from iris_engine.inference import IrisSegmenter
+from iris_engine.io.volume import Volume
 from iris_engine.model.iris import IrisModel
 
 TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
@@ -84,3 +86,16 @@ def test_bad_click_files_exit_2_with_the_reason_and_write_nothing(weights: Path,
     code = cli.main(["refine", "--input", str(files["image"]), "--mask", str(files["mask"]), "--clicks",
                      str(tmp_path / "clicks.json"), "--output", str(out), "--weights", str(weights)])
     assert code == 2 and message in capsys.readouterr().err and not out.exists()
+
+
+def test_an_existing_thin_mask_is_refined_at_twice_the_input_size_as_the_engine_reads_it(tmp_path: Path) -> None:
+    segmenter = IrisSegmenter(IrisModel(TINY))
+    volume = Volume(np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32), np.eye(4), "MR")
+    line, block = np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8)
+    line[8:56, 30:32] = 1  # one pixel thick on the 32 px model grid
+    block[10:40, 12:44] = 1
+    scales = []
+    for name, mask in (("line", line), ("block", block), ("empty", np.zeros((64, 64), np.uint8))):
+        path = _png(tmp_path / f"{name}.png", mask)
+        scales.append(cli_refine._mask_result(path, volume, ["structure"], segmenter).input_scale)
+    assert scales == [2, 1, 1]
