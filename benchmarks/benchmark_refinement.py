@@ -1,6 +1,7 @@
 """Latency of one refinement click on a 256 x 256 slice, per method (goal: under 1 s on the 2 CPU cores).
 
-Usage: python benchmarks/benchmark_refinement.py [--weights assets/weights/iris2d.pt] [--repeats 5] [--threads 2] [--size 256]
+Usage: python benchmarks/benchmark_refinement.py [--weights assets/weights/iris2d.pt] [--repeats 5] [--threads 2]
+       [--size 256]
 Prints a table of wall and CPU seconds per call (median over repeats, after one warm-up call) and the ratio to
 the 1 s goal. Each call is what the app does on a click: refine the one-shot result with all clicks so far
 (here the first click; `--clicks N` times the N-th click of a series). Measured side by side: a cold call, which
