@@ -56,3 +56,14 @@ def to_score_grid(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(values.shape[-2:]) == tuple(size):
         return values
     return F.interpolate(values[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def support_inputs(images: torch.Tensor, masks: torch.Tensor, size: int, fine_scale_thickness: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Model inputs of supports (N, C, H, W) given on a grid finer than size x size, and the input scale taken:
+    straight from that grid where it is twice the input size and every class is thin (the engine's rule), else
+    area-averaged down to the input size."""
+    small_masks = to_model_grid(masks, size, masks=True)
+    if images.shape[-1] == FINE_SCALE * size and choose_input_scale(small_masks, fine_scale_thickness) == FINE_SCALE:
+        return images, masks.float(), FINE_SCALE
+    return to_model_grid(images, size), small_masks, 1

@@ -295,12 +295,14 @@ def next_click(prediction: np.ndarray, truth: np.ndarray) -> tuple[tuple[int, ..
 # ----------------------------------------------------------------------------------- in-context tuning
 
 
-def _to_grid(array: np.ndarray, size: int) -> torch.Tensor:
-    """(H, W, n) -> (n, 1, size, size), bilinear."""
+def _to_grid(array: np.ndarray, size: int, mode: str = "bilinear") -> torch.Tensor:
+    """(H, W, n) -> (n, 1, size, size), bilinear (or `mode`, e.g. "area")."""
     tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, 2, 0), dtype=np.float32))[:, None]
     if tuple(tensor.shape[-2:]) == (size, size):
         return tensor
-    return F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
+    if mode == "area":
+        return F.interpolate(tensor, size=(size, size), mode="area")
+    return F.interpolate(tensor, size=(size, size), mode=mode, align_corners=False)
 
 
 def _from_grid(tensor: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
@@ -550,8 +552,7 @@ def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, 
 
 def _shrink(array: np.ndarray, size: int) -> np.ndarray:
     """(H, W, n) -> (size, size, n), area-averaged."""
-    tensor = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, 2, 0), dtype=np.float32))[:, None]
-    return np.moveaxis(F.interpolate(tensor, size=(size, size), mode="area")[:, 0].numpy(), 0, 2)
+    return _from_grid(_to_grid(array, size, "area"), (size, size))
 
 
 def refine_on_grid(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, config: RefineConfig,
@@ -571,8 +572,8 @@ def refine_on_grid(image: np.ndarray, probability: np.ndarray, clicks: np.ndarra
     view_clicks = np.moveaxis(clicks_to_grid(clicks, size), 0, 2)
     start = _shrink(probability, size)
     change = refine_slab(_shrink(image, size), start, view_clicks, config, tuner, view_sampling, learned) - start
-    back = _from_grid(torch.from_numpy(np.ascontiguousarray(np.moveaxis(change, 2, 0)))[:, None], (h, w))
-    return honour(np.clip(probability + back, 0.0, 1.0), clicks, config.threshold)
+    return honour(np.clip(probability + _from_grid(_to_grid(change, size), (h, w)), 0.0, 1.0), clicks,
+                  config.threshold)
 
 
 # ----------------------------------------------------------------------------------- volumes

@@ -31,7 +31,7 @@ from iris_engine.data.splits import Split, make_split
 from iris_engine.errors import IrisInputError
 from iris_engine.evaluation.baselines import copy_support_mask, intensity_nearest_neighbour
 from iris_engine.evaluation.report import write_report
-from iris_engine.input_scale import FINE_SCALE, choose_input_scale, to_model_grid, to_score_grid
+from iris_engine.input_scale import FINE_SCALE, support_inputs, to_model_grid, to_score_grid
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.metrics import hd95
 from iris_engine.model.iris import IrisModel
@@ -156,12 +156,9 @@ class Evaluator:
                fine_allowed: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Model inputs: at twice the input size straight from the bank for a thin support (the engine's rule,
         when the bank is that fine), else area-averaged down to the input size."""
-        small_masks = self.model_grid(support_masks, masks=True)
-        fine = fine_allowed and self.bank.images.shape[-1] == FINE_SCALE * self.size \
-            and choose_input_scale(small_masks, self.inference.fine_scale_thickness) == FINE_SCALE
-        if fine:
-            return support_images, support_masks.float(), queries
-        return self.model_grid(support_images), small_masks, self.model_grid(queries)
+        thickness = self.inference.fine_scale_thickness if fine_allowed else 0.0
+        images, masks, scale = support_inputs(support_images, support_masks, self.size, thickness)
+        return images, masks, queries if scale == FINE_SCALE else self.model_grid(queries)
 
     def bank_scale(self, key: str) -> int:
         """The memory bank's input scale for a class (its fine entry where it keeps one, as the engine) when the

@@ -37,7 +37,7 @@ from iris_engine.data.splits import Split, dev_split
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
 from iris_engine.evaluation.harness import TaskSpec, evaluation_tasks
-from iris_engine.input_scale import FINE_SCALE, choose_input_scale, to_model_grid, to_score_grid
+from iris_engine.input_scale import FINE_SCALE, support_inputs, to_model_grid, to_score_grid
 from iris_engine.io.writers import atomic_write
 from iris_engine.metrics import json_safe
 from iris_engine.model.click_refiner import ClickRefiner
@@ -146,13 +146,9 @@ def _queries(pairs: list[EvalPair], spec: TaskSpec, config: RefineEvalConfig) ->
 def one_shot_embedding(model: IrisModel, pair: EvalPair, config: RefineEvalConfig) -> tuple[TaskEmbedding, bool]:
     """The support's task embedding as the engine computes it, and whether it is read at twice the input size
     (a thin support on a slice bank that fine, `iris_engine.input_scale`)."""
-    size = model.config.image_size
-    small_masks = to_model_grid(pair.support_masks, size, masks=True)
-    fine = pair.support_images.shape[-1] == FINE_SCALE * size \
-        and choose_input_scale(small_masks, config.fine_scale_thickness) == FINE_SCALE
-    if fine:
-        return strategies.encode_supports(model, pair.support_images, pair.support_masks.float()), True
-    return strategies.encode_supports(model, to_model_grid(pair.support_images, size), small_masks), False
+    images, masks, scale = support_inputs(pair.support_images, pair.support_masks, model.config.image_size,
+                                          config.fine_scale_thickness)
+    return strategies.encode_supports(model, images, masks), scale == FINE_SCALE
 
 
 def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpec, config: RefineEvalConfig,
@@ -165,6 +161,7 @@ def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpe
         raise IrisInputError(f"{spec.dataset}/{spec.class_name}: no query slice shows the class")
     size = model.config.image_size
     embedding, fine = one_shot_embedding(model, pairs[0], config)
+    scale = FINE_SCALE if fine else 1
     curves: dict[str, list[list[float]]] = {m: [] for m in config.methods}
     seconds: dict[str, list[float]] = {m: [] for m in config.methods}
     for stack, truth, _ in queries:
@@ -178,12 +175,12 @@ def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpe
             method_config = replace(refine, method=method, threshold=config.threshold)
             tuner = ClickTuner(features, embedding.tokens, method_config)
             scores, per_click = simulate(image, truth, start, method_config, tuner, config.max_clicks, config.target,
-                                         learned, size * (FINE_SCALE if fine else 1))
+                                         learned, size * scale)
             curves[method].append(scores)
             seconds[method].append(per_click)
     return {
         **asdict(spec), "queries": len(queries), "query_patients": sorted({q[2] for q in queries}),
-        "slices": int(sum(q[1].shape[2] for q in queries)), "input_scale": FINE_SCALE if fine else 1,
+        "slices": int(sum(q[1].shape[2] for q in queries)), "input_scale": scale,
         "support_patients": pairs[0].support_patients,
         "dice_curve": {m: np.mean([s[: max(REPORT_AT) + 1] for s in c], axis=0).round(4).tolist()
                        for m, c in curves.items()},
