@@ -109,6 +109,13 @@ class SliceBank:
                        dataset_index=self.dataset_index[rows], case_ids=self.case_ids[rows],
                        patient_ids=self.patient_ids[rows], slice_index=self.slice_index[rows], areas=self.areas[rows])
 
+    def resized(self, size: int) -> SliceBank:
+        """The same slices at size x size (images antialiased, labels by largest area)."""
+        labels = resize_labels(self.labels, size)
+        areas = np.stack([np.bincount(lab.ravel(), minlength=self.areas.shape[1])[: self.areas.shape[1]]
+                          for lab in labels]).astype(np.int32)
+        return replace(self, size=size, images=resize_images(self.images, size), labels=labels, areas=areas)
+
     def save(self, path: str | Path, compact: bool = False) -> None:
         """Write an uncompressed .npz (fast to load); `compact`: each image as 8 bits between its minimum and
         maximum in a JPEG, the rest zlib-compressed (a sixth of the size, to carry a bank to another machine)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,11 @@ from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
 from iris_engine.data.parallel_episodes import ParallelEpisodes
 from iris_engine.data.slices import SliceBank, build_slice_bank
 from iris_engine.data.splits import Split, make_split
-from iris_engine.training.bank_refresh import refresh_memory_bank
+from iris_engine.errors import IrisInputError
+from iris_engine.input_scale import FINE_SCALE
+from iris_engine.memory_bank import MemoryBank
+from iris_engine.model.iris import IrisModel
+from iris_engine.training.bank_refresh import FineCheck, refresh_memory_bank
 from iris_engine.training.trainer import FINAL_CHECKPOINT, EpisodeSource, Trainer
 
 SPLIT_FILE = "split.json"
@@ -43,6 +48,19 @@ def episode_source(sampler: EpisodeSampler, batch_size: int, workers: int, seed:
     return ParallelEpisodes(sampler, batch_size, workers, seed) if workers > 0 else ResumableSampler(sampler)
 
 
+def final_memory_bank(model: IrisModel, bank: SliceBank, split: Split, config: TrainConfig, seed: int
+                      ) -> tuple[MemoryBank, dict[str, Any]]:
+    """The memory bank rebuilt from the final weights at the model's input size; a model trained on slices twice
+    that size also keeps fine entries for its thin classes (as `iris refresh-bank`), with their checks."""
+    size = model.config.image_size
+    if bank.size == size:
+        return refresh_memory_bank(model, bank, split, config.memory_momentum, seed=seed), {}
+    checks: dict[str, FineCheck] = {}
+    memory = refresh_memory_bank(model, bank.resized(size), split, config.memory_momentum, seed=seed,
+                                 fine_bank=bank, checks=checks)
+    return memory, {key: asdict(check) for key, check in checks.items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iris train", description="Episodic training of an IRIS model.")
     parser.add_argument("--out", type=Path, default=Path("runs/default"), help="run folder (checkpoints, logs)")
@@ -52,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument("--image-size", type=int, default=ModelConfig.image_size)
+    parser.add_argument("--image-size", type=int, default=ModelConfig.image_size, help="side of the training slices")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="the model's input size (default: the slices' size); half of it, with "
+                             "--low-res-fraction, trains a model of that size also at twice it, the fine input "
+                             "scale of thin supports")
     parser.add_argument("--synthetic-fraction", type=float, default=TrainConfig.synthetic_fraction)
     parser.add_argument("--superpixel-fraction", type=float, default=TrainConfig.superpixel_fraction,
                         help="share of superpixel pseudo-label episodes")
@@ -92,7 +114,10 @@ def main(argv: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     bank = SliceBank.load(args.bank) if args.bank is not None else None
     image_size = bank.size if bank is not None else args.image_size
-    model_config = ModelConfig(image_size=image_size, similarity_path=not args.no_similarity_path,
+    input_size = args.input_size or image_size
+    if input_size not in (image_size, image_size // FINE_SCALE):
+        raise IrisInputError(f"--input-size must be the slices' size {image_size} or half of it, got {input_size}")
+    model_config = ModelConfig(image_size=input_size, similarity_path=not args.no_similarity_path,
                                prior_size=args.prior_size)
     config = TrainConfig(
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -122,9 +147,10 @@ def main(argv: list[str] | None = None) -> Path:
     result = trainer.fit()
     if trainer.context.is_main:
         loaded = load_checkpoint(result.checkpoint)
-        memory = refresh_memory_bank(loaded.model, bank, split, config.memory_momentum, seed=args.seed)
+        memory, checks = final_memory_bank(loaded.model, bank, split, config, args.seed)
         save_checkpoint(out / FINAL_CHECKPOINT, loaded.model, memory, loaded.training_state,
-                        {**loaded.metadata, "split": split_path.name, "split_fingerprint": split.fingerprint()})
+                        {**loaded.metadata, "split": split_path.name, "split_fingerprint": split.fingerprint(),
+                         **({"memory_bank_fine_checks": checks} if checks else {})})
         summary = {"checkpoint": str(out / FINAL_CHECKPOINT), "iterations": result.iterations,
                    "final_loss": result.final_loss, "seconds": round(result.seconds, 1)}
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -10,12 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from iris_engine.checkpoint import load_checkpoint, save_checkpoint
+from iris_engine.config import TrainConfig
 from iris_engine.data.slices import build_slice_bank
 from iris_engine.data.splits import make_split
 from iris_engine.errors import IrisInputError
 from iris_engine.metrics import dice
 from iris_engine.model.iris import IrisModel
 from iris_engine.training.bank_refresh import FineCheck, check_fine_entry, main, refresh_memory_bank
+from iris_engine.training.run import final_memory_bank
+from iris_engine.training.run import main as train_main
 from tests.unit.test_data_msd_split_bank import _write_msd
 from tests.unit.test_trainer import TINY
 
@@ -92,3 +95,35 @@ def test_the_command_rewrites_only_the_memory_bank(toy) -> None:
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.model.state_dict().items())
     expected = refresh_memory_bank(model, bank, split, 0.999).get("toy2d/disc").tokens
     torch.testing.assert_close(loaded.memory_bank.get("toy2d/disc").tokens, expected)
+
+
+def test_a_bank_resized_to_half_keeps_its_slices_and_recounts_the_areas(toy) -> None:
+    _, _, _, bank, fine_bank = toy
+    half = fine_bank.resized(bank.size)
+    assert half.size == bank.size and half.images.shape == bank.images.shape
+    assert list(half.case_ids) == list(fine_bank.case_ids) and half.class_names == fine_bank.class_names
+    counted = np.stack([np.bincount(lab.ravel(), minlength=half.areas.shape[1]) for lab in half.labels])
+    np.testing.assert_array_equal(half.areas, counted)
+    assert 0.5 * fine_bank.areas[:, 1].sum() / 4 < half.areas[:, 1].sum() <= fine_bank.areas[:, 1].sum() / 4
+
+
+def test_training_on_slices_twice_the_input_size_ends_with_fine_entries(toy) -> None:
+    _, split, model, bank, fine_bank = toy
+    same, no_checks = final_memory_bank(model, bank, split, TrainConfig(), seed=0)
+    assert no_checks == {} and not same.has_fine("toy2d/disc")
+    torch.testing.assert_close(same.get("toy2d/disc").tokens, refresh_memory_bank(
+        model, bank, split, 0.999).get("toy2d/disc").tokens)
+    memory, checks = final_memory_bank(model, fine_bank, split, TrainConfig(), seed=0)
+    expected = refresh_memory_bank(model, fine_bank.resized(bank.size), split, 0.999, fine_bank=fine_bank)
+    torch.testing.assert_close(memory.get("toy2d/disc").tokens, expected.get("toy2d/disc").tokens)
+    assert memory.has_fine("toy2d/disc") == expected.has_fine("toy2d/disc")
+    assert set(checks) <= {"toy2d/disc"} and all({"slices", "plain", "fine"} <= set(c) for c in checks.values())
+
+
+def test_the_input_size_must_be_the_slices_size_or_half_of_it(toy) -> None:
+    root, split, _, _, fine_bank = toy
+    fine_bank.save(root / "bank.npz")
+    split.save(root / "split.json")
+    with pytest.raises(IrisInputError, match="--input-size must be"):
+        train_main(["--out", str(root / "run"), "--bank", str(root / "bank.npz"), "--split", str(root / "split.json"),
+                    "--input-size", str(fine_bank.size // 4)])
