@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "assets" / "weights" / "iris2d.pt"
 CASES = ("encode_task", "slice256", "slice256_thin", "volume128", "volume128_thin", "volume128_3d", "context_ensemble",
          "tuning20")
-BACKENDS = ("eager", "auto", "compiled", "onnx")  # auto: the engine's default (ONNX Runtime for CPU volumes)
+BACKENDS = ("eager", "auto", "compiled", "onnx", "bf16")  # auto: the engine's default (bf16 on a CPU with native
+# bfloat16, else ONNX Runtime for CPU volumes); eager: PyTorch float32
 BATCHED = ("volume128", "volume128_thin", "volume128_3d")  # the only cases with more than one query slice
 SEGMENT_CASES = ("slice256", "slice256_thin", "volume128", "volume128_thin")  # what the exported query path serves
 CLASS = ["organ"]
@@ -62,7 +63,7 @@ def _model(weights: Path, spatial_dims: int) -> IrisModel:
 def _workload(case: str, backend: str, batch: int, device: str, weights: Path, slices: int) -> Callable[[], object]:
     """The call to time (after its set-up: model, inputs, cached embedding where the case says so)."""
     model = _model(weights, 3 if case == "volume128_3d" else 2)
-    engine_backend = backend if backend in ("auto", "onnx") else "eager"
+    engine_backend = backend if backend in ("auto", "onnx", "bf16") else "eager"
     config = InferenceConfig(device=device, batch_size=batch, backend=engine_backend)
     if backend == "compiled":
         model.encoder = torch.compile(model.encoder)

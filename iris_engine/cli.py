@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--min-size", type=_non_negative_int, default=0, metavar="VOXELS",
                      help="remove components smaller than this (0: keep all)")
     seg.add_argument("--precision", choices=PRECISIONS, default="auto",
-                     help="autocast for the query forward passes; auto: bf16 (else fp16) on CUDA, fp32 on CPU")
+                     help="autocast for the query forward passes; auto: bf16 (else fp16) on CUDA, bf16 on a CPU with "
+                          "native bfloat16, else fp32")
     seg.add_argument("--threads", type=_non_negative_int, default=0, help="CPU threads for torch (0: torch default)")
     seg.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder (slow start)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -190,9 +191,11 @@ def _check_device(device: str) -> None:
         raise IrisInputError("--device cuda was asked for but no CUDA device is available")
 
 
-def _load_segmenter(weights: Path, device: str, batch_size: int, threshold: float) -> IrisSegmenter:
+def _load_segmenter(weights: Path, device: str, batch_size: int, threshold: float, precision: str = "auto"
+                    ) -> IrisSegmenter:
     _check_device(device)
-    config = InferenceConfig(device=device, batch_size=batch_size, threshold=threshold)
+    config = InferenceConfig(device=device, batch_size=batch_size, threshold=threshold,
+                             cpu_bf16=precision in ("auto", "bf16"))
     return IrisSegmenter.from_checkpoint(weights, config)
 
 
@@ -297,7 +300,8 @@ def _fit_name(stem: str, ending: str) -> str:
 
 
 def resolve_precision(device: str, precision: str) -> str:
-    """'auto' -> bf16/fp16 on CUDA, fp32 on CPU; any other choice is kept."""
+    """'auto' -> bf16/fp16 on CUDA, fp32 on CPU (where the engine's backend takes bf16 if the CPU has it natively,
+    `onnx_runtime.choose_backend`); any other choice is kept."""
     if precision != "auto":
         return precision
     return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
@@ -429,7 +433,7 @@ def run_segment(args: argparse.Namespace) -> int:
     if strategy != "memory_bank" and not args.support:
         raise IrisInputError(f"{strategy} needs at least one --support IMAGE MASK")
     inputs = discover_inputs(args.input)
-    segmenter = _load_segmenter(args.weights, args.device, args.batch_size, args.threshold)
+    segmenter = _load_segmenter(args.weights, args.device, args.batch_size, args.threshold, args.precision)
     supports = read_supports(args.support, args.max_classes)
     names = resolve_classes(args.classes, supports, strategy, segmenter.memory_bank.class_names)
     embedding, scale = task_embedding(segmenter, strategy, supports, names, args.tuning_steps)

@@ -135,7 +135,9 @@ class InferenceConfig:
     tuning_lr: float = 1e-2
     batch_size: int = 8
     device: str = "cpu"
-    backend: str = "auto"  # query path: "eager" PyTorch, "onnx" Runtime, or "auto" (ONNX for CPU volumes)
+    backend: str = "auto"  # query path: "eager" PyTorch, "bf16" PyTorch under bfloat16 autocast, "onnx" Runtime, or
+    # "auto": bf16 on a CPU with native bfloat16 when `cpu_bf16`, else ONNX for CPU volumes (`onnx_runtime.py`)
+    cpu_bf16: bool = True  # False keeps float32 on every CPU
     onnx_min_queries: int = 32
     fine_scale_thickness: float = 3.5  # model-grid pixels: thinner support structures run at 2x the input size; 0 off
 

@@ -1,6 +1,7 @@
 """ONNX Runtime for the query path (encoder + mask decoder, the graph of `export.py`).
 
-On these CPUs it runs a stack of slices about 1.5x faster than eager PyTorch (benchmarks/results.md). A session is
+Where the CPU lacks native bfloat16 (else the default is the "bf16" backend, `native_bf16`), it runs a stack of
+slices about 1.5x faster than eager float32 PyTorch (benchmarks/results.md, benchmarks/bf16.md). A session is
 built in memory once per model and query size (the model's input size, or twice it for a thin structure,
 `input_scale.py`; a few seconds) and rebuilt when the model's weights change; in-context tuning and anything else
 that needs gradients stays on PyTorch.
@@ -22,7 +23,7 @@ from iris_engine.export import export_onnx, onnx_session, run_onnx
 from iris_engine.input_scale import FINE_SCALE
 from iris_engine.model.iris import IrisModel
 
-BACKENDS = ("auto", "eager", "onnx")
+BACKENDS = ("auto", "eager", "bf16", "onnx")
 LOG = logging.getLogger(__name__)
 
 
@@ -70,6 +71,12 @@ def query_path(model: IrisModel, size: int | None = None) -> OnnxQueryPath:
         return path
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN with AVX512-BF16 or AMX), where the query path under
+    bfloat16 autocast runs about 1.8x faster than float32 at the same Dice (benchmarks/results.md)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def choose_backend(config: InferenceConfig, model: IrisModel, queries: torch.Tensor) -> str:
     """'eager' or 'onnx' for a stack of model-space queries: 'auto' takes ONNX Runtime for CPU stacks of at
     least `config.onnx_min_queries` slices (a volume), where building the session once pays off."""
@@ -78,6 +85,8 @@ def choose_backend(config: InferenceConfig, model: IrisModel, queries: torch.Ten
     if config.backend != "auto":
         return config.backend
     on_cpu = config.device == "cpu" and next(model.parameters()).device.type == "cpu"
+    if on_cpu and config.cpu_bf16 and native_bf16():
+        return "bf16"
     big = queries.shape[0] >= config.onnx_min_queries
     side = queries.shape[-1]
     model_space = side in session_sizes(model) and all(s == side for s in queries.shape[2:])

@@ -99,13 +99,18 @@ def predict_probabilities(
 ) -> torch.Tensor:
     """Sigmoid probabilities (B, K, *S); queries are processed in batches, the embedding is reused.
 
-    backend "onnx" runs the query path on ONNX Runtime (`onnx_runtime.py`), "eager" on PyTorch."""
+    backend "onnx" runs the query path on ONNX Runtime (`onnx_runtime.py`), "eager" on PyTorch, "bf16" on PyTorch
+    under CPU bfloat16 autocast."""
     device = next(model.parameters()).device
     tokens = embedding.tokens.to(device)
     session = onnx_runtime.query_path(model, queries.shape[-1]) if backend == "onnx" else None
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=backend == "bf16")
 
     def run(chunk: torch.Tensor) -> torch.Tensor:
-        return model.segment(chunk.to(device), tokens) if session is None else session.logits(chunk, tokens)
+        if session is not None:
+            return session.logits(chunk, tokens)
+        with autocast:
+            return model.segment(chunk.to(device), tokens).float()
 
     outputs = []
     with torch.no_grad():
@@ -172,7 +177,8 @@ def context_ensemble(
                 [embedding.class_names[j] for j in index],
             )
             probabilities = torch.zeros(queries.shape[0], len(present), *queries.shape[2:])
-            probabilities[:, index] = predict_probabilities(model, queries, single, config.batch_size)
+            backend = onnx_runtime.choose_backend(config, model, queries)
+            probabilities[:, index] = predict_probabilities(model, queries, single, config.batch_size, backend)
             per_support.append((probabilities, present))
         total = sum(p * present.view(1, -1, *[1] * (p.ndim - 2)) for p, present in per_support)
         count = sum(present.float() for _, present in per_support).view(1, -1, *[1] * (queries.ndim - 2))

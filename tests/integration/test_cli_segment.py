@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from iris_engine.checkpoint import save_checkpoint
-from iris_engine.cli import main
+from iris_engine.cli import _load_segmenter, main
 from iris_engine.config import ModelConfig
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
@@ -159,3 +159,8 @@ def test_a_thin_support_segments_the_folder_at_twice_the_input_size(workspace, t
     assert sizes and set(sizes) == {2 * TINY.image_size}
     assert Image.open(out / "a_seg.png").size == (40, 48)
     assert nib.load(out / "vol_seg.nii.gz").shape == (20, 24, 6)
+
+
+def test_precision_fp32_keeps_float32_where_the_cpu_has_bfloat16(workspace):
+    for precision, bf16 in (("fp32", False), ("auto", True), ("bf16", True)):
+        assert _load_segmenter(workspace["weights"], "cpu", 8, 0.5, precision).config.cpu_bf16 is bf16

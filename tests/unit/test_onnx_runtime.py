@@ -30,9 +30,30 @@ def embedding_of(model: IrisModel, classes: int = 2) -> TaskEmbedding:
     return strategies.encode_supports(model, image, masks)
 
 
+def test_auto_takes_bf16_on_a_cpu_with_native_bfloat16_unless_float32_is_asked(monkeypatch):
+    model = tiny(0)
+    monkeypatch.setattr(onnx_runtime, "native_bf16", lambda: True)
+    assert onnx_runtime.choose_backend(InferenceConfig(), model, torch.zeros(1, 1, 32, 32)) == "bf16"
+    assert onnx_runtime.choose_backend(InferenceConfig(onnx_min_queries=1), model, torch.zeros(9, 1, 64, 64)) == "bf16"
+    assert onnx_runtime.choose_backend(InferenceConfig(cpu_bf16=False), model, torch.zeros(1, 1, 32, 32)) == "eager"
+    monkeypatch.setattr(onnx_runtime, "native_bf16", lambda: False)
+    assert onnx_runtime.choose_backend(InferenceConfig(), model, torch.zeros(1, 1, 32, 32)) == "eager"
+
+
+def test_bf16_probabilities_stay_close_to_float32():
+    model = tiny(0)
+    embedding = embedding_of(model)
+    queries = torch.randn(5, 1, 32, 32)
+    eager = strategies.predict_probabilities(model, queries, embedding, batch_size=2, backend="eager")
+    bf16 = strategies.predict_probabilities(model, queries, embedding, batch_size=2, backend="bf16")
+    assert bf16.dtype == torch.float32 and bf16.shape == eager.shape
+    assert not torch.equal(bf16, eager)  # it did run in bfloat16
+    torch.testing.assert_close(bf16, eager, atol=0.03, rtol=0.0)
+
+
 def test_auto_takes_onnx_for_a_volume_and_pytorch_for_a_few_slices():
     model = tiny(0)
-    config = InferenceConfig(onnx_min_queries=6)
+    config = InferenceConfig(onnx_min_queries=6, cpu_bf16=False)
     assert onnx_runtime.choose_backend(config, model, torch.zeros(5, 1, 32, 32)) == "eager"
     assert onnx_runtime.choose_backend(config, model, torch.zeros(6, 1, 32, 32)) == "onnx"
     assert onnx_runtime.choose_backend(config, model, torch.zeros(6, 1, 64, 64)) == "onnx"  # a thin structure's 2x
@@ -51,7 +72,8 @@ def test_onnx_probabilities_equal_pytorch():
     onnx = strategies.predict_probabilities(model, queries, embedding, batch_size=3, backend="onnx")
     assert onnx.shape == eager.shape == (7, 2, 32, 32)
     torch.testing.assert_close(onnx, eager, atol=1e-4, rtol=1e-4)
-    result = strategies.segment_with_embedding(model, queries, embedding, InferenceConfig(onnx_min_queries=4))
+    result = strategies.segment_with_embedding(model, queries, embedding,
+                                               InferenceConfig(onnx_min_queries=4, cpu_bf16=False))
     torch.testing.assert_close(result.probabilities, eager, atol=1e-4, rtol=1e-4)
 
 

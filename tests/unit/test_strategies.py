@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from iris_engine import onnx_runtime
 from iris_engine.config import InferenceConfig, ModelConfig
 from iris_engine.errors import IrisInputError
 from iris_engine.memory_bank import MemoryBank
@@ -23,6 +24,12 @@ TINY = ModelConfig(
     encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
     task_encoder_layers=1, decoder_layers=1, num_query_tokens=4,
 )
+
+
+@pytest.fixture(autouse=True)
+def float32(monkeypatch):
+    """The strategies' algebra is checked to 1e-6 in float32 (bfloat16 has its own tests in test_onnx_runtime)."""
+    monkeypatch.setattr(onnx_runtime, "native_bf16", lambda: False)
 
 
 @pytest.fixture(scope="module")
