@@ -9,6 +9,7 @@ that needs gradients stays on PyTorch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import threading
@@ -71,15 +72,17 @@ def query_path(model: IrisModel, size: int | None = None) -> OnnxQueryPath:
         return path
 
 
+@functools.cache
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (oneDNN with AVX512-BF16 or AMX), where the query path under
-    bfloat16 autocast runs about 1.8x faster than float32 at the same Dice (benchmarks/results.md)."""
+    bfloat16 autocast runs 1.3-2x faster than in float32 at the same Dice (benchmarks/bf16.md)."""
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def choose_backend(config: InferenceConfig, model: IrisModel, queries: torch.Tensor) -> str:
-    """'eager' or 'onnx' for a stack of model-space queries: 'auto' takes ONNX Runtime for CPU stacks of at
-    least `config.onnx_min_queries` slices (a volume), where building the session once pays off."""
+    """'eager', 'bf16' or 'onnx' for a stack of model-space queries: 'auto' takes bf16 on a CPU with native
+    bfloat16 (unless `config.cpu_bf16` is off), else ONNX Runtime for CPU stacks of at least
+    `config.onnx_min_queries` slices (a volume), where building the session once pays off."""
     if config.backend not in BACKENDS:
         raise IrisInputError(f"unknown inference backend '{config.backend}'; choose one of {', '.join(BACKENDS)}")
     if config.backend != "auto":
