@@ -40,12 +40,19 @@ def test_auto_takes_bf16_on_a_cpu_with_native_bfloat16_unless_float32_is_asked(m
     assert onnx_runtime.choose_backend(InferenceConfig(), model, torch.zeros(1, 1, 32, 32)) == "eager"
 
 
-def test_bf16_probabilities_stay_close_to_float32():
+def by_backend(backend: str, count: int, batch_size: int
+               ) -> tuple[IrisModel, TaskEmbedding, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A tiny model, its embedding, `count` random queries, and their probabilities on eager PyTorch and `backend`."""
     model = tiny(0)
     embedding = embedding_of(model)
-    queries = torch.randn(5, 1, 32, 32)
-    eager = strategies.predict_probabilities(model, queries, embedding, batch_size=2, backend="eager")
-    bf16 = strategies.predict_probabilities(model, queries, embedding, batch_size=2, backend="bf16")
+    queries = torch.randn(count, 1, 32, 32)
+    eager, other = (strategies.predict_probabilities(model, queries, embedding, batch_size=batch_size, backend=name)
+                    for name in ("eager", backend))
+    return model, embedding, queries, eager, other
+
+
+def test_bf16_probabilities_stay_close_to_float32():
+    _, _, _, eager, bf16 = by_backend("bf16", 5, 2)
     assert bf16.dtype == torch.float32 and bf16.shape == eager.shape
     assert not torch.equal(bf16, eager)  # it did run in bfloat16
     torch.testing.assert_close(bf16, eager, atol=0.03, rtol=0.0)
@@ -65,11 +72,7 @@ def test_auto_takes_onnx_for_a_volume_and_pytorch_for_a_few_slices():
 
 
 def test_onnx_probabilities_equal_pytorch():
-    model = tiny(0)
-    embedding = embedding_of(model)
-    queries = torch.randn(7, 1, 32, 32)
-    eager = strategies.predict_probabilities(model, queries, embedding, batch_size=3, backend="eager")
-    onnx = strategies.predict_probabilities(model, queries, embedding, batch_size=3, backend="onnx")
+    model, embedding, queries, eager, onnx = by_backend("onnx", 7, 3)
     assert onnx.shape == eager.shape == (7, 2, 32, 32)
     torch.testing.assert_close(onnx, eager, atol=1e-4, rtol=1e-4)
     result = strategies.segment_with_embedding(model, queries, embedding,
