@@ -195,6 +195,7 @@ def _load_segmenter(weights: Path, device: str, batch_size: int, threshold: floa
                     ) -> IrisSegmenter:
     _check_device(device)
     config = InferenceConfig(device=device, batch_size=batch_size, threshold=threshold,
+                             backend="bf16" if device == "cpu" and precision == "bf16" else "auto",
                              cpu_bf16=precision in ("auto", "bf16"))
     return IrisSegmenter.from_checkpoint(weights, config)
 
@@ -299,19 +300,14 @@ def _fit_name(stem: str, ending: str) -> str:
     return f"{head}-{digest}"
 
 
-def resolve_precision(device: str, precision: str) -> str:
-    """'auto' -> bf16/fp16 on CUDA, fp32 on CPU (where the engine's backend takes bf16 if the CPU has it natively,
-    `onnx_runtime.choose_backend`); any other choice is kept."""
-    if precision != "auto":
-        return precision
-    return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "fp32"
-
-
-def autocast_context(device: str, precision: str) -> AbstractContextManager[object]:
-    """Mixed precision for query forward passes: bf16/fp16 autocast on CUDA, fp32 on CPU unless asked."""
-    precision = resolve_precision(device, precision)
-    if precision == "fp32":
-        return nullcontext()
+def autocast_context(device: str, precision: str) -> AbstractContextManager[object] | None:
+    """Mixed precision the command wraps the query forward passes in: bf16 (else fp16) on CUDA for 'auto', fp16 on
+    a CPU when asked; None where the engine's backend decides (`_load_segmenter`: CPU bf16 is its 'bf16' backend,
+    chosen by 'auto' on a CPU with native bfloat16) or for fp32."""
+    if device == "cuda" and precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision in ("auto", "fp32") or (device == "cpu" and precision == "bf16"):
+        return None
     return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
@@ -327,8 +323,7 @@ class BatchSegmenter:
             remove_small_objects=args.min_size > 0, min_size=args.min_size,
             fill_holes=args.fill_holes, keep_largest_component=args.largest_component,
         )
-        self.precision = autocast_context(args.device, args.precision)
-        self.fp32 = resolve_precision(args.device, args.precision) == "fp32"  # ONNX Runtime runs fp32 only
+        self.autocast = autocast_context(args.device, args.precision)
         self.pending: list[_Job] = []
         self.results: list[FileResult] = []
 
@@ -354,8 +349,8 @@ class BatchSegmenter:
         model = self.segmenter.model
         try:
             queries = torch.cat([job.queries for job in jobs])
-            backend = onnx_runtime.choose_backend(self.segmenter.config, model, queries) if self.fp32 else "eager"
-            with self.precision:
+            backend = "eager" if self.autocast else onnx_runtime.choose_backend(self.segmenter.config, model, queries)
+            with self.autocast or nullcontext():
                 probabilities = strategies.predict_probabilities(
                     model, queries, self.embedding, self.args.batch_size, backend
                 )

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from iris_engine.checkpoint import save_checkpoint
-from iris_engine.cli import _load_segmenter, main
+from iris_engine.cli import _load_segmenter, autocast_context, main
 from iris_engine.config import ModelConfig
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
@@ -162,5 +162,9 @@ def test_a_thin_support_segments_the_folder_at_twice_the_input_size(workspace, t
 
 
 def test_precision_fp32_keeps_float32_where_the_cpu_has_bfloat16(workspace):
-    for precision, bf16 in (("fp32", False), ("auto", True), ("bf16", True)):
-        assert _load_segmenter(workspace["weights"], "cpu", 8, 0.5, precision).config.cpu_bf16 is bf16
+    for precision, backend, bf16 in (("fp32", "auto", False), ("auto", "auto", True), ("bf16", "bf16", True),
+                                     ("fp16", "auto", False)):
+        config = _load_segmenter(workspace["weights"], "cpu", 8, 0.5, precision).config
+        assert (config.backend, config.cpu_bf16) == (backend, bf16)
+    assert autocast_context("cpu", "bf16") is None and autocast_context("cpu", "auto") is None
+    assert autocast_context("cpu", "fp32") is None and autocast_context("cpu", "fp16") is not None
