@@ -59,6 +59,11 @@ def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
     return out.numpy()
 
 
+def class_areas(labels: np.ndarray, n_values: int) -> np.ndarray:
+    """(N, n_values) pixel count of every label value 0 .. n_values - 1 in each of the (N, H, W) label maps."""
+    return np.stack([np.bincount(lab.ravel(), minlength=n_values)[:n_values] for lab in labels]).astype(np.int32)
+
+
 @dataclass
 class SliceBank:
     """2D slices at S x S: float16 z-scored images and uint8 label maps with per-slice provenance.
@@ -112,9 +117,8 @@ class SliceBank:
     def resized(self, size: int) -> SliceBank:
         """The same slices at size x size (images antialiased, labels by largest area)."""
         labels = resize_labels(self.labels, size)
-        areas = np.stack([np.bincount(lab.ravel(), minlength=self.areas.shape[1])[: self.areas.shape[1]]
-                          for lab in labels]).astype(np.int32)
-        return replace(self, size=size, images=resize_images(self.images, size), labels=labels, areas=areas)
+        return replace(self, size=size, images=resize_images(self.images, size), labels=labels,
+                       areas=class_areas(labels, self.areas.shape[1]))
 
     def save(self, path: str | Path, compact: bool = False) -> None:
         """Write an uncompressed .npz (fast to load); `compact`: each image as 8 bits between its minimum and
@@ -286,7 +290,7 @@ def build_slice_bank(
             print(f"slice bank: {name} in {time.perf_counter() - t0:.1f} s", flush=True)
     labels = np.concatenate(parts["labels"])
     n_values = max([len(v) for v in class_names.values()], default=0) + 1
-    areas = np.stack([np.bincount(lab.ravel(), minlength=n_values)[:n_values] for lab in labels]).astype(np.int32)
+    areas = class_areas(labels, n_values)
     bank = SliceBank(
         size=size,
         datasets=list(names),
