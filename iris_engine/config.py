@@ -150,7 +150,7 @@ class TrainConfig:
     `same_volume_fraction` (3D sets) pair slices of one volume and `task_augment_prob` are task-augmented.
     The v1 recipe is synthetic_fraction=0.3 with the other three at 0 and ModelConfig(similarity_path=False).
     `low_res_fraction` of the batches are averaged down to half the image size, so that one model serves
-    both sizes.
+    both sizes (with `fine_thin_only`, the full-size ones on thin targets only).
     """
 
     iterations: int = 3000
@@ -168,6 +168,9 @@ class TrainConfig:
     same_volume_fraction: float = 0.35
     task_augment_prob: float = 0.5
     low_res_fraction: float = 0.0
+    # with low_res_fraction: the full-size batches train on thin targets only (each thicker class becomes its
+    # boundary band), as the engine reads only thin supports at the fine input scale
+    fine_thin_only: bool = False
     seed: int = 0
     checkpoint_every: int = 250
     log_every: int = 25

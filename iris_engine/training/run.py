@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "the full limit again)")
     parser.add_argument("--low-res-fraction", type=float, default=TrainConfig.low_res_fraction,
                         help="share of batches averaged down to half the image size (one model for both sizes)")
+    parser.add_argument("--fine-thin-only", action="store_true",
+                        help="with --low-res-fraction: the full-size batches train on thin targets only (thicker "
+                             "classes become their boundary bands), as the engine reads only thin supports at 2x")
     parser.add_argument("--fit-schedule-to-time", action="store_true",
                         help="end the learning-rate decay when the time limit ends (at most --iterations)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> Path:
         synthetic_fraction=args.synthetic_fraction, superpixel_fraction=args.superpixel_fraction,
         same_volume_fraction=args.same_volume_fraction, task_augment_prob=args.task_augment_prob,
         warmup_iterations=min(args.warmup_iterations, args.iterations), num_threads=args.threads, model=model_config,
-        low_res_fraction=args.low_res_fraction,
+        low_res_fraction=args.low_res_fraction, fine_thin_only=args.fine_thin_only,
     )
     datasets = tuple(args.datasets) if args.datasets else None
     split_path = out / SPLIT_FILE

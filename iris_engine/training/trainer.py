@@ -19,7 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from iris_engine.checkpoint import load_checkpoint, save_checkpoint
-from iris_engine.config import TrainConfig
+from iris_engine.config import InferenceConfig, TrainConfig
+from iris_engine.input_scale import FINE_SCALE, structure_thickness
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
 from iris_engine.training.distributed import DistributedContext, all_reduce_mean, init_distributed
@@ -95,6 +96,26 @@ def half_resolution(batch: EpisodeBatchLike) -> None:
         value = getattr(batch, name)
         small = F.interpolate(value.flatten(0, 1), scale_factor=0.5, mode="area").unflatten(0, value.shape[:2])
         setattr(batch, name, small if name.endswith("images") else (small >= 0.5).float())
+
+
+def thin_targets(batch: EpisodeBatchLike, max_thickness: float, widths: tuple[int, ...] = (1, 2, 3)) -> None:
+    """In place: each episode's class whose support masks are `max_thickness` pixels thick or more becomes its
+    inner boundary band (a random width of `widths` pixels), in its supports and queries alike; such episodes no
+    longer name their structure (they update no memory-bank entry)."""
+    count = batch.support_masks.shape[0]
+    unnamed = list(getattr(batch, "synthetic", None) or [False] * count)
+    for b in range(count):
+        thick = structure_thickness(batch.support_masks[b]) >= max_thickness
+        if not bool(thick.any()):
+            continue
+        width = random.choice(widths)
+        for name in ("support_masks", "query_masks"):
+            masks = getattr(batch, name)
+            chosen = masks[b][:, thick]
+            inner = 1.0 - F.max_pool2d(1.0 - chosen, 2 * width + 1, stride=1, padding=width)
+            masks[b][:, thick] = chosen * (1.0 - inner)
+        unnamed[b] = True
+    batch.synthetic = unnamed
 
 
 def _episode_embeddings(
@@ -230,6 +251,8 @@ class Trainer:
             setattr(batch, name, getattr(batch, name).to(self.device))
         if self.config.low_res_fraction > 0 and random.random() < self.config.low_res_fraction:
             half_resolution(batch)
+        elif self.config.fine_thin_only:
+            thin_targets(batch, FINE_SCALE * InferenceConfig.fine_scale_thickness)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         with autocast:
             if self.context.enabled:

@@ -15,6 +15,7 @@ import torch
 from iris_engine.checkpoint import load_checkpoint
 from iris_engine.config import ModelConfig, TrainConfig
 from iris_engine.data.toy import ToyEpisodes
+from iris_engine.input_scale import structure_thickness
 from iris_engine.training.trainer import (
     FINAL_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -22,6 +23,7 @@ from iris_engine.training.trainer import (
     Trainer,
     half_resolution,
     lr_factor,
+    thin_targets,
 )
 
 TINY = ModelConfig(
@@ -169,6 +171,7 @@ DDP_SCRIPT = textwrap.dedent(
 
     from iris_engine.config import ModelConfig, TrainConfig
     from iris_engine.data.toy import ToyEpisodes
+from iris_engine.input_scale import structure_thickness
     from iris_engine.training.trainer import Trainer
 
     out = Path(sys.argv[1])
@@ -220,6 +223,29 @@ def test_half_resolution_averages_images_and_keeps_masks_binary():
     assert torch.allclose(batch.query_images.mean(dim=(-1, -2)), images.mean(dim=(-1, -2)), atol=1e-5)
     assert set(batch.query_masks.unique().tolist()) <= {0.0, 1.0}
     assert torch.allclose(batch.query_masks.mean(dim=(-1, -2)), masks.mean(dim=(-1, -2)), atol=0.1)
+
+
+def test_thin_targets_turn_thick_classes_into_bands_and_keep_thin_ones():
+    batch = ToyEpisodes(size=32, seed=2).sample_batch(2)
+    batch.support_masks, batch.query_masks = torch.zeros(2, 1, 2, 32, 32), torch.zeros(2, 1, 2, 32, 32)
+    batch.support_masks[:, :, 0, 4:28, 4:28] = 1.0  # thick in support and query
+    batch.query_masks[:, :, 0, 6:30, 5:27] = 1.0
+    batch.support_masks[:, :, 1, 16, 2:30] = 1.0  # a one-pixel line: thin already
+    batch.query_masks[:, :, 1, 17, 2:30] = 1.0
+    thin_line = batch.query_masks[:, :, 1].clone()
+    thin_targets(batch, max_thickness=7.0)
+    assert structure_thickness(batch.support_masks[0])[0] < 7.0
+    assert torch.equal(batch.query_masks[:, :, 1], thin_line)
+    band = batch.query_masks[0, 0, 0]
+    assert band[6:30, 5:27].sum() == band.sum() > 0 and band[12:24, 12:20].sum() == 0  # the inner band of the query
+    assert set(batch.query_masks.unique().tolist()) <= {0.0, 1.0}
+    assert batch.synthetic == [True, True]  # band tasks name no structure: no memory-bank update
+
+
+def test_thin_full_size_batches_train(tmp_path):
+    result = Trainer(train_config(iterations=3, low_res_fraction=0.5, fine_thin_only=True), ToyEpisodes(seed=1),
+                     tmp_path, show_progress=False).fit()
+    assert result.iterations == 3 and math.isfinite(result.final_loss)
 
 
 def test_low_resolution_batches_train_the_same_model(tmp_path):
