@@ -105,7 +105,8 @@ def thin_targets(batch: EpisodeBatchLike, max_thickness: float, widths: tuple[in
     count = batch.support_masks.shape[0]
     unnamed = list(getattr(batch, "synthetic", None) or [False] * count)
     for b in range(count):
-        thick = structure_thickness(batch.support_masks[b]) >= max_thickness
+        thickness = structure_thickness(batch.support_masks[b])  # inf for an empty slot: nothing to change there
+        thick = torch.isfinite(thickness) & (thickness >= max_thickness)
         if not bool(thick.any()):
             continue
         width = random.choice(widths)

@@ -171,7 +171,6 @@ DDP_SCRIPT = textwrap.dedent(
 
     from iris_engine.config import ModelConfig, TrainConfig
     from iris_engine.data.toy import ToyEpisodes
-from iris_engine.input_scale import structure_thickness
     from iris_engine.training.trainer import Trainer
 
     out = Path(sys.argv[1])
@@ -240,6 +239,11 @@ def test_thin_targets_turn_thick_classes_into_bands_and_keep_thin_ones():
     assert band[6:30, 5:27].sum() == band.sum() > 0 and band[12:24, 12:20].sum() == 0  # the inner band of the query
     assert set(batch.query_masks.unique().tolist()) <= {0.0, 1.0}
     assert batch.synthetic == [True, True]  # band tasks name no structure: no memory-bank update
+    thin_only = ToyEpisodes(size=32, seed=2).sample_batch(1)
+    thin_only.support_masks, thin_only.query_masks = torch.zeros(1, 1, 2, 32, 32), torch.zeros(1, 1, 2, 32, 32)
+    thin_only.support_masks[0, 0, 0, 16, 2:30] = 1.0  # a thin class beside an empty slot: nothing to change
+    thin_targets(thin_only, max_thickness=7.0)
+    assert thin_only.synthetic == [False]
 
 
 def test_thin_full_size_batches_train(tmp_path):
