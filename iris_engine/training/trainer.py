@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from iris_engine.checkpoint import load_checkpoint, save_checkpoint
 from iris_engine.config import InferenceConfig, TrainConfig
+from iris_engine.data.pseudo_tasks import boundary_band
 from iris_engine.input_scale import FINE_SCALE, structure_thickness
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
@@ -112,9 +113,9 @@ def thin_targets(batch: EpisodeBatchLike, max_thickness: float, widths: tuple[in
         width = random.choice(widths)
         for name in ("support_masks", "query_masks"):
             masks = getattr(batch, name)
-            chosen = masks[b][:, thick]
-            inner = 1.0 - F.max_pool2d(1.0 - chosen, 2 * width + 1, stride=1, padding=width)
-            masks[b][:, thick] = chosen * (1.0 - inner)
+            chosen = masks[b][:, thick].cpu().numpy() >= 0.5
+            bands = np.stack([[boundary_band(mask, width) for mask in row] for row in chosen])
+            masks[b][:, thick] = torch.from_numpy(bands).to(masks)
         unnamed[b] = True
     batch.synthetic = unnamed
 
