@@ -25,18 +25,21 @@ from scipy import ndimage
 from iris_engine import strategies
 from iris_engine.checkpoint import load_checkpoint
 from iris_engine.config import InferenceConfig, ModelConfig
+from iris_engine.correspondence import CorrespondenceConfig
 from iris_engine.inference import IrisSegmenter, Support
 from iris_engine.io.volume import Volume
 from iris_engine.model.iris import IrisModel
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "assets" / "weights" / "iris2d.pt"
-CASES = ("encode_task", "slice256", "slice256_thin", "volume128", "volume128_thin", "volume128_3d", "context_ensemble",
-         "tuning20")
+CASES = ("encode_task", "slice256", "slice256_thin", "slice256_thin_novote", "volume128", "volume128_thin",
+         "volume128_thin_novote", "volume128_3d", "context_ensemble", "tuning20")  # _novote: the support-correspondence
+# vote of thin structures off (`CorrespondenceConfig(weight=0)`), to time it side by side
 BACKENDS = ("eager", "auto", "compiled", "onnx", "bf16")  # auto: the engine's default (bf16 on a CPU with native
 # bfloat16, else ONNX Runtime for CPU volumes); eager: PyTorch float32
-BATCHED = ("volume128", "volume128_thin", "volume128_3d")  # the only cases with more than one query slice
-SEGMENT_CASES = ("slice256", "slice256_thin", "volume128", "volume128_thin")  # what the exported query path serves
+BATCHED = ("volume128", "volume128_thin", "volume128_thin_novote", "volume128_3d")  # more than one query slice
+SEGMENT_CASES = ("slice256", "slice256_thin", "slice256_thin_novote", "volume128", "volume128_thin",
+                 "volume128_thin_novote")  # what the exported query path serves
 CLASS = ["organ"]
 
 
@@ -64,12 +67,13 @@ def _workload(case: str, backend: str, batch: int, device: str, weights: Path, s
     """The call to time (after its set-up: model, inputs, cached embedding where the case says so)."""
     model = _model(weights, 3 if case == "volume128_3d" else 2)
     engine_backend = backend if backend in ("auto", "onnx", "bf16") else "eager"
-    config = InferenceConfig(device=device, batch_size=batch, backend=engine_backend)
+    vote = CorrespondenceConfig(weight=0.0) if case.endswith("_novote") else CorrespondenceConfig()
+    config = InferenceConfig(device=device, batch_size=batch, backend=engine_backend, correspondence=vote)
     if backend == "compiled":
         model.encoder = torch.compile(model.encoder)
         model.decoder = torch.compile(model.decoder)
     support_volume, support_mask = _disk_volume((256, 256), 0)
-    support = Support(support_volume, _thin(support_mask) if case.endswith("_thin") else support_mask)
+    support = Support(support_volume, _thin(support_mask) if "_thin" in case else support_mask)
     query, _ = _disk_volume((256, 256), 1)
     if case == "encode_task":
         segmenter = IrisSegmenter(model, config=config)
@@ -161,6 +165,18 @@ def _row(case: str, backend: str, batch: int | None, device: str, result: dict |
     return cells + [f"{result['median_s']:.3f}", f"{result['first_s']:.3f}", f"{result['peak_mb']:.0f}", ""]
 
 
+def _vote_ratios(rows: list[list[str]]) -> list[str]:
+    """Median time with the support-correspondence vote over that without it, per thin row timed both ways."""
+    timed = {(row[0], row[1], row[2]): float(row[3]) for row in rows if row[3] != "-"}
+    out = []
+    for (case, backend, batch), seconds in timed.items():
+        without = timed.get((f"{case}_novote", backend, batch))
+        if case.endswith("_thin") and without:
+            out.append(f"- {case} {backend} batch {batch}: with / without the vote {seconds:.3f} / {without:.3f} s"
+                       f" = {seconds / without:.2f}x")
+    return out
+
+
 def _plan(cases: list[str], backends: list[str], devices: list[str]) -> list[tuple[str, str, int | None, str]]:
     plan = []
     for device in devices:
@@ -209,6 +225,10 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"# Inference benchmark\n\nMachine: {_machine()}  \nWeights: {weights}; volume 128x128x{args.slices}\n",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    ratios = _vote_ratios(rows)
+    if ratios:
+        print("\n".join(ratios))
+        lines += ["", *ratios]
     if args.profile:
         report = profile(args.weights)
         print(report)

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import io
 import pickle
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
+from iris_engine.correspondence import CorrespondenceConfig, SupportPixels
 from iris_engine.errors import IrisInputError
 
 
 @dataclass
 class TaskEmbedding:
-    """Task tokens per class (K, m + 1, C), the class names and the model version they came from."""
+    """Task tokens per class (K, m + 1, C), the class names and the model version they came from; supports read
+    at the fine input scale also keep sampled pixel features for the correspondence vote (`correspondence.py`)."""
 
     tokens: torch.Tensor
     class_names: list[str]
     model_version: str = ""
+    support_pixels: SupportPixels | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.ndim != 3:
@@ -32,7 +35,8 @@ class TaskEmbedding:
         return self.tokens.shape[0]
 
     def to(self, device: torch.device | str) -> TaskEmbedding:
-        return TaskEmbedding(self.tokens.to(device), list(self.class_names), self.model_version)
+        pixels = None if self.support_pixels is None else self.support_pixels.to(device)
+        return TaskEmbedding(self.tokens.to(device), list(self.class_names), self.model_version, pixels)
 
     def select(self, class_names: list[str]) -> TaskEmbedding:
         """The embeddings of a subset of classes, in the given order."""
@@ -40,12 +44,17 @@ class TaskEmbedding:
         if missing:
             raise IrisInputError(f"classes not in this task embedding: {missing}")
         index = [self.class_names.index(name) for name in class_names]
-        return TaskEmbedding(self.tokens[index], list(class_names), self.model_version)
+        pixels = None if self.support_pixels is None else self.support_pixels.select(index)
+        return TaskEmbedding(self.tokens[index], list(class_names), self.model_version, pixels)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
         payload = {"tokens": self.tokens.detach().cpu(), "class_names": self.class_names,
                    "model_version": self.model_version}
+        if self.support_pixels is not None:
+            payload["support_pixels"] = {"foreground": self.support_pixels.foreground.cpu(),
+                                         "background": self.support_pixels.background.cpu(),
+                                         "config": asdict(self.support_pixels.config)}
         torch.save(payload, buffer)
         return buffer.getvalue()
 
@@ -53,6 +62,9 @@ class TaskEmbedding:
     def from_bytes(cls, data: bytes) -> TaskEmbedding:
         try:
             payload = torch.load(io.BytesIO(data), weights_only=True)
-            return cls(payload["tokens"], list(payload["class_names"]), str(payload["model_version"]))
+            pixels = payload.get("support_pixels")
+            support = None if pixels is None else SupportPixels(
+                pixels["foreground"], pixels["background"], CorrespondenceConfig(**pixels["config"]))
+            return cls(payload["tokens"], list(payload["class_names"]), str(payload["model_version"]), support)
         except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
             raise IrisInputError(f"not a valid task embedding: {error}") from error

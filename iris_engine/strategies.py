@@ -15,8 +15,10 @@ import torch
 
 from iris_engine import onnx_runtime
 from iris_engine.config import InferenceConfig
+from iris_engine.correspondence import CorrespondenceConfig, blend, sample_support_pixels
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
+from iris_engine.input_scale import FINE_SCALE
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
 from iris_engine.training.losses import dice_bce_loss
@@ -83,15 +85,23 @@ def encode_supports(
     masks: torch.Tensor,
     class_names: list[str] | None = None,
     model_version: str = "",
+    correspondence: CorrespondenceConfig | None = CorrespondenceConfig(),
 ) -> TaskEmbedding:
-    """Task embedding averaged over the supports in which each class is present (context ensemble)."""
+    """Task embedding averaged over the supports in which each class is present (context ensemble); supports at
+    twice the input size (a thin structure) also keep sampled pixel features for the `correspondence` vote."""
     validate_supports(images, masks, model.config.spatial_dims)
     names = _default_names(masks.shape[1], class_names)
     with torch.no_grad():
         tokens = model.encode_task(images, masks.float())
     present = (masks.flatten(2).sum(-1) > 0).to(tokens.dtype)
     averaged = (tokens * present[..., None, None]).sum(0) / present.sum(0)[:, None, None]
-    return TaskEmbedding(averaged, names, model_version)
+    fine = model.config.spatial_dims == 2 and images.shape[-1] == FINE_SCALE * model.config.image_size
+    support = None
+    if fine and correspondence is not None and correspondence.weight > 0:
+        with torch.no_grad():
+            pixels = model.decoder.pixel_features(model.encode_query(images)[1:])
+        support = sample_support_pixels(pixels, masks, correspondence)
+    return TaskEmbedding(averaged, names, model_version, support)
 
 
 def predict_probabilities(
@@ -100,22 +110,27 @@ def predict_probabilities(
     """Sigmoid probabilities (B, K, *S); queries are processed in batches, the embedding is reused.
 
     backend "onnx" runs the query path on ONNX Runtime (`onnx_runtime.py`), "eager" on PyTorch, "bf16" on PyTorch
-    under CPU bfloat16 autocast."""
+    under CPU bfloat16 autocast. An embedding with support pixels (`correspondence.py`) runs on PyTorch, its vote
+    blended in."""
     device = next(model.parameters()).device
     tokens = embedding.tokens.to(device)
-    session = onnx_runtime.query_path(model, queries.shape[-1]) if backend == "onnx" else None
+    support = embedding.support_pixels
+    session = onnx_runtime.query_path(model, queries.shape[-1]) if backend == "onnx" and support is None else None
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=backend == "bf16")
 
     def run(chunk: torch.Tensor) -> torch.Tensor:
         if session is not None:
-            return session.logits(chunk, tokens)
+            return torch.sigmoid(session.logits(chunk, tokens))
         with autocast:
-            return model.segment(chunk.to(device), tokens).float()
+            features = model.encode_query(chunk.to(device))
+            pixels = model.decoder.pixel_features(features[1:])
+            probability = torch.sigmoid(model.decode(features, tokens, pixels).float())
+        return probability if support is None else blend(probability, pixels.float(), support)
 
     outputs = []
     with torch.no_grad():
         for start in range(0, queries.shape[0], batch_size):
-            outputs.append(torch.sigmoid(run(queries[start : start + batch_size])).cpu())
+            outputs.append(run(queries[start : start + batch_size]).cpu())
     return torch.cat(outputs)
 
 
@@ -162,7 +177,8 @@ def context_ensemble(
     config = config or InferenceConfig()
     timings: dict[str, float] = {}
     with _timer(timings, "encode_task"):
-        embedding = encode_supports(model, support_images, support_masks, class_names, _version(model))
+        embedding = encode_supports(model, support_images, support_masks, class_names, _version(model),
+                                   config.correspondence)
     if average == "embedding":
         result = segment_with_embedding(model, queries, embedding, config)
         result.timings.update(timings)
@@ -174,7 +190,7 @@ def context_ensemble(
             index = present.nonzero().flatten().tolist()  # a support need not show every class
             single = encode_supports(
                 model, support_images[i : i + 1], support_masks[i : i + 1, index],
-                [embedding.class_names[j] for j in index],
+                [embedding.class_names[j] for j in index], correspondence=config.correspondence,
             )
             probabilities = torch.zeros(queries.shape[0], len(present), *queries.shape[2:])
             backend = onnx_runtime.choose_backend(config, model, queries)
@@ -244,7 +260,8 @@ def in_context_tuning(
         raise IrisInputError(f"tuning steps must be >= 0, got {steps}")
     timings: dict[str, float] = {}
     with _timer(timings, "encode_task"):
-        embedding = initial or encode_supports(model, support_images, support_masks, class_names, _version(model))
+        embedding = initial or encode_supports(model, support_images, support_masks, class_names, _version(model),
+                                              config.correspondence)
     images, masks = support_images, support_masks.float()
     if extra_images is not None and extra_masks is not None:
         validate_supports(extra_images, extra_masks, model.config.spatial_dims)
@@ -264,7 +281,8 @@ def in_context_tuning(
             loss.backward()
             optimizer.step()
             loss_curve.append(float(loss.detach()))
-    tuned = TaskEmbedding(tokens.detach().cpu(), embedding.class_names, embedding.model_version)
+    tuned = TaskEmbedding(tokens.detach().cpu(), embedding.class_names, embedding.model_version,
+                          embedding.support_pixels)
     result = segment_with_embedding(model, queries, tuned, config)
     result.timings.update(timings)
     result.loss_curve = loss_curve

@@ -11,6 +11,7 @@ import torch
 from scipy import ndimage
 
 from iris_engine.config import InferenceConfig, ModelConfig
+from iris_engine.correspondence import CorrespondenceConfig
 from iris_engine.evaluation.harness import EvalConfig, Evaluator
 from iris_engine.inference import IrisSegmenter, Support
 from iris_engine.input_scale import FINE_SCALE, choose_input_scale, structure_thickness
@@ -77,7 +78,8 @@ def test_segmenter_runs_a_thin_support_at_twice_the_input_size(row_slice: slice,
 
 def test_memory_bank_retrieves_a_class_with_a_fine_entry_at_twice_the_input_size() -> None:
     torch.manual_seed(0)
-    segmenter = IrisSegmenter(IrisModel(TINY))
+    segmenter = IrisSegmenter(IrisModel(TINY))  # the support-correspondence vote off: the bank keeps tokens only
+    segmenter.config = replace(segmenter.config, correspondence=CorrespondenceConfig(weight=0.0))
     mask = np.zeros((48, 40), np.uint8)
     mask[20, 5:35] = 1
     support, query = [Support(_image(1), mask)], _image(2)
