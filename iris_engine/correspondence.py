@@ -32,11 +32,16 @@ class CorrespondenceConfig:
     # (the thin structure and its surroundings; elsewhere the model's probability stands): 4x less work
     band_threshold: float = 0.1
     band: int = 4
+    # the blend is sharpened, p -> sigmoid(sharpness * logit(p)): the same masks (0.5 stays 0.5), but without the
+    # wide band of probabilities just under 0.5 that made a first negative click empty a thin mask
+    sharpness: float = 6.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.weight <= 1.0 or self.temperature <= 0 or self.top_k < 1 or self.samples < 1:
-            raise IrisInputError("correspondence weight must lie in [0, 1], temperature be > 0, top_k and samples >= 1")
+        if not 0.0 <= self.weight <= 1.0 or self.temperature <= 0 or self.sharpness <= 0:
+            raise IrisInputError("correspondence weight must lie in [0, 1], temperature and sharpness be > 0")
+        if self.top_k < 1 or self.samples < 1:
+            raise IrisInputError("correspondence top_k and samples must be >= 1")
 
 
 @dataclass
@@ -124,7 +129,11 @@ def vote(pixels: torch.Tensor, support: SupportPixels, where: torch.Tensor) -> t
 
 
 def blend(probability: torch.Tensor, pixels: torch.Tensor, support: SupportPixels) -> torch.Tensor:
-    """The model's probability (B, K, H, W) with the support's vote mixed in by `weight` within the band."""
-    where = band(probability, support.config)
-    mixed = (1.0 - support.config.weight) * probability + support.config.weight * vote(pixels, support, where)
+    """The model's probability (B, K, H, W) with the support's vote mixed in by `weight` within the band, then
+    sharpened there."""
+    config = support.config
+    where = band(probability, config)
+    mixed = (1.0 - config.weight) * probability + config.weight * vote(pixels, support, where)
+    if config.sharpness != 1.0:
+        mixed = torch.sigmoid(config.sharpness * torch.logit(mixed, eps=1e-6))
     return torch.where(where, mixed, probability)

@@ -66,6 +66,18 @@ def test_blend_changes_the_probability_only_within_the_band() -> None:
     assert mixed.min() >= 0 and mixed.max() <= 1
 
 
+def test_sharpening_keeps_the_mask_and_pushes_probabilities_away_from_one_half() -> None:
+    g = torch.Generator().manual_seed(4)
+    features, query = torch.randn(1, 4, 32, 32, generator=g), torch.randn(1, 4, 32, 32, generator=g)
+    probability = torch.rand(1, 1, 32, 32, generator=g)
+    soft, sharp = (blend(probability, query, sample_support_pixels(features, _line_mask(32),
+                                                                   CorrespondenceConfig(sharpness=s)))
+                   for s in (1.0, 6.0))
+    assert torch.equal(soft >= 0.5, sharp >= 0.5)
+    assert ((sharp - 0.5).abs() >= (soft - 0.5).abs() - 1e-6).all()
+    assert ((sharp > 0.2) & (sharp < 0.5)).sum() < ((soft > 0.2) & (soft < 0.5)).sum()
+
+
 def test_sampling_repeats_scarce_pixels_and_refuses_an_empty_class() -> None:
     features = torch.randn(1, 3, 8, 8)
     mask = torch.zeros(1, 2, 8, 8)
@@ -78,7 +90,8 @@ def test_sampling_repeats_scarce_pixels_and_refuses_an_empty_class() -> None:
     torch.testing.assert_close(support.foreground.norm(dim=-1), torch.ones(1, 16))
 
 
-@pytest.mark.parametrize("changes", [{"weight": 1.5}, {"temperature": 0.0}, {"top_k": 0}, {"samples": 0}])
+@pytest.mark.parametrize("changes", [{"weight": 1.5}, {"temperature": 0.0}, {"top_k": 0}, {"samples": 0},
+                                     {"sharpness": 0.0}])
 def test_config_rejects_impossible_settings(changes: dict) -> None:
     with pytest.raises(IrisInputError):
         CorrespondenceConfig(**changes)
