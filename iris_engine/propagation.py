@@ -255,7 +255,8 @@ class Propagator:
             masks = mask_to_model_slices(stack, SliceGeometry(shape, None, state.geometry.image_size))
             try:
                 embedding = strategies.encode_supports(self.model, state.slices[z: z + 1].to(self.device),
-                                                       masks.to(self.device), [names[k] for k in classes])
+                                                       masks.to(self.device), [names[k] for k in classes],
+                                                       correspondence=None)  # tokens only: no vote here
             except IrisInputError as error:
                 raise IrisInputError(f"painted slice {z}: {error}") from error
             state.tokens[key] = embedding.tokens.cpu()
