@@ -22,7 +22,7 @@ QUERY_CHUNK = 1024  # query pixels compared at once: their similarities (chunk x
 
 @dataclass(frozen=True)
 class CorrespondenceConfig:
-    """The k-NN vote and its blend (chosen on training patients, report "Session 22")."""
+    """The k-NN vote and its blend (chosen on training patients, report "Session 22" and "Session 23")."""
 
     weight: float = 0.75  # share of the vote in the blended probability; 0 turns the path off
     temperature: float = 0.1  # of the foreground-minus-background similarity
@@ -124,7 +124,9 @@ def vote(pixels: torch.Tensor, support: SupportPixels, where: torch.Tensor) -> t
             continue
         queries = F.normalize(flat[chosen], dim=1)
         gap = _similarity_gap(queries, foreground[k], background[k], support.config.top_k)
-        out[:, k].view(-1)[chosen] = torch.sigmoid(gap / support.config.temperature).cpu()
+        values = torch.zeros(chosen.shape[0])
+        values[chosen.cpu()] = torch.sigmoid(gap / support.config.temperature).cpu()
+        out[:, k] = values.view(where.shape[0], *where.shape[2:])
     return out
 
 

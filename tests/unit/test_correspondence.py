@@ -39,6 +39,20 @@ def test_support_as_query_votes_back_its_own_mask_when_every_pixel_is_kept() -> 
     assert torch.equal(votes >= 0.5, mask >= 0.5)
 
 
+def test_several_classes_and_queries_are_voted_each_on_its_own() -> None:
+    g = torch.Generator().manual_seed(5)
+    features, queries = torch.randn(1, 4, 16, 16, generator=g), torch.randn(3, 4, 16, 16, generator=g)
+    masks = torch.cat([_line_mask(16), _line_mask(16).transpose(-1, -2)], dim=1)
+    support = sample_support_pixels(features, masks, CorrespondenceConfig(samples=32))
+    where = torch.rand(3, 2, 16, 16, generator=g) > 0.5
+    votes = vote(queries, support, where)
+    assert votes.shape == (3, 2, 16, 16) and (votes[~where] == 0).all()
+    for i in range(3):
+        for k in range(2):
+            alone = vote(queries[i : i + 1], support.select([k]), where[i : i + 1, k : k + 1])
+            torch.testing.assert_close(votes[i : i + 1, k : k + 1], alone)
+
+
 def test_top_k_mean_matches_a_direct_computation() -> None:
     g = torch.Generator().manual_seed(1)
     features, query = torch.randn(1, 5, 16, 16, generator=g), torch.randn(1, 5, 16, 16, generator=g)
