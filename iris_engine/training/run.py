@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-similarity-path", action="store_true", help="the v1 architecture (no support context)")
     parser.add_argument("--time-limit-minutes", type=float, default=None,
                         help="stop (and checkpoint) after this many minutes of this invocation (a resumed run gets "
-                             "the full limit again)")
+                             "the full limit again); the final memory bank is rebuilt after it (about 6 minutes on one "
+                             "core with --input-size 128 on 256 px slices)")
     parser.add_argument("--low-res-fraction", type=float, default=TrainConfig.low_res_fraction,
                         help="share of batches averaged down to half the image size (one model for both sizes)")
     parser.add_argument("--fine-thin-only", action="store_true",
