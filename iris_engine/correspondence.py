@@ -116,16 +116,16 @@ def vote(pixels: torch.Tensor, support: SupportPixels, where: torch.Tensor) -> t
     (B, K, H, W) holds (0 elsewhere)."""
     d = pixels.shape[1]
     flat = pixels.float().permute(0, 2, 3, 1).reshape(-1, d)
-    out = torch.zeros(where.shape, dtype=torch.float32)
+    out = torch.zeros(where.shape, dtype=torch.float32, device=flat.device)
     foreground, background = support.foreground.to(flat), support.background.to(flat)
     for k in range(where.shape[1]):
-        chosen = where[:, k].reshape(-1)
+        chosen = where[:, k].reshape(-1).to(flat.device)
         if not chosen.any():
             continue
         queries = F.normalize(flat[chosen], dim=1)
         gap = _similarity_gap(queries, foreground[k], background[k], support.config.top_k)
-        values = torch.zeros(chosen.shape[0])
-        values[chosen.cpu()] = torch.sigmoid(gap / support.config.temperature).cpu()
+        values = torch.zeros(chosen.shape[0], device=flat.device)
+        values[chosen] = torch.sigmoid(gap / support.config.temperature)
         out[:, k] = values.view(where.shape[0], *where.shape[2:])
     return out
 

@@ -80,6 +80,18 @@ def test_blend_changes_the_probability_only_within_the_band() -> None:
     assert mixed.min() >= 0 and mixed.max() <= 1
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the vote's device handling)")
+def test_blend_stays_on_the_device_of_its_inputs() -> None:
+    g = torch.Generator().manual_seed(6)
+    features, query = torch.randn(1, 4, 32, 32, generator=g), torch.randn(1, 4, 32, 32, generator=g)
+    probability = torch.rand(1, 1, 32, 32, generator=g)
+    support = sample_support_pixels(features, _line_mask(32), CorrespondenceConfig())
+    on_cpu = blend(probability, query, support)
+    on_gpu = blend(probability.cuda(), query.cuda(), support.to("cuda"))
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu)
+
+
 def test_sharpening_keeps_the_mask_and_pushes_probabilities_away_from_one_half() -> None:
     g = torch.Generator().manual_seed(4)
     features, query = torch.randn(1, 4, 32, 32, generator=g), torch.randn(1, 4, 32, 32, generator=g)
