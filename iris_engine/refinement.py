@@ -165,7 +165,7 @@ def click_map(clicks: Sequence[Click], shape: tuple[int, ...]) -> np.ndarray:
     """Sparse map (1 positive, 2 negative) of clicks already checked to lie in `shape`; later clicks win."""
     out = np.zeros(shape, dtype=np.uint8)
     for click in clicks:
-        out[click.position] = POSITIVE if click.positive else NEGATIVE
+        out[tuple(int(v) for v in click.position)] = POSITIVE if click.positive else NEGATIVE
     return out
 
 
@@ -177,6 +177,8 @@ def validate_clicks(clicks: Sequence[Click], shape: tuple[int, ...], class_names
         position = tuple(click.position)
         if len(position) != len(shape):
             raise IrisInputError(f"click {position} has {len(position)} coordinates; the image has {len(shape)} axes")
+        if any(isinstance(p, bool) or not float(p).is_integer() for p in position):
+            raise IrisInputError(f"click {position}: coordinates must be whole voxel indices (round sub-pixel ones)")
         if any(not 0 <= p < s for p, s in zip(position, shape, strict=True)):
             raise IrisInputError(f"click {position} lies outside the image of shape {shape}")
         if click.class_name is not None and click.class_name not in class_names:

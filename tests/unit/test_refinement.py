@@ -210,6 +210,9 @@ def test_bad_clicks_and_results_get_clear_errors(segmenter: IrisSegmenter) -> No
         segmenter.refine(volume, result, [Click((-1, 3), True)])
     with pytest.raises(IrisInputError, match="2 axes"):
         segmenter.refine(volume, result, [Click((1, 2, 3), True)])
+    with pytest.raises(IrisInputError, match="whole voxel indices"):
+        segmenter.refine(volume, result, [Click((3.5, 3), True)])
+    assert segmenter.refine(volume, result, [Click((np.int64(3), 3.0), True)]).masks[0][3, 3]
     with pytest.raises(IrisInputError, match="segment the image first"):
         segmenter.refine(volume, None, click)
     empty = VolumeSegmentation(np.zeros((0, 40, 36), np.float32), np.zeros((0, 40, 36), bool), [], "one_shot", "")
