@@ -8,7 +8,9 @@ the loss (Dice + BCE) is taken on the output after the last click. With `local_b
 method "learned" returns on a clicked slice: the refiner averaged with the image-aware local edit of the start
 (`RefineConfig.learned_weight`), so the refiner learns to complement that edit. A share of the starts is
 degraded (emptied, or swapped for another slice's prediction) so that the refiner also learns to grow a
-structure the one-shot prediction missed from a click or two. Resumable (`--resume`), time-limited;
+structure the one-shot prediction missed from a click or two; with `merged_start_fraction` a share is merged with
+another slice's prediction (an over-segmentation: negative clicks must trim the wrong part and keep the right
+one). Resumable (`--resume`), time-limited;
 `--init` fine-tunes a shipped refiner (its own configuration, a fresh optimizer and schedule).
 """
 
@@ -54,6 +56,7 @@ class ClickTrainConfig:
     max_clicks: int = 6
     threshold: float = 0.5
     degraded_start_fraction: float = 0.3  # share of starts emptied or swapped for another slice's prediction
+    merged_start_fraction: float = 0.0  # share of starts united with another slice's prediction (over-segmented)
     local_blend: float = 0.0  # weight of the local edit in the trained output (1 - learned_weight: as inferred)
     empty_start_probability: float = 0.01
     seed: int = 0
@@ -87,11 +90,14 @@ def one_shot_batch(model: IrisModel, sampler: EpisodeSource, batch_size: int,
 
 
 def degrade_starts(start: torch.Tensor, rng: np.random.Generator, fraction: float,
-                   empty_probability: float) -> torch.Tensor:
+                   empty_probability: float, merged_fraction: float = 0.0) -> torch.Tensor:
     """Replace a `fraction` of the start probabilities (B, 1, S, S): half of them by an empty prediction, half by
-    the prediction of the next slice in the batch (a wrong structure); the rest are kept."""
-    chosen = np.flatnonzero(rng.random(start.shape[0]) < fraction)
-    if chosen.size == 0:
+    the prediction of the next slice in the batch (a wrong structure); of the rest, a `merged_fraction` becomes
+    the maximum of its own and the next slice's prediction (its structure and a wrong one); the others are kept."""
+    draw = rng.random(start.shape[0])
+    chosen = np.flatnonzero(draw < fraction)
+    merged = np.flatnonzero((draw >= fraction) & (draw < fraction + merged_fraction)) if start.shape[0] > 1 else []
+    if chosen.size == 0 and len(merged) == 0:
         return start
     degraded = start.clone()
     for i in chosen:
@@ -99,6 +105,8 @@ def degrade_starts(start: torch.Tensor, rng: np.random.Generator, fraction: floa
             degraded[i] = empty_probability
         else:
             degraded[i] = start[(i + 1) % start.shape[0]]
+    for i in merged:
+        degraded[i] = torch.maximum(start[i], start[(i + 1) % start.shape[0]])
     return degraded
 
 
@@ -198,7 +206,7 @@ class ClickTrainer:
     def step(self) -> float:
         batch = one_shot_batch(self.model, self.sampler, self.config.batch_size, self.device)
         batch.start = degrade_starts(batch.start, self.rng, self.config.degraded_start_fraction,
-                                     self.config.empty_start_probability)
+                                     self.config.empty_start_probability, self.config.merged_start_fraction)
         counts = self.rng.integers(1, self.config.max_clicks + 1, size=batch.image.shape[0])
         self.refiner.eval()
         clicks = simulate_clicks(self.refiner, batch, counts, self.config.threshold, self.config.local_blend)
@@ -255,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=ClickTrainConfig.seed)
     parser.add_argument("--degraded-start-fraction", type=float, default=ClickTrainConfig.degraded_start_fraction,
                         help="share of one-shot starts emptied or swapped for another slice's prediction")
+    parser.add_argument("--merged-start-fraction", type=float, default=ClickTrainConfig.merged_start_fraction,
+                        help="share of one-shot starts united with another slice's prediction (over-segmented starts "
+                        "that negative clicks must trim)")
     parser.add_argument("--local-blend", type=float, default=ClickTrainConfig.local_blend,
                         help="train the refiner's output averaged with the local edit by this weight, as method "
                         "'learned' blends them at inference (1 - learned_weight, e.g. 0.5; 0: the refiner alone)")
@@ -285,11 +296,14 @@ def main(argv: list[str] | None = None) -> Path:
     torch.manual_seed(args.seed)
     if not 0.0 <= args.local_blend < 1.0:
         raise IrisInputError(f"--local-blend must lie in [0, 1), not {args.local_blend}")
+    if not 0.0 <= args.degraded_start_fraction + args.merged_start_fraction <= 1.0 or args.merged_start_fraction < 0:
+        raise IrisInputError("--degraded-start-fraction and --merged-start-fraction must be >= 0 and sum to at most 1")
     split = Split.load(args.split or args.checkpoint.parent / "split.json")
     model = load_checkpoint(args.checkpoint).model
     config = ClickTrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               warmup_iterations=min(args.warmup_iterations, args.iterations),
-                              degraded_start_fraction=args.degraded_start_fraction, local_blend=args.local_blend)
+                              degraded_start_fraction=args.degraded_start_fraction,
+                              merged_start_fraction=args.merged_start_fraction, local_blend=args.local_blend)
     datasets = tuple(args.datasets) if args.datasets else None
     if args.bank is not None:
         bank = SliceBank.load(args.bank)

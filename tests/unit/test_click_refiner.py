@@ -262,6 +262,18 @@ def test_degraded_starts_are_emptied_or_another_slices_prediction() -> None:
     assert torch.equal(start[:, 0, 0, 0], torch.tensor(np.linspace(0.1, 0.9, 8), dtype=start.dtype))  # untouched
 
 
+def test_merged_starts_unite_a_slices_prediction_with_the_next_ones() -> None:
+    start = torch.zeros(4, 1, 4, 4)
+    for i in range(4):
+        start[i, 0, i, :] = 0.9  # each slice predicts its own row
+    merged = degrade_starts(start, np.random.default_rng(0), 0.0, 0.01, merged_fraction=1.0)
+    for i in range(4):
+        assert torch.equal(merged[i], torch.maximum(start[i], start[(i + 1) % 4]))
+    assert torch.equal(degrade_starts(start[:1], np.random.default_rng(0), 0.0, 0.01, merged_fraction=1.0), start[:1])
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        click_training.main(["--degraded-start-fraction", "0.6", "--merged-start-fraction", "0.5"])
+
+
 def test_train_refiner_command_writes_a_refiner_for_the_model_it_read(tmp_path: Path) -> None:
     _write_msd(tmp_path, "toy2d", 6, False, {"disc": 1}, seed=1)
     split = make_split(0, held_out_fraction=0.5, held_out_datasets=(), held_out_classes=(), datasets=("toy2d",),
