@@ -96,8 +96,8 @@ def degrade_starts(start: torch.Tensor, rng: np.random.Generator, fraction: floa
     the maximum of its own and the next slice's prediction (its structure and a wrong one); the others are kept."""
     draw = rng.random(start.shape[0])
     chosen = np.flatnonzero(draw < fraction)
-    merged = np.flatnonzero((draw >= fraction) & (draw < fraction + merged_fraction)) if start.shape[0] > 1 else []
-    if chosen.size == 0 and len(merged) == 0:
+    merged = np.flatnonzero((draw >= fraction) & (draw < fraction + merged_fraction) & (start.shape[0] > 1))
+    if chosen.size == 0 and merged.size == 0:
         return start
     degraded = start.clone()
     for i in chosen:
@@ -296,7 +296,8 @@ def main(argv: list[str] | None = None) -> Path:
     torch.manual_seed(args.seed)
     if not 0.0 <= args.local_blend < 1.0:
         raise IrisInputError(f"--local-blend must lie in [0, 1), not {args.local_blend}")
-    if not 0.0 <= args.degraded_start_fraction + args.merged_start_fraction <= 1.0 or args.merged_start_fraction < 0:
+    if min(args.degraded_start_fraction, args.merged_start_fraction) < 0 \
+            or args.degraded_start_fraction + args.merged_start_fraction > 1.0:
         raise IrisInputError("--degraded-start-fraction and --merged-start-fraction must be >= 0 and sum to at most 1")
     split = Split.load(args.split or args.checkpoint.parent / "split.json")
     model = load_checkpoint(args.checkpoint).model
