@@ -64,6 +64,12 @@ class Click:
     positive: bool = True
     class_name: str | None = None
 
+    def __post_init__(self) -> None:
+        if any(isinstance(p, bool) or not float(p).is_integer() for p in self.position):
+            raise IrisInputError(f"click {tuple(self.position)}: coordinates must be whole voxel indices (round "
+                                 "sub-pixel ones)")
+        object.__setattr__(self, "position", tuple(int(float(p)) for p in self.position))
+
 
 @dataclass(frozen=True)
 class RefineConfig:
@@ -165,7 +171,7 @@ def click_map(clicks: Sequence[Click], shape: tuple[int, ...]) -> np.ndarray:
     """Sparse map (1 positive, 2 negative) of clicks already checked to lie in `shape`; later clicks win."""
     out = np.zeros(shape, dtype=np.uint8)
     for click in clicks:
-        out[tuple(int(v) for v in click.position)] = POSITIVE if click.positive else NEGATIVE
+        out[click.position] = POSITIVE if click.positive else NEGATIVE
     return out
 
 
@@ -177,8 +183,6 @@ def validate_clicks(clicks: Sequence[Click], shape: tuple[int, ...], class_names
         position = tuple(click.position)
         if len(position) != len(shape):
             raise IrisInputError(f"click {position} has {len(position)} coordinates; the image has {len(shape)} axes")
-        if any(isinstance(p, bool) or not float(p).is_integer() for p in position):
-            raise IrisInputError(f"click {position}: coordinates must be whole voxel indices (round sub-pixel ones)")
         if any(not 0 <= p < s for p, s in zip(position, shape, strict=True)):
             raise IrisInputError(f"click {position} lies outside the image of shape {shape}")
         if click.class_name is not None and click.class_name not in class_names:
