@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from iris_engine.calibration import CalibrationConfig
 from iris_engine.correspondence import CorrespondenceConfig
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -143,6 +144,7 @@ class InferenceConfig:
     onnx_min_queries: int = 32
     fine_scale_thickness: float = 3.5  # model-grid pixels: thinner support structures run at 2x the input size; 0 off
     correspondence: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)  # the vote at 2x
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)  # the support's threshold at 2x
 
 
 @dataclass

@@ -238,7 +238,8 @@ class IrisSegmenter:
             return self._cache[key]
         images, masks = self.support_batch(supports, class_names, scale)
         embedding = strategies.encode_supports(self.model, images.to(self.device), masks.to(self.device),
-                                               list(class_names), self.model_version, self.config.correspondence)
+                                               list(class_names), self.model_version, self.config.correspondence,
+                                               self.config.calibration)
         self._cache[key] = embedding
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)

@@ -256,7 +256,7 @@ class Propagator:
             try:
                 embedding = strategies.encode_supports(self.model, state.slices[z: z + 1].to(self.device),
                                                        masks.to(self.device), [names[k] for k in classes],
-                                                       correspondence=None)  # tokens only: no vote here
+                                                       correspondence=None, calibration=None)  # tokens only
             except IrisInputError as error:
                 raise IrisInputError(f"painted slice {z}: {error}") from error
             state.tokens[key] = embedding.tokens.cpu()

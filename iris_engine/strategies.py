@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from iris_engine import onnx_runtime
+from iris_engine.calibration import CalibrationConfig, apply_offsets, offsets_of, support_thresholds
 from iris_engine.config import InferenceConfig
 from iris_engine.correspondence import CorrespondenceConfig, blend, sample_support_pixels
 from iris_engine.embedding import TaskEmbedding
@@ -79,6 +80,11 @@ def validate_supports(images: torch.Tensor, masks: torch.Tensor, spatial_dims: i
         raise IrisInputError("a support mask covers the whole image (all ones): it shows no boundary to learn from")
 
 
+def reads_fine(model: IrisModel, images: torch.Tensor) -> bool:
+    """Whether 2D images are at twice the model's input size (a thin structure's input scale)."""
+    return model.config.spatial_dims == 2 and images.shape[-1] == FINE_SCALE * model.config.image_size
+
+
 def encode_supports(
     model: IrisModel,
     images: torch.Tensor,
@@ -86,22 +92,37 @@ def encode_supports(
     class_names: list[str] | None = None,
     model_version: str = "",
     correspondence: CorrespondenceConfig | None = CorrespondenceConfig(),
+    calibration: CalibrationConfig | None = CalibrationConfig(),
 ) -> TaskEmbedding:
     """Task embedding averaged over the supports in which each class is present (context ensemble); supports at
-    twice the input size (a thin structure) also keep sampled pixel features for the `correspondence` vote."""
+    twice the input size (a thin structure) also keep sampled pixel features for the `correspondence` vote and
+    logit offsets from the `calibration` of the supports' own segmentation."""
     validate_supports(images, masks, model.config.spatial_dims)
     names = _default_names(masks.shape[1], class_names)
     with torch.no_grad():
         tokens = model.encode_task(images, masks.float())
     present = (masks.flatten(2).sum(-1) > 0).to(tokens.dtype)
     averaged = (tokens * present[..., None, None]).sum(0) / present.sum(0)[:, None, None]
-    fine = model.config.spatial_dims == 2 and images.shape[-1] == FINE_SCALE * model.config.image_size
+    fine = reads_fine(model, images)
     support = None
     if fine and correspondence is not None and correspondence.weight > 0:
         with torch.no_grad():
             pixels = model.decoder.pixel_features(model.encode_query(images)[1:])
         support = sample_support_pixels(pixels, masks, correspondence)
-    return TaskEmbedding(averaged, names, model_version, support)
+    embedding = TaskEmbedding(averaged, names, model_version, support)
+    return calibrated(model, embedding, images, masks, calibration) if fine else embedding
+
+
+def calibrated(model: IrisModel, embedding: TaskEmbedding, images: torch.Tensor, masks: torch.Tensor,
+               calibration: CalibrationConfig | None) -> TaskEmbedding:
+    """The embedding with logit offsets from segmenting its own labelled images (`calibration.py`); unchanged
+    when calibration is off."""
+    if calibration is None or not calibration.enabled:
+        return embedding
+    plain = TaskEmbedding(embedding.tokens, embedding.class_names, embedding.model_version, embedding.support_pixels)
+    probabilities = predict_probabilities(model, images, plain)
+    offsets = offsets_of(support_thresholds(probabilities, masks.cpu(), calibration))
+    return TaskEmbedding(plain.tokens, plain.class_names, plain.model_version, plain.support_pixels, offsets)
 
 
 def predict_probabilities(
@@ -111,7 +132,7 @@ def predict_probabilities(
 
     backend "onnx" runs the query path on ONNX Runtime (`onnx_runtime.py`), "eager" on PyTorch, "bf16" on PyTorch
     under CPU bfloat16 autocast. An embedding with support pixels (`correspondence.py`) runs on PyTorch, its vote
-    blended in."""
+    blended in; its calibrated logit offsets, where it has them, are applied last."""
     device = next(model.parameters()).device
     tokens = embedding.tokens.to(device)
     support = embedding.support_pixels
@@ -131,7 +152,8 @@ def predict_probabilities(
     with torch.no_grad():
         for start in range(0, queries.shape[0], batch_size):
             outputs.append(run(queries[start : start + batch_size]).cpu())
-    return torch.cat(outputs)
+    probabilities = torch.cat(outputs)
+    return probabilities if embedding.logit_offsets is None else apply_offsets(probabilities, embedding.logit_offsets)
 
 
 def segment_with_embedding(
@@ -178,7 +200,7 @@ def context_ensemble(
     timings: dict[str, float] = {}
     with _timer(timings, "encode_task"):
         embedding = encode_supports(model, support_images, support_masks, class_names, _version(model),
-                                   config.correspondence)
+                                   config.correspondence, config.calibration)
     if average == "embedding":
         result = segment_with_embedding(model, queries, embedding, config)
         result.timings.update(timings)
@@ -191,6 +213,7 @@ def context_ensemble(
             single = encode_supports(
                 model, support_images[i : i + 1], support_masks[i : i + 1, index],
                 [embedding.class_names[j] for j in index], correspondence=config.correspondence,
+                calibration=config.calibration,
             )
             probabilities = torch.zeros(queries.shape[0], len(present), *queries.shape[2:])
             backend = onnx_runtime.choose_backend(config, model, queries)
@@ -261,7 +284,7 @@ def in_context_tuning(
     timings: dict[str, float] = {}
     with _timer(timings, "encode_task"):
         embedding = initial or encode_supports(model, support_images, support_masks, class_names, _version(model),
-                                              config.correspondence)
+                                              config.correspondence, config.calibration)
     images, masks = support_images, support_masks.float()
     if extra_images is not None and extra_masks is not None:
         validate_supports(extra_images, extra_masks, model.config.spatial_dims)
@@ -283,6 +306,8 @@ def in_context_tuning(
             loss_curve.append(float(loss.detach()))
     tuned = TaskEmbedding(tokens.detach().cpu(), embedding.class_names, embedding.model_version,
                           embedding.support_pixels)
+    if reads_fine(model, images):
+        tuned = calibrated(model, tuned, images, masks, config.calibration)
     result = segment_with_embedding(model, queries, tuned, config)
     result.timings.update(timings)
     result.loss_curve = loss_curve

@@ -169,7 +169,8 @@ class Evaluator:
     def predict(self, pairs: list[EvalPair], queries: torch.Tensor) -> torch.Tensor:
         """Masks on the bank grid from the supports of pairs[0] (one-shot or context ensemble)."""
         images, masks, inputs = self.inputs(pairs[0].support_images, pairs[0].support_masks, queries)
-        embedding = strategies.encode_supports(self.model, images, masks)
+        embedding = strategies.encode_supports(self.model, images, masks, correspondence=self.inference.correspondence,
+                                               calibration=self.inference.calibration)
         result = strategies.segment_with_embedding(self.model, inputs, embedding, self.inference)
         return self.score_grid(result.probabilities[:, 0]) >= self.config.threshold
 

@@ -161,7 +161,7 @@ def test_embedding_with_support_pixels_survives_bytes_select_and_tuning(model: I
 def test_the_vote_enters_the_prediction_on_every_backend(model: IrisModel, backend: str) -> None:
     image, mask = _fine_support(model)
     queries = torch.cat([image, torch.flip(image, dims=[-1])])
-    with_vote = strategies.encode_supports(model, image, mask)
+    with_vote = strategies.encode_supports(model, image, mask, calibration=None)
     without = TaskEmbedding(with_vote.tokens, with_vote.class_names)
     voted = strategies.predict_probabilities(model, queries, with_vote, 2, backend)
     plain = strategies.predict_probabilities(model, queries, without, 2, "eager")
