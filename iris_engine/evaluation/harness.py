@@ -306,6 +306,7 @@ def run_evaluation(
         "held_out_datasets": list(split.held_out_datasets),
         "held_out_classes": [list(p) for p in split.held_out_classes],
         "config": asdict(config),
+        "support_calibration": asdict(evaluator.inference.calibration),
         "memory_bank_fine": [key for key in loaded.memory_bank.class_names if evaluator.bank_scale(key) > 1],
         "seconds": round(time.perf_counter() - start, 1),
         "tasks": [

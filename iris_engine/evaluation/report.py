@@ -60,14 +60,18 @@ def _strategies(payload: dict[str, Any]) -> list[str]:
     return [s for s in STRATEGY_ORDER if s in seen] + sorted(seen - set(STRATEGY_ORDER))
 
 
-def _scoring_line(config: dict[str, Any], bank_fine: list[str]) -> str:
-    """How slices were scored (reports written before the scoring grid was configurable: the model's grid)."""
+def _scoring_line(config: dict[str, Any], bank_fine: list[str], calibration: dict[str, Any] | None = None) -> str:
+    """How slices were scored (reports written before the scoring grid was configurable: the model's grid; before
+    the support calibration: no mention of it)."""
     scale = config.get("score_scale", 1)
     thickness = config.get("fine_scale_thickness", 0.0)
     grid = "the model's input grid" if scale == 1 else f"a grid {scale} x the model's input (area-averaged down " \
         "for the model, its probabilities resized back up)"
     fine = f"supports thinner than {thickness:g} model-grid pixels run at twice the input size" if thickness > 0 \
         else "every task at the model's input size"
+    if thickness > 0 and calibration and calibration.get("enabled"):
+        fine += (" with the threshold calibrated on the support (the one that best reproduces its own mask, "
+                 f"taken where it lies at least {calibration['dead_zone']:g} from 0.5)")
     bank = f"memory bank at twice the input size for the {len(bank_fine)} classes with a fine entry, else at the " \
         "model's input size" if bank_fine else "memory bank at the model's input size"
     return f"- scoring: Dice on {grid}; {fine}; {bank}; baselines at the model's input size."
@@ -88,7 +92,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
         "- queries: slices of TEST patients showing the class; supports: the middle class slice of OTHER patients "
         "(training patients where the dataset has them). Dice per query case over its slices, averaged over cases; "
         "mean ± std over support draws. HD95 (3D sets): mean per-slice HD95 in pixels of the 128 x 128 model grid.",
-        _scoring_line(payload["config"], payload.get("memory_bank_fine", [])),
+        _scoring_line(payload["config"], payload.get("memory_bank_fine", []), payload.get("support_calibration")),
         f"- evaluation time: {payload['seconds']} s",
         "",
         "## Summary: mean Dice over the tasks of each group",

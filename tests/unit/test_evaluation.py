@@ -82,8 +82,10 @@ def test_harness_keeps_supports_and_queries_apart_and_writes_reports(tmp_path: P
     report = tmp_path / "report"
     loaded = json.loads((report / "report.json").read_text())
     assert loaded["split_fingerprint"] == split.fingerprint()
+    assert loaded["support_calibration"]["enabled"]
     markdown = (report / "report.md").read_text()
     assert "baseline_intensity_knn" in markdown and "Context sensitivity" in markdown
+    assert "calibrated on the support" in markdown
     assert (report / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
