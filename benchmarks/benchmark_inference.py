@@ -32,9 +32,12 @@ from iris_engine.model.iris import IrisModel
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "assets" / "weights" / "iris2d.pt"
-CASES = ("encode_task", "slice256", "slice256_thin", "slice256_thin_novote", "volume128", "volume128_thin",
-         "volume128_thin_novote", "volume128_3d", "context_ensemble", "tuning20")  # _novote: the support-correspondence
-# vote of thin structures off (`CorrespondenceConfig(weight=0)`), to time it side by side
+CASES = ("encode_task", "encode_task_thin", "encode_task_thin_uncalibrated", "slice256", "slice256_thin",
+         "slice256_thin_novote", "volume128", "volume128_thin", "volume128_thin_novote", "volume128_3d",
+         "context_ensemble", "tuning20")
+# side by side: _novote = the support-correspondence vote of thin structures off (`CorrespondenceConfig(weight=0)`),
+# _uncalibrated = the support calibration of thin structures off (`calibration=None`)
+SIDE_BY_SIDE = {"_novote": "the vote", "_uncalibrated": "the support calibration"}
 BACKENDS = ("eager", "auto", "compiled", "onnx", "bf16")  # auto: the engine's default (bf16 on a CPU with native
 # bfloat16, else ONNX Runtime for CPU volumes); eager: PyTorch float32
 BATCHED = ("volume128", "volume128_thin", "volume128_thin_novote", "volume128_3d")  # more than one query slice
@@ -75,11 +78,12 @@ def _workload(case: str, backend: str, batch: int, device: str, weights: Path, s
     support_volume, support_mask = _disk_volume((256, 256), 0)
     support = Support(support_volume, _thin(support_mask) if "_thin" in case else support_mask)
     query, _ = _disk_volume((256, 256), 1)
-    if case == "encode_task":
+    if case.startswith("encode_task"):  # _thin: read at twice the input size, with the vote's sampling
         segmenter = IrisSegmenter(model, config=config)
-        images, masks = segmenter.support_batch([support], CLASS)
+        images, masks = segmenter.support_batch([support], CLASS, 2 if "_thin" in case else 1)
         images, masks = images.to(device), masks.to(device)
-        return lambda: strategies.encode_supports(model, images, masks, CLASS)
+        calibration = None if case.endswith("_uncalibrated") else config.calibration
+        return lambda: strategies.encode_supports(model, images, masks, CLASS, calibration=calibration)
     if case in ("context_ensemble", "tuning20"):  # uncached: a fresh segmenter (empty cache) per call
         supports = [support] + [Support(*_disk_volume((256, 256), s)) for s in (2, 3)]
         if case == "context_ensemble":
@@ -165,15 +169,16 @@ def _row(case: str, backend: str, batch: int | None, device: str, result: dict |
     return cells + [f"{result['median_s']:.3f}", f"{result['first_s']:.3f}", f"{result['peak_mb']:.0f}", ""]
 
 
-def _vote_ratios(rows: list[list[str]]) -> list[str]:
-    """Median time with the support-correspondence vote over that without it, per thin row timed both ways."""
+def _side_by_side_ratios(rows: list[list[str]]) -> list[str]:
+    """Median time with a thin-structure path over that without it (`SIDE_BY_SIDE`), per row timed both ways."""
     timed = {(row[0], row[1], row[2]): float(row[3]) for row in rows if row[3] != "-"}
     out = []
     for (case, backend, batch), seconds in timed.items():
-        without = timed.get((f"{case}_novote", backend, batch))
-        if case.endswith("_thin") and without:
-            out.append(f"- {case} {backend} batch {batch}: with / without the vote {seconds:.3f} / {without:.3f} s"
-                       f" = {seconds / without:.2f}x")
+        for suffix, path in SIDE_BY_SIDE.items():
+            without = timed.get((f"{case}{suffix}", backend, batch))
+            if case.endswith("_thin") and without:
+                out.append(f"- {case} {backend} batch {batch}: with / without {path} {seconds:.3f} / {without:.3f} s"
+                           f" = {seconds / without:.2f}x")
     return out
 
 
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"# Inference benchmark\n\nMachine: {_machine()}  \nWeights: {weights}; volume 128x128x{args.slices}\n",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    ratios = _vote_ratios(rows)
+    ratios = _side_by_side_ratios(rows)
     if ratios:
         print("\n".join(ratios))
         lines += ["", *ratios]
