@@ -415,9 +415,18 @@ def run_segmentation(services: Services, session: Session, strategy: str, bank_c
                                                      {"seconds": round(seconds, 3), "supports": len(supports),
                                                       "input_scale": segmentation.input_scale}).id
     session.result = Result(session.case_id, segmentation, ids, segmentation.masks.copy(), seconds)
-    scale = " (thin structure: read at twice the model's input size)" if segmentation.input_scale > 1 else ""
-    return f"{strategy} finished in {seconds:.2f} s{scale}: " + ", ".join(
+    return f"{strategy} finished in {seconds:.2f} s{_thin_note(segmentation)}: " + ", ".join(
         f"{row[0]} {row[1]} ({row[3]} voxels)" for row in result_rows(services, session))
+
+
+def _thin_note(segmentation: VolumeSegmentation) -> str:
+    """What the engine did differently for a thin structure, for the status line (empty otherwise)."""
+    if segmentation.input_scale <= 1:
+        return ""
+    thresholds = segmentation.embedding.thresholds() if segmentation.embedding is not None else None
+    calibrated = "" if thresholds is None else \
+        "; threshold taken from the support: " + ", ".join(f"{t:.2f}" for t in thresholds)
+    return f" (thin structure: read at twice the model's input size{calibrated})"
 
 
 def cancel_segmentation(session: Session, wait_s: float = CANCEL_WAIT_S) -> str:

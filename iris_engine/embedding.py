@@ -39,6 +39,10 @@ class TaskEmbedding:
     def num_classes(self) -> int:
         return self.tokens.shape[0]
 
+    def thresholds(self) -> list[float] | None:
+        """Per-class thresholds calibrated on the supports (`calibration.py`), or None where not calibrated."""
+        return None if self.logit_offsets is None else torch.sigmoid(self.logit_offsets.float()).tolist()
+
     def to(self, device: torch.device | str) -> TaskEmbedding:
         pixels = None if self.support_pixels is None else self.support_pixels.to(device)
         offsets = None if self.logit_offsets is None else self.logit_offsets.to(device)

@@ -150,3 +150,17 @@ def test_training_run_succeeds_and_switches_weights(services, nifti: Path) -> No
     old = services.model_version
     assert "Now using" in training.activate_model(services, run.id)
     assert services.model_version != old and "blob" in services.segmenter.memory_bank
+
+
+def test_a_thin_support_reports_the_threshold_it_calibrated(services, nifti: Path) -> None:
+    session = Session()
+    h.load_case(services, session, [str(nifti)])
+    value = h.editor_value(services, session, 2, "MR / auto")
+    layer = np.zeros((*value["background"].shape[:2], 4), dtype=np.uint8)
+    height, width = layer.shape[:2]
+    layer[height // 2: height // 2 + height // 32 + 1, width // 4: 3 * width // 4, 3] = 255  # about one voxel thick
+    h.add_support(services, session, {**value, "layers": [layer]}, "wire", 2)
+    message = h.run_segmentation(services, session, "One-shot")
+    assert session.result.segmentation.input_scale == 2
+    threshold = session.result.segmentation.embedding.thresholds()[0]
+    assert f"read at twice the model's input size; threshold taken from the support: {threshold:.2f}" in message

@@ -104,6 +104,7 @@ def test_the_offsets_enter_the_prediction_and_survive_bytes_select_and_tuning(mo
                                apply_offsets(strategies.predict_probabilities(model, image, plain), offsets))
     restored = TaskEmbedding.from_bytes(shifted.to_bytes())
     torch.testing.assert_close(restored.logit_offsets, offsets)
+    assert plain.thresholds() is None and restored.thresholds() == pytest.approx([0.8])
     torch.testing.assert_close(restored.select(["line"]).logit_offsets, offsets)
     tuned = strategies.in_context_tuning(model, image, mask, image, ["line"], InferenceConfig(), steps=1)
     assert tuned.embedding.logit_offsets is not None
