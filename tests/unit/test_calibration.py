@@ -1,33 +1,14 @@
-"""The threshold calibrated on the support (2x reads): which threshold it picks, how the offset moves the
-probabilities, and how the task embedding carries it through the strategies and the sanity check."""
+"""The threshold calibrated on the support (2x reads): which threshold it picks and how the offset moves the
+probabilities (how the strategies carry it: test_correspondence.py, beside the vote of the same reads)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from iris_engine import onnx_runtime, strategies
 from iris_engine.calibration import CalibrationConfig, apply_offsets, offsets_of, support_thresholds
-from iris_engine.config import InferenceConfig, ModelConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
-from iris_engine.input_scale import FINE_SCALE
-from iris_engine.model.iris import IrisModel
-
-TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
-                   task_encoder_layers=1, decoder_layers=1)
-
-
-@pytest.fixture(autouse=True)
-def float32(monkeypatch):
-    monkeypatch.setattr(onnx_runtime, "native_bf16", lambda: False)
-
-
-@pytest.fixture(scope="module")
-def model() -> IrisModel:
-    torch.manual_seed(0)
-    return IrisModel(TINY).eval()
 
 
 def _ramp(size: int = 20) -> torch.Tensor:
@@ -73,53 +54,3 @@ def test_bad_settings_are_refused() -> None:
         CalibrationConfig(dead_zone=-0.1)
     with pytest.raises(IrisInputError):
         TaskEmbedding(torch.zeros(2, 3, 4), ["a", "b"], logit_offsets=torch.zeros(3))
-
-
-def _fine_support(model: IrisModel) -> tuple[torch.Tensor, torch.Tensor]:
-    size = FINE_SCALE * model.config.image_size
-    image = torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(3))
-    mask = torch.zeros(1, 1, size, size)
-    mask[0, 0, size // 2 : size // 2 + 2, 2 : size - 2] = 1
-    return image + 2 * mask, mask
-
-
-def test_only_supports_read_at_the_fine_scale_are_calibrated(model: IrisModel) -> None:
-    image, mask = _fine_support(model)
-    fine = strategies.encode_supports(model, image, mask)
-    assert fine.logit_offsets is not None and fine.logit_offsets.shape == (1,)
-    assert strategies.encode_supports(model, image, mask, calibration=None).logit_offsets is None
-    off = CalibrationConfig(enabled=False)
-    assert strategies.encode_supports(model, image, mask, calibration=off).logit_offsets is None
-    coarse = F.interpolate(image, size=model.config.image_size, mode="area")
-    coarse_mask = (F.interpolate(mask, size=model.config.image_size, mode="area") > 0).float()
-    assert strategies.encode_supports(model, coarse, coarse_mask).logit_offsets is None
-
-
-def test_the_offsets_enter_the_prediction_and_survive_bytes_select_and_tuning(model: IrisModel) -> None:
-    image, mask = _fine_support(model)
-    plain = strategies.encode_supports(model, image, mask, ["line"], calibration=None)
-    offsets = offsets_of(torch.tensor([0.8]))
-    shifted = TaskEmbedding(plain.tokens, plain.class_names, plain.model_version, plain.support_pixels, offsets)
-    torch.testing.assert_close(strategies.predict_probabilities(model, image, shifted),
-                               apply_offsets(strategies.predict_probabilities(model, image, plain), offsets))
-    restored = TaskEmbedding.from_bytes(shifted.to_bytes())
-    torch.testing.assert_close(restored.logit_offsets, offsets)
-    assert plain.thresholds() is None and restored.thresholds() == pytest.approx([0.8])
-    torch.testing.assert_close(restored.select(["line"]).logit_offsets, offsets)
-    tuned = strategies.in_context_tuning(model, image, mask, image, ["line"], InferenceConfig(), steps=1)
-    assert tuned.embedding.logit_offsets is not None
-    untuned = strategies.in_context_tuning(model, image, mask, image, ["line"],
-                                           InferenceConfig(calibration=CalibrationConfig(enabled=False)), steps=1)
-    assert untuned.embedding.logit_offsets is None
-
-
-def test_the_calibrated_support_reproduces_its_mask_at_least_as_well(model: IrisModel) -> None:
-    image, mask = _fine_support(model)
-    plain = strategies.encode_supports(model, image, mask, calibration=None)
-    fitted = strategies.encode_supports(model, image, mask, calibration=CalibrationConfig(dead_zone=0.0))
-
-    def dice(embedding: TaskEmbedding) -> float:
-        predicted = strategies.predict_probabilities(model, image, embedding) >= 0.5
-        return float(2 * (predicted & (mask >= 0.5)).sum() / (predicted.sum() + mask.sum()).clamp(min=1))
-
-    assert dice(fitted) >= dice(plain)

@@ -1,5 +1,6 @@
 """The support-correspondence vote at the fine input scale: its k-NN algebra, the band it is limited to, the
-sampling of support pixels, and how the task embedding carries them through the strategies."""
+sampling of support pixels, and how the task embedding carries them through the strategies; the same for the
+support calibration of those reads (its algebra: test_calibration.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from iris_engine import onnx_runtime, strategies
+from iris_engine.calibration import CalibrationConfig, apply_offsets, offsets_of
 from iris_engine.config import InferenceConfig, ModelConfig
 from iris_engine.correspondence import CorrespondenceConfig, band, blend, sample_support_pixels, vote
 from iris_engine.embedding import TaskEmbedding
@@ -136,14 +138,19 @@ def _fine_support(model: IrisModel) -> tuple[torch.Tensor, torch.Tensor]:
     return image + 2 * mask, mask
 
 
-def test_only_supports_at_the_fine_scale_keep_pixels(model: IrisModel) -> None:
+def test_only_supports_at_the_fine_scale_keep_pixels_and_calibrate(model: IrisModel) -> None:
     image, mask = _fine_support(model)
-    assert strategies.encode_supports(model, image, mask).support_pixels is not None
+    fine = strategies.encode_supports(model, image, mask)
+    assert fine.support_pixels is not None and fine.logit_offsets is not None and fine.logit_offsets.shape == (1,)
     off = CorrespondenceConfig(weight=0.0)
     assert strategies.encode_supports(model, image, mask, correspondence=off).support_pixels is None
+    assert strategies.encode_supports(model, image, mask, calibration=None).logit_offsets is None
+    disabled = CalibrationConfig(enabled=False)
+    assert strategies.encode_supports(model, image, mask, calibration=disabled).logit_offsets is None
     coarse = F.interpolate(image, size=model.config.image_size, mode="area")
     coarse_mask = (F.interpolate(mask, size=model.config.image_size, mode="area") > 0).float()
-    assert strategies.encode_supports(model, coarse, coarse_mask).support_pixels is None
+    coarse_embedding = strategies.encode_supports(model, coarse, coarse_mask)
+    assert coarse_embedding.support_pixels is None and coarse_embedding.logit_offsets is None
 
 
 def test_embedding_with_support_pixels_survives_bytes_select_and_tuning(model: IrisModel) -> None:
@@ -168,3 +175,33 @@ def test_the_vote_enters_the_prediction_on_every_backend(model: IrisModel, backe
     near = band(plain, with_vote.support_pixels.config)
     assert near.any() and not torch.allclose(voted[near], plain[near])
     torch.testing.assert_close(voted[~near], plain[~near])
+
+
+def test_the_offsets_enter_the_prediction_and_survive_bytes_select_and_tuning(model: IrisModel) -> None:
+    image, mask = _fine_support(model)
+    plain = strategies.encode_supports(model, image, mask, ["line"], calibration=None)
+    offsets = offsets_of(torch.tensor([0.8]))
+    shifted = TaskEmbedding(plain.tokens, plain.class_names, plain.model_version, plain.support_pixels, offsets)
+    torch.testing.assert_close(strategies.predict_probabilities(model, image, shifted),
+                               apply_offsets(strategies.predict_probabilities(model, image, plain), offsets))
+    restored = TaskEmbedding.from_bytes(shifted.to_bytes())
+    torch.testing.assert_close(restored.logit_offsets, offsets)
+    assert plain.thresholds() is None and restored.thresholds() == pytest.approx([0.8])
+    torch.testing.assert_close(restored.select(["line"]).logit_offsets, offsets)
+    tuned = strategies.in_context_tuning(model, image, mask, image, ["line"], InferenceConfig(), steps=1)
+    assert tuned.embedding.logit_offsets is not None
+    untuned = strategies.in_context_tuning(model, image, mask, image, ["line"],
+                                           InferenceConfig(calibration=CalibrationConfig(enabled=False)), steps=1)
+    assert untuned.embedding.logit_offsets is None
+
+
+def test_the_calibrated_support_reproduces_its_mask_at_least_as_well(model: IrisModel) -> None:
+    image, mask = _fine_support(model)
+    plain = strategies.encode_supports(model, image, mask, calibration=None)
+    fitted = strategies.encode_supports(model, image, mask, calibration=CalibrationConfig(dead_zone=0.0))
+
+    def dice(embedding: TaskEmbedding) -> float:
+        predicted = strategies.predict_probabilities(model, image, embedding) >= 0.5
+        return float(2 * (predicted & (mask >= 0.5)).sum() / (predicted.sum() + mask.sum()).clamp(min=1))
+
+    assert dice(fitted) >= dice(plain)
