@@ -46,10 +46,13 @@ def support_thresholds(probabilities: torch.Tensor, masks: torch.Tensor, config:
     candidates = config.thresholds().to(probabilities.device)
     truth = masks.float().transpose(0, 1).flatten(1) >= 0.5  # (K, P)
     scores = probabilities.float().transpose(0, 1).flatten(1)  # (K, P)
-    predicted = scores[None] >= candidates.view(-1, 1, 1)  # (T, K, P)
-    overlap = (predicted & truth[None]).sum(-1).float()
-    total = predicted.sum(-1).float() + truth.sum(-1).float()[None]
-    dice = torch.where(total > 0, 2 * overlap / total.clamp(min=1), torch.ones_like(total))  # (T, K)
+    area = truth.sum(-1).float()
+    dice = torch.empty(len(candidates), truth.shape[0], device=probabilities.device)  # (T, K)
+    for i, threshold in enumerate(candidates):  # one (K, P) mask at a time: a 16-slice support set stays small
+        predicted = scores >= threshold
+        total = predicted.sum(-1).float() + area
+        overlap = (predicted & truth).sum(-1).float()
+        dice[i] = torch.where(total > 0, 2 * overlap / total.clamp(min=1), torch.ones_like(total))
     nearness = (candidates - 0.5).abs().view(-1, 1)
     best = candidates[(dice - 1e-6 * nearness).argmax(0)]
     return torch.where((best - 0.5).abs() < config.dead_zone - 1e-6, torch.full_like(best, 0.5), best)
