@@ -2,7 +2,9 @@
 
 The task encoder is not exported: it computes its pooling weights with `torch.autograd.grad`
 (`full_resolution_pooling_weights`). Task tokens come from `IrisSegmenter.encode`, a memory bank
-or in-context tuning and are fed to the exported graph as an input.
+or in-context tuning and are fed to the exported graph as an input. The graph holds the model alone: a thin
+structure's support-correspondence vote and calibrated logit offsets (`TaskEmbedding.support_pixels`,
+`TaskEmbedding.logit_offsets`) are applied outside it, as `strategies.predict_probabilities` does.
 """
 
 from __future__ import annotations
