@@ -58,6 +58,11 @@ def support_thresholds(probabilities: torch.Tensor, masks: torch.Tensor, config:
     return torch.where((best - 0.5).abs() < config.dead_zone - 1e-6, torch.full_like(best, 0.5), best)
 
 
+def support_offsets(probabilities: torch.Tensor, masks: torch.Tensor, config: CalibrationConfig) -> torch.Tensor:
+    """Logit offsets (K,) of the `support_thresholds` of the supports' own probabilities and masks."""
+    return offsets_of(support_thresholds(probabilities, masks, config))
+
+
 def offsets_of(thresholds: torch.Tensor) -> torch.Tensor:
     """Logit offsets (K,) that move each threshold to 0.5."""
     return torch.logit(thresholds.float(), eps=LOGIT_EPS)

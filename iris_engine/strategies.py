@@ -9,14 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from iris_engine import onnx_runtime
-from iris_engine.calibration import CalibrationConfig, apply_offsets, offsets_of, support_thresholds
+from iris_engine.calibration import CalibrationConfig, apply_offsets, support_offsets
 from iris_engine.config import InferenceConfig
-from iris_engine.correspondence import CorrespondenceConfig, blend, sample_support_pixels
+from iris_engine.correspondence import CorrespondenceConfig, SupportPixels, blend, sample_support_pixels
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
 from iris_engine.input_scale import FINE_SCALE
@@ -103,26 +103,36 @@ def encode_supports(
         tokens = model.encode_task(images, masks.float())
     present = (masks.flatten(2).sum(-1) > 0).to(tokens.dtype)
     averaged = (tokens * present[..., None, None]).sum(0) / present.sum(0)[:, None, None]
-    fine = reads_fine(model, images)
-    support = None
-    if fine and correspondence is not None and correspondence.weight > 0:
-        with torch.no_grad():
-            pixels = model.decoder.pixel_features(model.encode_query(images)[1:])
-        support = sample_support_pixels(pixels, masks, correspondence)
-    embedding = TaskEmbedding(averaged, names, model_version, support)
-    return calibrated(model, embedding, images, masks, calibration) if fine else embedding
+    embedding = TaskEmbedding(averaged, names, model_version)
+    voting = correspondence is not None and correspondence.weight > 0
+    calibrating = calibration is not None and calibration.enabled
+    if not reads_fine(model, images) or not (voting or calibrating):
+        return embedding
+    with torch.no_grad():
+        features = model.encode_query(images)
+        pixels = model.decoder.pixel_features(features[1:])
+    if voting:
+        embedding = replace(embedding, support_pixels=sample_support_pixels(pixels, masks, correspondence))
+    return calibrated(model, embedding, features, masks, calibration, pixels)
 
 
-def calibrated(model: IrisModel, embedding: TaskEmbedding, images: torch.Tensor, masks: torch.Tensor,
-               calibration: CalibrationConfig | None) -> TaskEmbedding:
-    """The embedding with logit offsets from segmenting its own labelled images (`calibration.py`); unchanged
-    when calibration is off."""
+def calibrated(model: IrisModel, embedding: TaskEmbedding, features: list[torch.Tensor], masks: torch.Tensor,
+               calibration: CalibrationConfig | None, pixels: torch.Tensor | None = None) -> TaskEmbedding:
+    """The embedding with logit offsets from segmenting its own labelled images, given as their `encode_query`
+    features (and decoder pixel features where already computed; `calibration.py`); unchanged when calibration
+    is off."""
     if calibration is None or not calibration.enabled:
         return embedding
-    plain = TaskEmbedding(embedding.tokens, embedding.class_names, embedding.model_version, embedding.support_pixels)
-    probabilities = predict_probabilities(model, images, plain)
-    offsets = offsets_of(support_thresholds(probabilities, masks.cpu(), calibration))
-    return TaskEmbedding(plain.tokens, plain.class_names, plain.model_version, plain.support_pixels, offsets)
+    with torch.no_grad():
+        pixels = model.decoder.pixel_features(features[1:]) if pixels is None else pixels
+        logits = model.decode(features, embedding.tokens.to(pixels.device), pixels)
+    probabilities = _with_vote(torch.sigmoid(logits.float()), pixels, embedding.support_pixels)
+    return replace(embedding, logit_offsets=support_offsets(probabilities.cpu(), masks.cpu(), calibration))
+
+
+def _with_vote(probability: torch.Tensor, pixels: torch.Tensor, support: SupportPixels | None) -> torch.Tensor:
+    """The model's probability with the support-correspondence vote blended in, where the embedding has one."""
+    return probability if support is None else blend(probability, pixels.float(), support)
 
 
 def predict_probabilities(
@@ -146,7 +156,7 @@ def predict_probabilities(
             features = model.encode_query(chunk.to(device))
             pixels = model.decoder.pixel_features(features[1:])
             probability = torch.sigmoid(model.decode(features, tokens, pixels).float())
-        return probability if support is None else blend(probability, pixels.float(), support)
+        return _with_vote(probability, pixels, support)
 
     outputs = []
     with torch.no_grad():
@@ -307,7 +317,7 @@ def in_context_tuning(
     tuned = TaskEmbedding(tokens.detach().cpu(), embedding.class_names, embedding.model_version,
                           embedding.support_pixels)
     if reads_fine(model, images):
-        tuned = calibrated(model, tuned, images, masks, config.calibration)
+        tuned = calibrated(model, tuned, features, masks, config.calibration)
     result = segment_with_embedding(model, queries, tuned, config)
     result.timings.update(timings)
     result.loss_curve = loss_curve

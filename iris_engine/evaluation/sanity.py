@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from iris_engine import strategies
-from iris_engine.calibration import CalibrationConfig, apply_offsets, offsets_of, support_thresholds
+from iris_engine.calibration import CalibrationConfig, apply_offsets, support_offsets
 from iris_engine.checkpoint import load_checkpoint
 from iris_engine.config import InferenceConfig
 from iris_engine.data.catalog import dataset_info, default_datasets
@@ -90,8 +90,7 @@ def support_equals_query(model: IrisModel, sample: SliceSample, value: int, conf
     probabilities = strategies.predict_probabilities(model, image, embedding)
     calibrated = probabilities
     if scale > 1:  # the engine calibrates 2x reads on the support's own segmentation: here this very one
-        offsets = offsets_of(support_thresholds(probabilities, mask[:, None], config.calibration))
-        calibrated = apply_offsets(probabilities, offsets)
+        calibrated = apply_offsets(probabilities, support_offsets(probabilities, mask[:, None], config.calibration))
     plain, fitted = (_dice(_back_to_original(p[0, 0], truth.shape) >= config.threshold, truth)
                      for p in (probabilities, calibrated))
     return plain, fitted, resize_ceiling(truth, size), scale
