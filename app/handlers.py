@@ -426,7 +426,9 @@ def _thin_note(segmentation: VolumeSegmentation) -> str:
     thresholds = segmentation.embedding.thresholds() if segmentation.embedding is not None else None
     calibrated = "" if thresholds is None else \
         "; threshold taken from the support: " + ", ".join(f"{t:.2f}" for t in thresholds)
-    return f" (thin structure: read at twice the model's input size{calibrated})"
+    strided = "" if segmentation.slice_stride <= 1 else \
+        f"; one slice in {segmentation.slice_stride} segmented, those between interpolated in z"
+    return f" (thin structure: read at twice the model's input size{calibrated}{strided})"
 
 
 def cancel_segmentation(session: Session, wait_s: float = CANCEL_WAIT_S) -> str:

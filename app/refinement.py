@@ -44,7 +44,8 @@ def _current(services: Services, session: Session, state: ClickState) -> None:
     if not same:
         seg = result.segmentation
         state.base = VolumeSegmentation(seg.probabilities, result.masks.copy(), list(seg.class_names), seg.strategy,
-                                        seg.model_version, embedding=seg.embedding, input_scale=seg.input_scale)
+                                        seg.model_version, embedding=seg.embedding, input_scale=seg.input_scale,
+                                        slice_stride=seg.slice_stride)
         state.result_id, state.masks_after, state.clicks, state.groups = id(result), result.masks.copy(), [], []
 
 

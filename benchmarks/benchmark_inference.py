@@ -33,16 +33,18 @@ from iris_engine.model.iris import IrisModel
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "assets" / "weights" / "iris2d.pt"
 CASES = ("encode_task", "encode_task_thin", "encode_task_thin_uncalibrated", "slice256", "slice256_thin",
-         "slice256_thin_novote", "volume128", "volume128_thin", "volume128_thin_novote", "volume128_3d",
-         "context_ensemble", "tuning20")
+         "slice256_thin_novote", "volume128", "volume128_thin", "volume128_thin_novote", "volume128_thin_every_slice",
+         "volume128_3d", "context_ensemble", "tuning20")
 # side by side: _novote = the support-correspondence vote of thin structures off (`CorrespondenceConfig(weight=0)`),
-# _uncalibrated = the support calibration of thin structures off (`calibration=None`)
-SIDE_BY_SIDE = {"_novote": "the vote", "_uncalibrated": "the support calibration"}
+# _uncalibrated = the support calibration of thin structures off (`calibration=None`), _every_slice = a thin
+# structure's volume segmented on every slice (`fine_volume_stride=1`)
+SIDE_BY_SIDE = {"_novote": "the vote", "_uncalibrated": "the support calibration", "_every_slice": "the slice stride"}
 BACKENDS = ("eager", "auto", "compiled", "onnx", "bf16")  # auto: the engine's default (bf16 on a CPU with native
 # bfloat16, else ONNX Runtime for CPU volumes); eager: PyTorch float32
-BATCHED = ("volume128", "volume128_thin", "volume128_thin_novote", "volume128_3d")  # more than one query slice
+BATCHED = ("volume128", "volume128_thin", "volume128_thin_novote", "volume128_thin_every_slice",
+           "volume128_3d")  # more than one query slice
 SEGMENT_CASES = ("slice256", "slice256_thin", "slice256_thin_novote", "volume128", "volume128_thin",
-                 "volume128_thin_novote")  # what the exported query path serves
+                 "volume128_thin_novote", "volume128_thin_every_slice")  # what the exported query path serves
 CLASS = ["organ"]
 
 
@@ -71,7 +73,9 @@ def _workload(case: str, backend: str, batch: int, device: str, weights: Path, s
     model = _model(weights, 3 if case == "volume128_3d" else 2)
     engine_backend = backend if backend in ("auto", "onnx", "bf16") else "eager"
     vote = CorrespondenceConfig(weight=0.0) if case.endswith("_novote") else CorrespondenceConfig()
-    config = InferenceConfig(device=device, batch_size=batch, backend=engine_backend, correspondence=vote)
+    stride = 1 if case.endswith("_every_slice") else InferenceConfig.fine_volume_stride
+    config = InferenceConfig(device=device, batch_size=batch, fine_batch_size=batch, backend=engine_backend,
+                             correspondence=vote, fine_volume_stride=stride)
     if backend == "compiled":
         model.encoder = torch.compile(model.encoder)
         model.decoder = torch.compile(model.decoder)

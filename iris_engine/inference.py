@@ -22,7 +22,7 @@ from iris_engine.checkpoint import CLICK_REFINER_FILE, load_checkpoint, load_cli
 from iris_engine.config import InferenceConfig, PreprocessConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
-from iris_engine.input_scale import choose_input_scale
+from iris_engine.input_scale import FINE_SCALE, choose_input_scale, fill_between, strided_slices
 from iris_engine.io.limits import DEFAULT_LIMITS
 from iris_engine.io.volume import Volume
 from iris_engine.memory_bank import MemoryBank
@@ -68,6 +68,7 @@ class VolumeSegmentation:
     loss_curve: list[float] = field(default_factory=list)
     embedding: TaskEmbedding | None = None
     input_scale: int = 1  # 2: segmented at twice the model's input size (a thin structure, `input_scale.py`)
+    slice_stride: int = 1  # > 1: every slice_stride-th slice segmented, those between interpolated in z
 
     def label_map(self) -> np.ndarray:
         """Single label map (0 = background, k + 1 = class k; the most probable class where masks overlap)."""
@@ -275,6 +276,9 @@ class IrisSegmenter:
             embedding, scale = self.encode_at_input_scale(supports, names)
         report(0.2, "preparing the query")
         queries, restore, _ = self.to_model_space(query, scale)
+        stride = self.slice_stride(query, scale)
+        kept = strided_slices(len(queries), stride)
+        segmented = queries[kept] if len(kept) < len(queries) else queries
         if strategy == "in_context_tuning":
             report(0.35, "tuning the task embedding")
             images, masks = self.support_batch(supports, names, scale)
@@ -282,20 +286,26 @@ class IrisSegmenter:
             if extra_examples:
                 extra_images, extra_masks = self.support_batch(extra_examples, names, scale)
             result = strategies.in_context_tuning(
-                self.model, images, masks, queries, names, self.config, extra_images, extra_masks,
+                self.model, images, masks, segmented, names, self.config, extra_images, extra_masks,
                 initial=embedding, steps=tuning_steps, lr=tuning_lr,
             )
         else:
             report(0.6, "segmenting")
-            result = strategies.segment_with_embedding(self.model, queries, embedding, self.config)
+            result = strategies.segment_with_embedding(self.model, segmented, embedding, self.config)
         report(0.9, "mapping back to the input grid")
-        probabilities = restore(result.probabilities)
+        probabilities = restore(fill_between(result.probabilities, kept, len(queries)))
         masks = probabilities >= self.config.threshold
         if postprocess is not None:
             masks = np.stack([apply_postprocessing(m, postprocess) for m in masks])
         report(1.0, "done")
         return VolumeSegmentation(probabilities, masks, names, strategy, self.model_version, result.timings,
-                                  result.loss_curve, result.embedding, scale)
+                                  result.loss_curve, result.embedding, scale, stride if len(kept) < len(queries) else 1)
+
+    def slice_stride(self, query: Volume, scale: int) -> int:
+        """Every how many slices a 2D model segments `query`: `fine_volume_stride` for a volume read at twice the
+        input size (a thin structure, where the 2x pass costs 4x per slice), else 1."""
+        thin_volume = scale == FINE_SCALE and query.ndim == 3 and not self.is_3d
+        return self.config.fine_volume_stride if thin_volume else 1
 
     def refine(self, query: Volume, result: VolumeSegmentation | None, clicks: Sequence[Click],
                config: RefineConfig | None = None) -> VolumeSegmentation:

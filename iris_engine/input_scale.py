@@ -67,3 +67,23 @@ def support_inputs(images: torch.Tensor, masks: torch.Tensor, size: int, fine_sc
     if images.shape[-1] == FINE_SCALE * size and choose_input_scale(small_masks, fine_scale_thickness) == FINE_SCALE:
         return images, masks.float(), FINE_SCALE
     return to_model_grid(images, size), small_masks, 1
+
+
+def strided_slices(depth: int, stride: int) -> list[int]:
+    """Slices 0, stride, 2 stride, ... and the last of a stack of `depth` (all of them at stride 1)."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    return sorted(set(range(0, depth, stride)) | {depth - 1})
+
+
+def fill_between(values: torch.Tensor, kept: list[int], depth: int) -> torch.Tensor:
+    """(len(kept), ...) values of the `kept` slices of a stack (ascending, first 0, last depth - 1) -> (depth, ...),
+    linear between neighbouring kept slices."""
+    if len(kept) == depth:
+        return values
+    position = torch.arange(depth, dtype=torch.float32)
+    anchors = torch.tensor(kept, dtype=torch.float32)
+    upper = torch.searchsorted(anchors, position).clamp(1, len(kept) - 1)
+    lower = upper - 1
+    weight = ((position - anchors[lower]) / (anchors[upper] - anchors[lower])).view(-1, *[1] * (values.ndim - 1))
+    return (1.0 - weight) * values[lower] + weight * values[upper]

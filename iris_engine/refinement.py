@@ -640,4 +640,4 @@ def refine_segmentation(segmenter: IrisSegmenter, query: Volume, result: VolumeS
         new_masks[k] = refined[k] >= config.threshold
     timings = {**result.timings, "refine": time.perf_counter() - begin}
     return VolumeSegmentation(refined, new_masks, names, result.strategy, result.model_version, timings,
-                              list(result.loss_curve), embedding, result.input_scale)
+                              list(result.loss_curve), embedding, result.input_scale, result.slice_stride)

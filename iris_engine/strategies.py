@@ -174,7 +174,9 @@ def segment_with_embedding(
     timings: dict[str, float] = {}
     with _timer(timings, "segment"):
         backend = onnx_runtime.choose_backend(config, model, queries)
-        probabilities = predict_probabilities(model, queries, embedding, config.batch_size, backend)
+        fine_on_cpu = reads_fine(model, queries) and config.device == "cpu"
+        batch_size = config.fine_batch_size if fine_on_cpu else config.batch_size
+        probabilities = predict_probabilities(model, queries, embedding, batch_size, backend)
     return SegmentationResult(
         probabilities, probabilities >= config.threshold, list(embedding.class_names), embedding, timings
     )

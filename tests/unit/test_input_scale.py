@@ -14,7 +14,13 @@ from iris_engine.config import InferenceConfig, ModelConfig
 from iris_engine.correspondence import CorrespondenceConfig
 from iris_engine.evaluation.harness import EvalConfig, Evaluator
 from iris_engine.inference import IrisSegmenter, Support
-from iris_engine.input_scale import FINE_SCALE, choose_input_scale, structure_thickness
+from iris_engine.input_scale import (
+    FINE_SCALE,
+    choose_input_scale,
+    fill_between,
+    strided_slices,
+    structure_thickness,
+)
 from iris_engine.io.volume import Volume
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
@@ -75,6 +81,50 @@ def test_segmenter_runs_a_thin_support_at_twice_the_input_size(row_slice: slice,
     retrieved = segmenter.segment(query, "memory_bank", [], ["line"])
     assert retrieved.input_scale == 1 and all(shape[-1] == TINY.image_size for shape in seen)
 
+
+
+def test_strided_slices_keep_both_ends_and_fill_between_is_linear_in_z() -> None:
+    assert strided_slices(10, 3) == [0, 3, 6, 9]
+    assert strided_slices(8, 3) == [0, 3, 6, 7]
+    assert strided_slices(5, 1) == [0, 1, 2, 3, 4]
+    assert strided_slices(1, 3) == [0]
+    values = torch.tensor([[0.0, 1.0], [3.0, 1.0], [6.0, 4.0], [7.0, 0.0]])  # slices 0, 3, 6, 7 of 8
+    filled = fill_between(values, [0, 3, 6, 7], 8)
+    np.testing.assert_allclose(filled[:, 0].numpy(), np.arange(8.0))
+    np.testing.assert_allclose(filled[:, 1].numpy(), [1, 1, 1, 1, 2, 3, 4, 0])
+    assert fill_between(values, [0, 1, 2, 3], 4) is values
+    with pytest.raises(ValueError, match="stride"):
+        strided_slices(4, 0)
+    with pytest.raises(ValueError, match="fine_volume_stride"):
+        InferenceConfig(fine_volume_stride=0)
+
+
+def test_a_thin_structures_volume_is_segmented_on_every_third_slice_and_interpolated_between() -> None:
+    torch.manual_seed(0)
+    segmenter = IrisSegmenter(IrisModel(TINY))
+    mask = np.zeros((48, 40), np.uint8)
+    mask[20, 5:35] = 1
+    support = [Support(_image(1), mask)]
+    volume = Volume(np.random.default_rng(3).normal(size=(48, 40, 8)).astype(np.float32), np.eye(4), "MR")
+    segmenter.encode_at_input_scale(support, ["line"])  # cached: what follows encodes the query slices only
+    seen: list[int] = []
+    encode_query = segmenter.model.encode_query
+    segmenter.model.encode_query = lambda images: seen.append(images.shape[0]) or encode_query(images)
+    strided = segmenter.segment(volume, "one_shot", support, ["line"])
+    assert strided.input_scale == FINE_SCALE and strided.slice_stride == 3
+    assert sum(seen) == 4 and max(seen) == InferenceConfig().fine_batch_size  # slices 0, 3, 6, 7, one at a time
+    segmenter.config = replace(segmenter.config, fine_volume_stride=1)
+    every = segmenter.segment(volume, "one_shot", support, ["line"])
+    assert every.slice_stride == 1
+    kept = [0, 3, 6, 7]
+    np.testing.assert_allclose(strided.probabilities[..., kept], every.probabilities[..., kept], atol=1e-5)
+    between = every.probabilities[..., 0] + (every.probabilities[..., 3] - every.probabilities[..., 0]) / 3
+    np.testing.assert_allclose(strided.probabilities[..., 1], between, atol=1e-5)
+    thick = np.zeros((48, 40), np.uint8)
+    thick[10:30, 5:35] = 1
+    segmenter.config = InferenceConfig()
+    assert segmenter.segment(volume, "one_shot", [Support(_image(1), thick)], ["blob"]).slice_stride == 1
+    assert segmenter.segment(_image(2), "one_shot", support, ["line"]).slice_stride == 1  # a 2D image
 
 def test_memory_bank_retrieves_a_class_with_a_fine_entry_at_twice_the_input_size() -> None:
     torch.manual_seed(0)
