@@ -1,10 +1,12 @@
 """Probe (training patients only, dev_split): a thin structure's volume segmented at twice the input size on every
 s-th slice only, the slices between given the linear interpolation of their neighbours' probabilities.
 
+With TEST=1 the same on the held-out (test) patients of the shipped split (run once, after the rule's choice).
 For every 3D task whose one-shot support is read at 2x, each dev volume (the class's slices +- 2) is segmented on
 every slice once (the engine's one-shot path, vote and calibration included); stride s keeps slices 0, s, 2s, ...
 and the last, and fills the others by interpolation in z. Prints volume Dice per stride, per task and overall."""
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -43,7 +45,8 @@ def strided(probability: np.ndarray, stride: int) -> np.ndarray:
 def main() -> None:
     loaded = load_checkpoint("assets/weights/iris2d.pt")
     model = loaded.model.eval()
-    split = dev_split(Split.load(Path("assets/weights/split.json")))
+    split = Split.load(Path("assets/weights/split.json"))
+    split = split if os.environ.get("TEST") else dev_split(split)
     config = RefineEvalConfig(volumes=True)
     names = tuple(d for d in default_datasets() if split.test_cases.get(d))
     bank = build_slice_bank(names, size=FINE_SCALE * model.config.image_size)
