@@ -21,6 +21,7 @@ from iris_engine.config import InferenceConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import CheckpointError, IrisInputError
 from iris_engine.inference import IrisSegmenter, Support
+from iris_engine.input_scale import fill_between, strided_slices
 from iris_engine.inputs import InputItem, discover_inputs
 from iris_engine.io.limits import DEFAULT_LIMITS
 from iris_engine.io.readers import read_image, read_mask
@@ -61,9 +62,11 @@ class _Job:
 
     path: InputItem
     volume: Volume
-    queries: torch.Tensor
+    queries: torch.Tensor  # the slices segmented: every one, or for a thin structure's volume every n-th
     restore: Callable[[torch.Tensor], np.ndarray]
     seconds: float
+    kept: list[int]  # which slices of the input `queries` holds (`IrisSegmenter.slice_stride`)
+    depth: int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -336,7 +339,9 @@ class BatchSegmenter:
         except (IrisInputError, OSError, ValueError) as error:
             self._record(FileResult(path, "skipped", _reason(error, path)))
             return
-        self.pending.append(_Job(path, volume, queries, restore, time.perf_counter() - start))
+        kept = strided_slices(len(queries), self.segmenter.slice_stride(volume, self.scale))
+        self.pending.append(_Job(path, volume, queries[kept] if len(kept) < len(queries) else queries, restore,
+                                 time.perf_counter() - start, kept, len(queries)))
         if sum(job.queries.shape[0] for job in self.pending) >= self.args.batch_size:
             self.flush()
 
@@ -352,8 +357,8 @@ class BatchSegmenter:
             backend = "eager" if self.autocast else onnx_runtime.choose_backend(self.segmenter.config, model, queries)
             with self.autocast or nullcontext():
                 probabilities = strategies.predict_probabilities(
-                    model, queries, self.embedding, self.args.batch_size, backend
-                )
+                    model, queries, self.embedding, strategies.query_batch_size(model, queries, self.segmenter.config),
+                    backend)
         except (IrisInputError, RuntimeError) as error:
             for job in jobs:
                 self._record(FileResult(job.path, "failed", _reason(error, job.path), job.volume.shape))
@@ -366,7 +371,7 @@ class BatchSegmenter:
     def _write(self, job: _Job, chunk: torch.Tensor, seconds: float) -> None:
         start = time.perf_counter()
         try:
-            probabilities = job.restore(chunk)
+            probabilities = job.restore(fill_between(chunk, job.kept, job.depth))
             masks = probabilities >= self.segmenter.config.threshold
             masks = np.stack([apply_postprocessing(m, self.postprocess) for m in masks])
             target, fmt = output_path(job.path, job.volume, self.args.format, self.args.output)
@@ -446,7 +451,9 @@ def run_segment(args: argparse.Namespace) -> int:
     elif not existed and args.output.is_dir() and not any(args.output.iterdir()):
         args.output.rmdir()  # nothing succeeded: leave no trace
     size = segmenter.model.config.image_size * scale
-    thin = " (a thin structure: twice the model's input size)" if scale > 1 else ""
+    stride = segmenter.config.fine_volume_stride
+    every = f"; volumes on one slice in {stride}, interpolated between" if stride > 1 and not segmenter.is_3d else ""
+    thin = f" (a thin structure: twice the model's input size{every})" if scale > 1 else ""
     print(f"{strategy}, classes {', '.join(names)}, model {segmenter.model_version}, device {args.device}, "
           f"read at {size} px{thin}")
     order = {path: index for index, path in enumerate(inputs)}

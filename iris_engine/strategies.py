@@ -166,6 +166,13 @@ def predict_probabilities(
     return probabilities if embedding.logit_offsets is None else apply_offsets(probabilities, embedding.logit_offsets)
 
 
+def query_batch_size(model: IrisModel, queries: torch.Tensor, config: InferenceConfig) -> int:
+    """Queries per forward pass: `fine_batch_size` for queries read at twice the input size on the CPU, else
+    `batch_size`."""
+    fine_on_cpu = reads_fine(model, queries) and config.device == "cpu"
+    return config.fine_batch_size if fine_on_cpu else config.batch_size
+
+
 def segment_with_embedding(
     model: IrisModel, queries: torch.Tensor, embedding: TaskEmbedding, config: InferenceConfig | None = None
 ) -> SegmentationResult:
@@ -174,9 +181,8 @@ def segment_with_embedding(
     timings: dict[str, float] = {}
     with _timer(timings, "segment"):
         backend = onnx_runtime.choose_backend(config, model, queries)
-        fine_on_cpu = reads_fine(model, queries) and config.device == "cpu"
-        batch_size = config.fine_batch_size if fine_on_cpu else config.batch_size
-        probabilities = predict_probabilities(model, queries, embedding, batch_size, backend)
+        probabilities = predict_probabilities(model, queries, embedding, query_batch_size(model, queries, config),
+                                              backend)
     return SegmentationResult(
         probabilities, probabilities >= config.threshold, list(embedding.class_names), embedding, timings
     )

@@ -14,6 +14,7 @@ from PIL import Image
 from iris_engine.checkpoint import save_checkpoint
 from iris_engine.cli import _load_segmenter, autocast_context, main
 from iris_engine.config import ModelConfig
+from iris_engine.io.readers import read_image
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
 
@@ -104,6 +105,20 @@ def test_a_thin_memory_bank_class_is_read_at_twice_the_input_size(workspace, tmp
     assert code == 0 and (tmp_path / "b_seg.png").is_file()
     assert f"read at {2 * TINY.image_size} px (a thin structure" in capsys.readouterr().out
 
+
+
+def test_a_thin_structures_volume_is_read_on_one_slice_in_three_as_the_engine_reads_it(workspace, tmp_path, capsys):
+    volume = read_image(workspace["scans"] / "vol.nii.gz")
+    expected = _load_segmenter(workspace["weights"], "cpu", 8, 0.5).segment(volume, "memory_bank",
+                                                                            class_names=["drive/vessel"])
+    assert expected.input_scale == 2 and expected.slice_stride == 3
+    threshold = float(np.median(expected.probabilities))  # about half the voxels in: the interpolation shows
+    code = main(["segment", "--input", str(workspace["scans"] / "vol.nii.gz"), "--output", str(tmp_path),
+                 "--weights", str(workspace["weights"]), "--class", "vessel", "--quiet", "--threshold", str(threshold)])
+    assert code == 0
+    assert "volumes on one slice in 3, interpolated between" in capsys.readouterr().out
+    written = np.asarray(nib.load(tmp_path / "vol_seg.nii.gz").dataobj) > 0
+    np.testing.assert_array_equal(written, expected.probabilities[0] >= threshold)
 
 @pytest.mark.parametrize(
     ("extra", "message"),
