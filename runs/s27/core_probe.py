@@ -10,6 +10,7 @@ import iris_engine.evaluation.refinement as ref
 import iris_engine.refinement as R
 
 KAPPA = float(os.environ["KAPPA"])
+MIN_CLICKS = int(os.environ.get("MIN_CLICKS", "1"))  # negative clicks at the core of one component before it goes
 original = R.refine_slab
 
 
@@ -23,13 +24,16 @@ def core_components(probability: np.ndarray, clicks: np.ndarray, config: R.Refin
         labels, _ = ndimage.label(mask)
         depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
         positive = set(labels[clicks[:, :, z] == R.POSITIVE].tolist())
+        at_core: dict[int, int] = {}
         for y, x in np.argwhere(clicks[:, :, z] == R.NEGATIVE):
-            label = labels[y, x]
+            label = int(labels[y, x])
             if label == 0 or label in positive:
                 continue
-            component = labels == label
-            if depth[y, x] >= KAPPA * depth[component].max():
-                removed[:, :, z] |= component
+            if depth[y, x] >= KAPPA * depth[labels == label].max():
+                at_core[label] = at_core.get(label, 0) + 1
+        for label, count in at_core.items():
+            if count >= MIN_CLICKS:
+                removed[:, :, z] |= labels == label
     return removed
 
 
