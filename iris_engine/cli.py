@@ -357,8 +357,8 @@ class BatchSegmenter:
             backend = "eager" if self.autocast else onnx_runtime.choose_backend(self.segmenter.config, model, queries)
             with self.autocast or nullcontext():
                 probabilities = strategies.predict_probabilities(
-                    model, queries, self.embedding, strategies.query_batch_size(model, queries, self.segmenter.config),
-                    backend)
+                    model, queries, self.embedding,
+                    strategies.query_batch_size(model, queries, self.segmenter.config, backend), backend)
         except (IrisInputError, RuntimeError) as error:
             for job in jobs:
                 self._record(FileResult(job.path, "failed", _reason(error, job.path), job.volume.shape))

@@ -3,6 +3,8 @@ twice the grid's size, where the model (trained at 128 px) still sees its shape.
 
 Measured on training patients (assets/evaluation/report.md, "Session 16: a fine input scale ..."): vessels,
 oesophagus and trachea gain at 2x, while thicker structures (kidneys, lungs, aorta, LV myocardium) lose there.
+A volume read at 2x runs on every few slices only, the others interpolated (`strided_slices`, `fill_between`;
+"Session 27" there).
 """
 
 from __future__ import annotations

@@ -166,10 +166,10 @@ def predict_probabilities(
     return probabilities if embedding.logit_offsets is None else apply_offsets(probabilities, embedding.logit_offsets)
 
 
-def query_batch_size(model: IrisModel, queries: torch.Tensor, config: InferenceConfig) -> int:
-    """Queries per forward pass: `fine_batch_size` for queries read at twice the input size on the CPU, else
-    `batch_size`."""
-    fine_on_cpu = reads_fine(model, queries) and config.device == "cpu"
+def query_batch_size(model: IrisModel, queries: torch.Tensor, config: InferenceConfig, backend: str) -> int:
+    """Queries per forward pass: `fine_batch_size` for queries read at twice the input size by PyTorch on the CPU,
+    else `batch_size` (ONNX Runtime ran such a volume 8 % slower one slice at a time, benchmarks/fine_scale.md)."""
+    fine_on_cpu = reads_fine(model, queries) and config.device == "cpu" and backend != "onnx"
     return config.fine_batch_size if fine_on_cpu else config.batch_size
 
 
@@ -181,8 +181,8 @@ def segment_with_embedding(
     timings: dict[str, float] = {}
     with _timer(timings, "segment"):
         backend = onnx_runtime.choose_backend(config, model, queries)
-        probabilities = predict_probabilities(model, queries, embedding, query_batch_size(model, queries, config),
-                                              backend)
+        probabilities = predict_probabilities(model, queries, embedding,
+                                              query_batch_size(model, queries, config, backend), backend)
     return SegmentationResult(
         probabilities, probabilities >= config.threshold, list(embedding.class_names), embedding, timings
     )

@@ -24,6 +24,7 @@ from iris_engine.input_scale import (
 from iris_engine.io.volume import Volume
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
+from iris_engine.strategies import query_batch_size
 
 TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=32, decoder_channels=8, num_heads=2,
                    task_encoder_layers=1, decoder_layers=1)
@@ -125,6 +126,16 @@ def test_a_thin_structures_volume_is_segmented_on_every_third_slice_and_interpol
     segmenter.config = InferenceConfig()
     assert segmenter.segment(volume, "one_shot", [Support(_image(1), thick)], ["blob"]).slice_stride == 1
     assert segmenter.segment(_image(2), "one_shot", support, ["line"]).slice_stride == 1  # a 2D image
+
+
+def test_only_queries_read_at_twice_the_input_size_by_pytorch_on_the_cpu_go_one_at_a_time() -> None:
+    model, config = IrisModel(TINY), InferenceConfig(batch_size=8, fine_batch_size=1)
+    fine = torch.zeros(4, 1, 2 * TINY.image_size, 2 * TINY.image_size)
+    plain = torch.zeros(4, 1, TINY.image_size, TINY.image_size)
+    assert query_batch_size(model, fine, config, "bf16") == query_batch_size(model, fine, config, "eager") == 1
+    assert query_batch_size(model, fine, config, "onnx") == 8
+    assert query_batch_size(model, plain, config, "bf16") == 8
+    assert query_batch_size(model, fine, replace(config, device="cuda"), "eager") == 8
 
 def test_memory_bank_retrieves_a_class_with_a_fine_entry_at_twice_the_input_size() -> None:
     torch.manual_seed(0)
