@@ -452,7 +452,8 @@ def run_segment(args: argparse.Namespace) -> int:
         args.output.rmdir()  # nothing succeeded: leave no trace
     size = segmenter.model.config.image_size * scale
     stride = segmenter.config.fine_volume_stride
-    every = f"; volumes on one slice in {stride}, interpolated between" if stride > 1 and not segmenter.is_3d else ""
+    every = f"; volumes on one slice in {stride} at most, interpolated between" if stride > 1 and not segmenter.is_3d \
+        else ""
     thin = f" (a thin structure: twice the model's input size{every})" if scale > 1 else ""
     print(f"{strategy}, classes {', '.join(names)}, model {segmenter.model_version}, device {args.device}, "
           f"read at {size} px{thin}")

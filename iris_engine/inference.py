@@ -30,6 +30,7 @@ from iris_engine.model.click_refiner import ClickRefiner
 from iris_engine.model.iris import IrisModel
 from iris_engine.postprocess import PostprocessOptions, apply_postprocessing
 from iris_engine.preprocess import (
+    axial_spacing,
     mask_to_model_slices,
     model_output_to_volume_3d,
     model_slices_to_volume,
@@ -302,10 +303,13 @@ class IrisSegmenter:
                                   result.loss_curve, result.embedding, scale, stride if len(kept) < len(queries) else 1)
 
     def slice_stride(self, query: Volume, scale: int) -> int:
-        """Every how many slices a 2D model segments `query`: `fine_volume_stride` for a volume read at twice the
-        input size (a thin structure, where the 2x pass costs 4x per slice), else 1."""
-        thin_volume = scale == FINE_SCALE and query.ndim == 3 and not self.is_3d
-        return self.config.fine_volume_stride if thin_volume else 1
+        """Every how many slices a 2D model segments `query`: for a volume read at twice the input size (a thin
+        structure, where the 2x pass costs 4x per slice) `fine_volume_stride`, or fewer so that the slices read lie
+        at most `fine_volume_max_gap_mm` apart; else 1."""
+        if scale != FINE_SCALE or query.ndim != 3 or self.is_3d:
+            return 1
+        within_gap = int(self.config.fine_volume_max_gap_mm / axial_spacing(query) + 1e-6)
+        return max(1, min(self.config.fine_volume_stride, within_gap))
 
     def refine(self, query: Volume, result: VolumeSegmentation | None, clicks: Sequence[Click],
                config: RefineConfig | None = None) -> VolumeSegmentation:

@@ -84,6 +84,12 @@ def to_canonical(volume: Volume) -> tuple[Volume, CanonicalTransform]:
     return canonical, transform
 
 
+def axial_spacing(volume: Volume) -> float:
+    """Slice spacing in mm along the axis `to_canonical` puts last (the axial slices of a 3D volume)."""
+    ornt = nib.orientations.io_orientation(volume.affine)
+    return volume.spacing[int(np.flatnonzero(ornt[:, 0] == 2)[0])]
+
+
 @dataclass(frozen=True)
 class SliceGeometry:
     """How a 2D image or 3D volume was cut into S x S model slices (to map predictions back)."""

@@ -128,6 +128,15 @@ def test_a_thin_structures_volume_is_segmented_on_every_third_slice_and_interpol
     assert segmenter.segment(_image(2), "one_shot", support, ["line"]).slice_stride == 1  # a 2D image
 
 
+@pytest.mark.parametrize(("slice_mm", "stride"), [(1.0, 3), (2.5, 3), (3.0, 2), (5.0, 1)])
+def test_the_slices_read_lie_at_most_the_validated_gap_apart(slice_mm: float, stride: int) -> None:
+    segmenter = IrisSegmenter(IrisModel(TINY))
+    affine = np.diag([0.8, 0.8, slice_mm, 1.0])[:, [0, 2, 1, 3]]  # the slice axis stored second: coronal order
+    volume = Volume(np.zeros((16, 10, 12), np.float32), affine, "CT")
+    assert segmenter.slice_stride(volume, FINE_SCALE) == stride
+    assert segmenter.slice_stride(volume, 1) == 1
+
+
 def test_only_queries_read_at_twice_the_input_size_by_pytorch_on_the_cpu_go_one_at_a_time() -> None:
     model, config = IrisModel(TINY), InferenceConfig(batch_size=8, fine_batch_size=1)
     fine = torch.zeros(4, 1, 2 * TINY.image_size, 2 * TINY.image_size)
