@@ -164,5 +164,5 @@ def test_a_thin_support_reports_the_threshold_it_calibrated(services, nifti: Pat
     assert session.result.segmentation.input_scale == 2
     threshold = session.result.segmentation.embedding.thresholds()[0]
     assert f"read at twice the model's input size; threshold taken from the support: {threshold:.2f}" in message
-    assert session.result.segmentation.slice_stride == 3
-    assert "one slice in 3 segmented, those between interpolated in z" in message
+    assert session.result.segmentation.slice_stride == 2  # 3 mm slices: one in two keeps them within 7.5 mm
+    assert "one slice in 2 segmented, those between interpolated in z" in message
