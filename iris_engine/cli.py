@@ -21,7 +21,7 @@ from iris_engine.config import InferenceConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import CheckpointError, IrisInputError
 from iris_engine.inference import IrisSegmenter, Support
-from iris_engine.input_scale import fill_between, strided_slices
+from iris_engine.input_scale import fill_between, take_slices
 from iris_engine.inputs import InputItem, discover_inputs
 from iris_engine.io.limits import DEFAULT_LIMITS
 from iris_engine.io.readers import read_image, read_mask
@@ -65,7 +65,7 @@ class _Job:
     queries: torch.Tensor  # the slices segmented: every one, or for a thin structure's volume every n-th
     restore: Callable[[torch.Tensor], np.ndarray]
     seconds: float
-    kept: list[int]  # which slices of the input `queries` holds (`IrisSegmenter.slice_stride`)
+    kept: list[int]  # which slices of the input `queries` holds (`IrisSegmenter.kept_slices`)
     depth: int
 
 
@@ -339,9 +339,9 @@ class BatchSegmenter:
         except (IrisInputError, OSError, ValueError) as error:
             self._record(FileResult(path, "skipped", _reason(error, path)))
             return
-        kept = strided_slices(len(queries), self.segmenter.slice_stride(volume, self.scale))
-        self.pending.append(_Job(path, volume, queries[kept] if len(kept) < len(queries) else queries, restore,
-                                 time.perf_counter() - start, kept, len(queries)))
+        kept = self.segmenter.kept_slices(volume, len(queries), self.scale)
+        self.pending.append(_Job(path, volume, take_slices(queries, kept), restore, time.perf_counter() - start,
+                                 kept, len(queries)))
         if sum(job.queries.shape[0] for job in self.pending) >= self.args.batch_size:
             self.flush()
 

@@ -22,7 +22,7 @@ from iris_engine.checkpoint import CLICK_REFINER_FILE, load_checkpoint, load_cli
 from iris_engine.config import InferenceConfig, PreprocessConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
-from iris_engine.input_scale import FINE_SCALE, choose_input_scale, fill_between, strided_slices
+from iris_engine.input_scale import FINE_SCALE, choose_input_scale, fill_between, strided_slices, take_slices
 from iris_engine.io.limits import DEFAULT_LIMITS
 from iris_engine.io.volume import Volume
 from iris_engine.memory_bank import MemoryBank
@@ -277,9 +277,8 @@ class IrisSegmenter:
             embedding, scale = self.encode_at_input_scale(supports, names)
         report(0.2, "preparing the query")
         queries, restore, _ = self.to_model_space(query, scale)
-        stride = self.slice_stride(query, scale)
-        kept = strided_slices(len(queries), stride)
-        segmented = queries[kept] if len(kept) < len(queries) else queries
+        kept = self.kept_slices(query, len(queries), scale)
+        segmented = take_slices(queries, kept)
         if strategy == "in_context_tuning":
             report(0.35, "tuning the task embedding")
             images, masks = self.support_batch(supports, names, scale)
@@ -300,7 +299,13 @@ class IrisSegmenter:
             masks = np.stack([apply_postprocessing(m, postprocess) for m in masks])
         report(1.0, "done")
         return VolumeSegmentation(probabilities, masks, names, strategy, self.model_version, result.timings,
-                                  result.loss_curve, result.embedding, scale, stride if len(kept) < len(queries) else 1)
+                                  result.loss_curve, result.embedding, scale,
+                                  max((b - a for a, b in zip(kept, kept[1:], strict=False)), default=1))
+
+    def kept_slices(self, query: Volume, depth: int, scale: int) -> list[int]:
+        """Which of the `depth` model slices of `query` go through the model (`slice_stride`); the others are
+        interpolated (`input_scale.fill_between`)."""
+        return strided_slices(depth, self.slice_stride(query, scale))
 
     def slice_stride(self, query: Volume, scale: int) -> int:
         """Every how many slices a 2D model segments `query`: for a volume read at twice the input size (a thin

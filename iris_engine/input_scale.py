@@ -78,6 +78,11 @@ def strided_slices(depth: int, stride: int) -> list[int]:
     return sorted(set(range(0, depth, stride)) | {depth - 1})
 
 
+def take_slices(values: torch.Tensor, kept: list[int]) -> torch.Tensor:
+    """The `kept` slices of a stack (the stack itself, uncopied, when it keeps them all)."""
+    return values if len(kept) == values.shape[0] else values[kept]
+
+
 def fill_between(values: torch.Tensor, kept: list[int], depth: int) -> torch.Tensor:
     """(len(kept), ...) values of the `kept` slices of a stack (ascending, first 0, last depth - 1) -> (depth, ...),
     linear between neighbouring kept slices."""
