@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fine-thin-only", action="store_true",
                         help="with --low-res-fraction: the full-size batches train on thin targets only (thicker "
                              "classes become their boundary bands), as the engine reads only thin supports at 2x")
+    parser.add_argument("--no-cpu-bf16", action="store_true",
+                        help="train in float32 on a CPU that computes bfloat16 natively (default: bfloat16 autocast "
+                             "there, about 1.7x faster per step)")
     parser.add_argument("--fit-schedule-to-time", action="store_true",
                         help="end the learning-rate decay when the time limit ends (at most --iterations)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
@@ -112,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def train_config(args: argparse.Namespace, input_size: int) -> TrainConfig:
+    """The recipe `iris train` runs, from its parsed arguments and the model's input size."""
+    model_config = ModelConfig(image_size=input_size, similarity_path=not args.no_similarity_path,
+                               prior_size=args.prior_size)
+    return TrainConfig(
+        iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        synthetic_fraction=args.synthetic_fraction, superpixel_fraction=args.superpixel_fraction,
+        same_volume_fraction=args.same_volume_fraction, task_augment_prob=args.task_augment_prob,
+        warmup_iterations=min(args.warmup_iterations, args.iterations), num_threads=args.threads, model=model_config,
+        low_res_fraction=args.low_res_fraction, fine_thin_only=args.fine_thin_only, cpu_bf16=not args.no_cpu_bf16,
+    )
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     out: Path = args.out
@@ -121,15 +137,7 @@ def main(argv: list[str] | None = None) -> Path:
     input_size = args.input_size or image_size
     if input_size not in (image_size, image_size // FINE_SCALE):
         raise IrisInputError(f"--input-size must be the slices' size {image_size} or half of it, got {input_size}")
-    model_config = ModelConfig(image_size=input_size, similarity_path=not args.no_similarity_path,
-                               prior_size=args.prior_size)
-    config = TrainConfig(
-        iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        synthetic_fraction=args.synthetic_fraction, superpixel_fraction=args.superpixel_fraction,
-        same_volume_fraction=args.same_volume_fraction, task_augment_prob=args.task_augment_prob,
-        warmup_iterations=min(args.warmup_iterations, args.iterations), num_threads=args.threads, model=model_config,
-        low_res_fraction=args.low_res_fraction, fine_thin_only=args.fine_thin_only,
-    )
+    config = train_config(args, input_size)
     datasets = tuple(args.datasets) if args.datasets else None
     split_path = out / SPLIT_FILE
     if split_path.exists():

@@ -24,6 +24,7 @@ from iris_engine.data.pseudo_tasks import boundary_band
 from iris_engine.input_scale import FINE_SCALE, structure_thickness
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
+from iris_engine.onnx_runtime import native_bf16
 from iris_engine.training.distributed import DistributedContext, all_reduce_mean, init_distributed
 from iris_engine.training.losses import dice_bce_loss
 
@@ -66,6 +67,14 @@ def lr_factor(iteration: int, config: TrainConfig) -> float:
     span = max(1, config.iterations - config.warmup_iterations)
     progress = min(1.0, (iteration - config.warmup_iterations) / span)
     return math.exp(progress * math.log(config.min_lr_ratio))
+
+
+def training_autocast(device: torch.device, cpu_bf16: bool) -> torch.autocast:
+    """bfloat16 autocast for the forward pass: always on CUDA; on a CPU where it computes bfloat16 natively and
+    `cpu_bf16` is on; else disabled (float32)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16 and native_bf16())
 
 
 def _rng_state() -> dict[str, Any]:
@@ -255,8 +264,7 @@ class Trainer:
             half_resolution(batch)
         elif self.config.fine_thin_only:
             thin_targets(batch, FINE_SCALE * InferenceConfig.fine_scale_thickness)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with autocast:
+        with training_autocast(self.device, self.config.cpu_bf16):
             if self.context.enabled:
                 logits = network(batch.support_images, batch.support_masks, batch.query_images)
                 tokens = None

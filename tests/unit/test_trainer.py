@@ -16,6 +16,7 @@ from iris_engine.checkpoint import load_checkpoint
 from iris_engine.config import ModelConfig, TrainConfig
 from iris_engine.data.toy import ToyEpisodes
 from iris_engine.input_scale import structure_thickness
+from iris_engine.training import trainer as trainer_module
 from iris_engine.training.trainer import (
     FINAL_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -24,6 +25,7 @@ from iris_engine.training.trainer import (
     half_resolution,
     lr_factor,
     thin_targets,
+    training_autocast,
 )
 
 TINY = ModelConfig(
@@ -275,3 +277,33 @@ def test_the_schedule_is_fitted_to_the_time_limit(tmp_path):
     trainer.iteration, trainer.elapsed = 60, 59.999  # a long step must not end the run before this iteration
     trainer._fit_schedule(first_iteration=0)
     assert trainer.config.iterations == 61
+
+
+@pytest.mark.parametrize(("native", "switch", "expected"), [(True, True, True), (True, False, False),
+                                                           (False, True, False)])
+def test_cpu_training_runs_under_bf16_autocast_only_where_the_cpu_has_it(monkeypatch, native, switch, expected):
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda: native)
+    with training_autocast(torch.device("cpu"), switch):
+        assert torch.is_autocast_enabled("cpu") is expected
+        if expected:
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_a_bf16_training_step_keeps_float32_weights_and_the_float32_loss(monkeypatch, tmp_path):
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda: True)
+    losses = {}
+    for switch in (True, False):
+        trainer = Trainer(train_config(iterations=1, cpu_bf16=switch), ToyEpisodes(seed=3), tmp_path / str(switch),
+                          show_progress=False)
+        losses[switch] = trainer.fit().final_loss
+        assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert math.isfinite(losses[True])
+    assert losses[True] == pytest.approx(losses[False], abs=0.02)
+    assert losses[True] != losses[False]  # the first step really ran in bfloat16
+
+
+def test_iris_train_takes_bf16_on_the_cpu_unless_told_otherwise():
+    from iris_engine.training.run import build_parser, train_config
+
+    assert train_config(build_parser().parse_args([]), 128).cpu_bf16
+    assert not train_config(build_parser().parse_args(["--no-cpu-bf16"]), 128).cpu_bf16
