@@ -23,10 +23,11 @@ from iris_engine.errors import CheckpointError, IrisInputError
 from iris_engine.inference import IrisSegmenter, Support
 from iris_engine.input_scale import fill_between, take_slices
 from iris_engine.inputs import InputItem, discover_inputs
+from iris_engine.io.atomic import atomic_write
 from iris_engine.io.limits import DEFAULT_LIMITS
 from iris_engine.io.readers import read_image, read_mask
 from iris_engine.io.volume import Volume
-from iris_engine.io.writers import atomic_write, dicom_seg_missing_references, write_dicom_seg, write_mask
+from iris_engine.io.writers import dicom_seg_missing_references, write_dicom_seg, write_mask
 from iris_engine.postprocess import PostprocessOptions, apply_postprocessing
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "weights" / "iris2d.pt"

@@ -12,8 +12,9 @@ import torch
 from iris_engine.config import InferenceConfig
 from iris_engine.errors import IrisInputError
 from iris_engine.inference import IrisSegmenter
+from iris_engine.io.atomic import atomic_write
 from iris_engine.io.readers import read_image, read_mask
-from iris_engine.io.writers import atomic_write, write_dicom_seg, write_mask
+from iris_engine.io.writers import write_dicom_seg, write_mask
 from iris_engine.propagation import VIEW_AXES
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "weights" / "iris2d.pt"

@@ -20,7 +20,7 @@ from iris_engine.data.catalog import dataset_info, default_datasets
 from iris_engine.data.msd import MSDDataset
 from iris_engine.data.shared_paths import REPO_ROOT, shared_data_dir
 from iris_engine.errors import IrisInputError
-from iris_engine.io.writers import atomic_write
+from iris_engine.io.atomic import atomic_write
 from iris_engine.preprocess import normalize_intensity
 
 BANK_FORMAT_VERSION = 1

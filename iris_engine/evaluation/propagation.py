@@ -32,9 +32,9 @@ from iris_engine.data.shared_paths import shared_data_dir
 from iris_engine.data.splits import Split, dev_split
 from iris_engine.errors import IrisInputError
 from iris_engine.inference import IrisSegmenter
+from iris_engine.io.atomic import atomic_write
 from iris_engine.io.readers import read_image
 from iris_engine.io.volume import Volume
-from iris_engine.io.writers import atomic_write
 from iris_engine.metrics import json_safe
 from iris_engine.preprocess import to_canonical
 

@@ -38,7 +38,7 @@ from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
 from iris_engine.evaluation.harness import TaskSpec, evaluation_tasks
 from iris_engine.input_scale import FINE_SCALE, support_inputs, to_model_grid, to_score_grid
-from iris_engine.io.writers import atomic_write
+from iris_engine.io.atomic import atomic_write
 from iris_engine.metrics import json_safe
 from iris_engine.model.click_refiner import ClickRefiner
 from iris_engine.model.iris import IrisModel

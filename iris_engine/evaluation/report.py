@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from iris_engine.io.writers import atomic_write
+from iris_engine.io.atomic import atomic_write
 from iris_engine.metrics import json_safe
 
 STRATEGY_ORDER = (

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -17,6 +15,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from iris_engine.errors import IrisInputError
+from iris_engine.io.atomic import atomic_write
 from iris_engine.io.volume import Volume
 
 DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -33,24 +32,6 @@ DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
 )
 SOFTWARE_NAME = "IRIS Studio"
 SOFTWARE_VERSION = "0.1.0"
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temp file in the target folder, then move it over `path` atomically."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(target.suffixes[-2:]) if target.name.lower().endswith(".nii.gz") else target.suffix
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".iris-partial-", suffix=suffix)  # fits any name
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
 
 
 def _label_map(mask: np.ndarray, reference: Volume) -> np.ndarray:
