@@ -335,3 +335,7 @@ def main(argv: list[str] | None = None) -> Path:
     })
     print(json.dumps({"refiner": str(path), "iterations": trainer.iteration}), flush=True)
     return path
+
+
+if __name__ == "__main__":
+    main()

@@ -168,3 +168,7 @@ def main(argv: list[str] | None = None) -> Path:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary), flush=True)
     return out / FINAL_CHECKPOINT
+
+
+if __name__ == "__main__":
+    main()
