@@ -231,23 +231,22 @@ class Trainer:
         dist.all_gather_object(states, state)
         return states
 
-    def _training_state(self, episode_states: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "iteration": self.iteration,
-            "elapsed": self.elapsed,
-            "rng": _rng_state(),
-            "episodes": episode_states,
-            "train_config": _config_dict(self.config),
-        }
+    def _training_state(self, episode_states: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """What the run was (iteration, time, recipe), plus with `episode_states` all that `resume` needs (optimiser,
+        scheduler, RNG and sampler states: twice the weights' size, kept in last.pt only)."""
+        record = {"iteration": self.iteration, "elapsed": self.elapsed, "train_config": _config_dict(self.config)}
+        if episode_states is None:
+            return record
+        return {**record, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": _rng_state(), "episodes": episode_states}
 
     def save(self, name: str, episode_states: list[dict[str, Any]] | None = None) -> Path:
+        resumable = name != FINAL_CHECKPOINT
         return save_checkpoint(
             self.out_dir / name,
             self.model,
             self.memory_bank,
-            training_state=self._training_state(episode_states or self._episode_states()),
+            training_state=self._training_state((episode_states or self._episode_states()) if resumable else None),
             metadata={
                 "model_version": f"{self.out_dir.name}-it{self.iteration}",
                 "iterations": self.iteration,
@@ -338,13 +337,14 @@ class Trainer:
                 bar.total = self.config.iterations
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if main and (self.iteration % self.config.log_every == 0 or self.iteration == self.config.iterations):
+            out_of_time = self._out_of_time()
+            last = self.iteration == self.config.iterations or out_of_time
+            if main and (self.iteration % self.config.log_every == 0 or last):
                 recent = losses[-self.config.log_every :]
                 self._log(writer, {
                     "iteration": self.iteration, "total": self.config.iterations, "loss": sum(recent) / len(recent),
                     "lr": self.scheduler.get_last_lr()[0], "elapsed": round(self.elapsed, 2),
                 })
-            out_of_time = self._out_of_time()
             if self.iteration % self.config.checkpoint_every == 0 or out_of_time:
                 self._checkpoint(LAST_CHECKPOINT)
             if out_of_time:

@@ -152,6 +152,8 @@ def test_log_memory_bank_and_checkpoint_contents(tmp_path):
     assert loaded.metadata["iterations"] == 4
     assert loaded.training_state["iteration"] == 4
     assert loaded.training_state["train_config"]["model"] == TINY.to_dict()
+    assert "optimizer" not in loaded.training_state  # what resume needs stays in last.pt, half the final file's size
+    assert "optimizer" in load_checkpoint(tmp_path / LAST_CHECKPOINT).training_state
     assert (tmp_path / "tensorboard").is_dir()
 
 
@@ -307,3 +309,11 @@ def test_iris_train_takes_bf16_on_the_cpu_unless_told_otherwise():
 
     assert train_config(build_parser().parse_args([]), 128).cpu_bf16
     assert not train_config(build_parser().parse_args(["--no-cpu-bf16"]), 128).cpu_bf16
+
+
+def test_a_run_stopped_by_its_time_limit_logs_its_last_iteration(tmp_path):
+    config = train_config(iterations=50, log_every=25)
+    result = Trainer(config, ToyEpisodes(seed=4), tmp_path, time_limit_minutes=1e-6, show_progress=False).fit()
+    records = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert result.iterations == 1
+    assert [r["iteration"] for r in records] == [1]
