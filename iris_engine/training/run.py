@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "classes become their boundary bands), as the engine reads only thin supports at 2x")
     parser.add_argument("--no-cpu-bf16", action="store_true",
                         help="train in float32 on a CPU that computes bfloat16 natively (default: bfloat16 autocast "
-                             "there, about 1.7x faster per step)")
+                             "there, 1.6-2.0x faster per step)")
     parser.add_argument("--fit-schedule-to-time", action="store_true",
                         help="end the learning-rate decay when the time limit ends (at most --iterations)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
