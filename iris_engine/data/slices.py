@@ -33,21 +33,24 @@ def normalise_intensities(array: np.ndarray, hounsfield: bool = False) -> np.nda
     return normalize_intensity(array, "CT" if hounsfield else "MR")
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear (antialiased) resize of (N, H, W) float images to (N, size, size)."""
-    t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-    if t.shape[-2:] == (size, size):
-        return t[:, 0].numpy()
-    antialias = t.shape[-1] > size or t.shape[-2] > size
-    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
-    return out[:, 0].numpy()
+RESIZE_CHUNK = 256  # slices resized at once: a whole 256 px bank at once took 8 GB more memory (session 28)
 
 
-def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
-    """Resize (N, H, W) label maps to (N, size, size): each pixel takes the label with the largest area."""
+def resize_images(images: np.ndarray, size: int, chunk: int = RESIZE_CHUNK) -> np.ndarray:
+    """Bilinear (antialiased) resize of (N, H, W) float images to (N, size, size), `chunk` slices at a time."""
+    if images.shape[-2:] == (size, size):
+        return np.asarray(images, dtype=np.float32)
+    antialias = images.shape[-1] > size or images.shape[-2] > size
+    out = np.empty((images.shape[0], size, size), dtype=np.float32)
+    for start in range(0, images.shape[0], chunk):
+        t = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk], dtype=np.float32))[:, None]
+        resized = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
+        out[start : start + chunk] = resized[:, 0].numpy()
+    return out
+
+
+def _resize_label_chunk(labels: np.ndarray, size: int) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
-    if t.shape[-2:] == (size, size):
-        return t.numpy().astype(np.uint8)
     values = [int(v) for v in torch.unique(t) if int(v) != 0]
     best = F.interpolate((t == 0).float()[:, None], size=(size, size), mode="area")[:, 0]
     out = torch.zeros(best.shape, dtype=torch.uint8)
@@ -57,6 +60,17 @@ def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
         out[win] = v
         best = torch.where(win, frac, best)
     return out.numpy()
+
+
+def resize_labels(labels: np.ndarray, size: int, chunk: int = RESIZE_CHUNK) -> np.ndarray:
+    """Resize (N, H, W) label maps to (N, size, size): each pixel takes the label with the largest area (`chunk`
+    slices at a time)."""
+    if labels.shape[-2:] == (size, size):
+        return np.asarray(labels).astype(np.uint8)
+    if labels.shape[0] == 0:
+        return np.zeros((0, size, size), dtype=np.uint8)
+    return np.concatenate([_resize_label_chunk(labels[start : start + chunk], size)
+                           for start in range(0, labels.shape[0], chunk)])
 
 
 def class_areas(labels: np.ndarray, n_values: int) -> np.ndarray:

@@ -279,3 +279,16 @@ def test_a_compact_training_bank_keeps_labels_and_close_images(tiny_root: Path, 
     error = np.abs(carried.images.astype(np.float32) - original) / step  # in 8-bit code steps
     assert carried.images.dtype == np.float16
     assert error.mean() < 2.0 and np.percentile(error, 99) < 12.0  # JPEG at quality 92
+
+
+def test_resizing_a_bank_in_chunks_gives_the_one_pass_result():
+    from iris_engine.data.slices import resize_images, resize_labels
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (7, 40, 40)).astype(np.uint8)
+    labels[:2][labels[:2] == 4] = 0  # a value missing from the first chunk
+    images = rng.normal(size=(7, 40, 40)).astype(np.float16)
+    whole_labels, whole_images = resize_labels(labels, 16, chunk=7), resize_images(images, 16, chunk=7)
+    assert whole_labels.shape == (7, 16, 16) and set(np.unique(whole_labels)) <= {0, 1, 2, 3, 4}
+    np.testing.assert_array_equal(resize_labels(labels, 16, chunk=2), whole_labels)
+    np.testing.assert_array_equal(resize_images(images, 16, chunk=3), whole_images)
