@@ -1,14 +1,18 @@
-"""RSS of a training process over steps, float32 against bfloat16 autocast (one process each, sys.argv[1])."""
+"""RSS of a training process over steps, float32 against bfloat16 autocast (one process each, sys.argv[1]).
+
+The logs rss_*.log were written by an earlier version with the same step inline, without gradient clipping."""
 import resource
 import sys
 
 import torch
 
+sys.path.insert(0, "benchmarks")
+from benchmark_training import step_seconds  # noqa: E402
+
 from iris_engine.checkpoint import load_checkpoint
 from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
 from iris_engine.data.slices import SliceBank
 from iris_engine.data.splits import Split
-from iris_engine.training.losses import dice_bce_loss
 from iris_engine.training.trainer import half_resolution
 
 torch.set_num_threads(1)
@@ -28,12 +32,7 @@ for step in range(int(sys.argv[2])):
     batch = sampler.sample_batch(8)
     if step % 4:
         half_resolution(batch)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = model(batch.support_images, batch.support_masks, batch.query_images)
-        valid = batch.class_valid[:, None, :].expand(-1, logits.shape[1], -1)
-        loss = dice_bce_loss(logits.float(), batch.query_masks, valid, spatial_dims=2)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    step_seconds(model, batch, opt, bf16)
     if step % 10 == 9:
-        print(sys.argv[1], step + 1, round(rss_mb()), "MB; peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, flush=True)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        print(sys.argv[1], step + 1, round(rss_mb()), "MB; peak", peak, flush=True)
