@@ -2,12 +2,12 @@
 
 Usage: python benchmarks/benchmark_training.py [--weights assets/weights/iris2d.pt] [--batch-size 8] [--steps 4]
        [--threads 1] [--sizes 128 256]
-Each step is what `iris train` does per iteration: the shipped model's forward pass on a batch of one-support
-episodes (toy images and masks at each size; the model is fully convolutional and attends over its own grid), the
-Dice + BCE loss, backward, gradient clipping and an AdamW step. Both precisions run the same batches, alternating,
-after one warm-up step each; the table gives the median seconds per step and the ratio float32 / bfloat16.
-bfloat16 autocast is only fast on a CPU that computes it natively (AVX512-BF16 or AMX): elsewhere `iris train`
-keeps float32 and this benchmark says so.
+Each step is what `iris train` does per iteration (`trainer.embeddings_and_loss`): the shipped model's forward
+pass on a batch of one-support episodes (toy images and masks at each size; the model is fully convolutional and
+attends over its own grid), the Dice + BCE loss, backward, gradient clipping and an AdamW step. Both precisions
+run the same batches, alternating, after one warm-up step each; the table gives the median seconds per step and
+the ratio float32 / bfloat16. bfloat16 autocast is only fast on a CPU that computes it natively (AVX512-BF16 or
+AMX): elsewhere `iris train` keeps float32 and this benchmark says so.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 from iris_engine.checkpoint import load_checkpoint
 from iris_engine.data.toy import ToyEpisodes
 from iris_engine.model.iris import IrisModel
-from iris_engine.onnx_runtime import native_bf16
-from iris_engine.training.losses import dice_bce_loss
+from iris_engine.precision import native_bf16
+from iris_engine.training.trainer import embeddings_and_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,9 +33,7 @@ def step_seconds(model: IrisModel, batch: object, optimizer: torch.optim.Optimiz
     """Wall seconds of one training step on `batch`."""
     start = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = model(batch.support_images, batch.support_masks, batch.query_images)
-        valid = batch.class_valid[:, None, :].expand(-1, logits.shape[1], -1)
-        loss = dice_bce_loss(logits.float(), batch.query_masks, valid, spatial_dims=2)
+        _, loss = embeddings_and_loss(model, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

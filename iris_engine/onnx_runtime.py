@@ -9,7 +9,6 @@ that needs gradients stays on PyTorch.
 
 from __future__ import annotations
 
-import functools
 import logging
 import tempfile
 import threading
@@ -23,6 +22,7 @@ from iris_engine.errors import IrisInputError
 from iris_engine.export import export_onnx, onnx_session, run_onnx
 from iris_engine.input_scale import FINE_SCALE
 from iris_engine.model.iris import IrisModel
+from iris_engine.precision import native_bf16
 
 BACKENDS = ("auto", "eager", "bf16", "onnx")
 LOG = logging.getLogger(__name__)
@@ -70,13 +70,6 @@ def query_path(model: IrisModel, size: int | None = None) -> OnnxQueryPath:
             path = OnnxQueryPath(model, side)
             paths[side] = path
         return path
-
-
-@functools.cache
-def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (oneDNN with AVX512-BF16 or AMX), where the query path under
-    bfloat16 autocast runs 1.3-2x faster than in float32 at the same Dice (benchmarks/bf16.md)."""
-    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def choose_backend(config: InferenceConfig, model: IrisModel, queries: torch.Tensor) -> str:

@@ -24,7 +24,7 @@ from iris_engine.data.pseudo_tasks import boundary_band
 from iris_engine.input_scale import FINE_SCALE, structure_thickness
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
-from iris_engine.onnx_runtime import native_bf16
+from iris_engine.precision import native_bf16
 from iris_engine.training.distributed import DistributedContext, all_reduce_mean, init_distributed
 from iris_engine.training.losses import dice_bce_loss
 
@@ -139,6 +139,18 @@ def _episode_embeddings(
     tokens = tokens.reshape(b, k, *tokens.shape[1:]).mean(dim=1)
     logits = model.segment(batch.query_images.flatten(0, 1), tokens.repeat_interleave(q, dim=0))
     return tokens, logits.reshape(b, q, *logits.shape[1:])
+
+
+def episode_loss(logits: torch.Tensor, batch: EpisodeBatchLike, spatial_dims: int) -> torch.Tensor:
+    """Dice + BCE of query logits (B, Q, L, *S) against the batch's query masks, over its valid classes."""
+    valid = batch.class_valid[:, None, :].expand(-1, logits.shape[1], -1)
+    return dice_bce_loss(logits.float(), batch.query_masks, valid, spatial_dims=spatial_dims)
+
+
+def embeddings_and_loss(model: IrisModel, batch: EpisodeBatchLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training forward pass: the episodes' task tokens (for the memory bank) and their loss."""
+    tokens, logits = _episode_embeddings(model, batch)
+    return tokens, episode_loss(logits, batch, model.config.spatial_dims)
 
 
 def _update_memory_bank(bank: MemoryBank, tokens: torch.Tensor, batch: EpisodeBatchLike) -> None:
@@ -266,11 +278,10 @@ class Trainer:
         with training_autocast(self.device, self.config.cpu_bf16):
             if self.context.enabled:
                 logits = network(batch.support_images, batch.support_masks, batch.query_images)
+                loss = episode_loss(logits, batch, self.config.model.spatial_dims)
                 tokens = None
             else:
-                tokens, logits = _episode_embeddings(self.model, batch)
-            valid = batch.class_valid[:, None, :].expand(-1, logits.shape[1], -1)
-            loss = dice_bce_loss(logits.float(), batch.query_masks, valid, spatial_dims=self.config.model.spatial_dims)
+                tokens, loss = embeddings_and_loss(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
