@@ -1,13 +1,15 @@
 """Seconds per training step on the CPU, float32 against bfloat16 autocast (`TrainConfig.cpu_bf16`), side by side.
 
 Usage: python benchmarks/benchmark_training.py [--weights assets/weights/iris2d.pt] [--batch-size 8] [--steps 4]
-       [--threads 1] [--sizes 128 256]
+       [--threads 1] [--sizes 128 256] [--no-refiner]
 Each step is what `iris train` does per iteration (`trainer.embeddings_and_loss`): the shipped model's forward
 pass on a batch of one-support episodes (toy images and masks at each size; the model is fully convolutional and
 attends over its own grid), the Dice + BCE loss, backward, gradient clipping and an AdamW step. Both precisions
 run the same batches, alternating, after one warm-up step each; the table gives the median seconds per step and
 the ratio float32 / bfloat16. bfloat16 autocast is only fast on a CPU that computes it natively (AVX512-BF16 or
 AMX): elsewhere `iris train` keeps float32 and this benchmark says so.
+A last row times a step of `iris train-refiner` (`ClickTrainer.step`: the frozen model's one-shot starts, the
+simulated clicks and the shipped click refiner's update) in both precisions on the same toy batches.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from iris_engine.checkpoint import load_checkpoint
+from iris_engine.checkpoint import load_checkpoint, load_click_refiner
 from iris_engine.data.toy import ToyEpisodes
 from iris_engine.model.iris import IrisModel
 from iris_engine.precision import native_bf16
+from iris_engine.training.click_training import ClickTrainConfig, ClickTrainer
 from iris_engine.training.trainer import embeddings_and_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +45,25 @@ def step_seconds(model: IrisModel, batch: object, optimizer: torch.optim.Optimiz
     return time.perf_counter() - start
 
 
+def refiner_step_seconds(model: IrisModel, refiner_path: Path, batch_size: int, steps: int) -> tuple[float, float]:
+    """Median seconds of a click-refiner training step in float32 and in bfloat16, alternating on equal batches."""
+    trainers = {}
+    for bf16 in (False, True):
+        config = ClickTrainConfig(batch_size=batch_size, lr=1e-6, warmup_iterations=1, cpu_bf16=bf16)
+        episodes = ToyEpisodes(size=model.config.image_size, seed=7)
+        trainer = ClickTrainer(model, episodes, config, Path(tempfile.gettempdir()))
+        trainer.refiner.load_state_dict(load_click_refiner(refiner_path).refiner.state_dict())
+        trainers[bf16] = trainer
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for index in range(steps + 1):
+        for bf16, trainer in trainers.items():
+            start = time.perf_counter()
+            trainer.step()
+            if index:
+                times[bf16].append(time.perf_counter() - start)
+    return statistics.median(times[False]), statistics.median(times[True])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=ROOT / "assets" / "weights" / "iris2d.pt")
@@ -48,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--refiner", type=Path, default=ROOT / "assets" / "weights" / "click_refiner.pt")
+    parser.add_argument("--no-refiner", dest="time_refiner", action="store_false",
+                        help="skip the click-refiner training step")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_checkpoint(args.weights).model.train()
@@ -67,6 +93,10 @@ def main(argv: list[str] | None = None) -> None:
                     times[bf16].append(seconds)
         fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
         print(f"| {size} | {fp32:.2f} | {bf16:.2f} | {fp32 / bf16:.2f}x |", flush=True)
+    if args.time_refiner:
+        fp32, bf16 = refiner_step_seconds(model.eval(), args.refiner, args.batch_size, args.steps)
+        size = model.config.image_size
+        print(f"| click refiner, {size} | {fp32:.2f} | {bf16:.2f} | {fp32 / bf16:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

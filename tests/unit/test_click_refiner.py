@@ -249,6 +249,25 @@ def test_local_blend_trains_the_output_that_learned_refinement_returns(tmp_path:
         click_training.main(["--local-blend", "1.0"])
 
 
+def test_a_bf16_refiner_step_keeps_float32_weights_and_a_float32_close_loss(monkeypatch, tmp_path: Path) -> None:
+    from iris_engine.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda: True)
+    model = IrisModel(TINY).eval()
+    losses = {}
+    for switch in (True, False):
+        torch.manual_seed(2)
+        config = ClickTrainConfig(iterations=1, batch_size=2, warmup_iterations=1, max_clicks=2, cpu_bf16=switch)
+        trainer = ClickTrainer(model, ToyEpisodes(size=32, seed=3), config, tmp_path / str(switch), SMALL_REFINER)
+        losses[switch] = trainer.step()
+        assert all(p.dtype == torch.float32 for p in trainer.refiner.parameters())
+    assert np.isfinite(losses[True])
+    assert losses[True] == pytest.approx(losses[False], abs=0.02)
+    assert losses[True] != losses[False]  # the step really ran in bfloat16
+    assert click_training.build_parser().parse_args([]).cpu_bf16
+    assert not click_training.build_parser().parse_args(["--no-cpu-bf16"]).cpu_bf16
+
+
 def test_degraded_starts_are_emptied_or_another_slices_prediction() -> None:
     start = torch.stack([torch.full((1, 4, 4), value) for value in np.linspace(0.1, 0.9, 8)])
     rng = np.random.default_rng(0)
