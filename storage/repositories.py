@@ -60,6 +60,9 @@ _TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
+_OPTIMISTIC_BLOB_WRITES = 3  # blob writes outside the transaction before one inside it (see _write_referencing)
+
+
 class _BlobVanishedError(StorageError):
     """A freshly written blob was reaped before the row referencing it was committed."""
 
@@ -81,9 +84,11 @@ class _Repository:
     def _write_referencing(self, put: Callable[[], tuple[str, str]], write: Callable[[Session, str, str], T]) -> T:
         """Write a blob (temp + rename), then commit the rows that reference it.
 
-        If the rows cannot be written the blob is removed again unless something else uses it.
+        The blob is written outside the transaction; should reapers remove it before the commit
+        `_OPTIMISTIC_BLOB_WRITES` times, it is written once more inside the guarded transaction, where no reaper
+        can run. If the rows cannot be written the blob is removed again unless something else uses it.
         """
-        for _ in range(3):
+        for _ in range(_OPTIMISTIC_BLOB_WRITES):
             sha, relpath = put()
             try:
                 with self._db.session_scope() as session:
@@ -96,7 +101,16 @@ class _Repository:
             except BaseException:
                 Maintenance(self._db).reap({sha})
                 raise
-        raise StorageError("blob store is being cleaned concurrently; try again")
+        written: str | None = None
+        try:
+            with self._db.session_scope() as session:
+                self._blob_guard(session)
+                written, relpath = put()
+                return write(session, written, relpath)
+        except BaseException:
+            if written is not None:
+                Maintenance(self._db).reap({written})
+            raise
 
     def _load_blob_mask(self, sha: str) -> np.ndarray:
         return decode_mask(self._db.blobs.read_bytes(sha))

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from storage import Database, Storage
+from storage import Database, Storage, repositories
 from storage.records import CaseMetadata
 
 THREADS = 6
@@ -95,4 +95,24 @@ def test_blob_reaped_between_write_and_commit_is_written_again(db: Database, mon
     monkeypatch.setattr(db.blobs, "put_bytes", racing_put)
     annotation = store.annotations.add(case_id, "liver", np.ones((4, 8, 8), bool), [0], "w")
     assert puts == [annotation.mask_sha256] * 2
+    assert db.blobs.verify(annotation.mask_sha256) and store.maintenance.missing_blobs() == []
+
+
+def test_a_writer_that_keeps_losing_the_race_writes_inside_the_guard(db: Database,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reapers that win every optimistic try cannot make a write fail: the last try writes under the guard."""
+    store = Storage(db)
+    case_id = store.cases.add_case(b"volume", CaseMetadata("ct", "ct.nii", (4, 8, 8))).id
+    real_put, puts = db.blobs.put_bytes, []
+
+    def racing_put(data: bytes) -> tuple[str, str]:
+        sha, relpath = real_put(data)
+        if len(puts) < repositories._OPTIMISTIC_BLOB_WRITES:
+            assert store.maintenance.reap({sha}) == [sha]
+        puts.append(sha)
+        return sha, relpath
+
+    monkeypatch.setattr(db.blobs, "put_bytes", racing_put)
+    annotation = store.annotations.add(case_id, "liver", np.ones((4, 8, 8), bool), [0], "w")
+    assert puts == [annotation.mask_sha256] * (repositories._OPTIMISTIC_BLOB_WRITES + 1)
     assert db.blobs.verify(annotation.mask_sha256) and store.maintenance.missing_blobs() == []
