@@ -1,0 +1,32 @@
+"""Dev click protocol (training patients) with RefineConfig overrides: dev_probe.py OUT [--em] [key=value ...]."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from iris_engine.data.slices import build_slice_bank
+from iris_engine.data.splits import Split, dev_split
+from iris_engine.evaluation import refinement as ev
+from iris_engine.refinement import RefineConfig
+
+out, args = Path(sys.argv[1]), sys.argv[2:]
+em = "--em" in args
+overrides = {k: type(getattr(RefineConfig(), k))(v) for k, v in (a.split("=") for a in args if "=" in a)}
+torch.set_num_threads(1)
+split = (Split.load("runs/s21/dev_em_split.json") if em  # ISBI training sections 00-09 -> 10-19
+         else dev_split(Split.load("assets/weights/split.json")))
+config = ev.RefineEvalConfig(methods=("disc", "learned") if em else ("learned",), max_queries=10 if em else 6)
+bank = None
+if em:  # sections 10-19 count as another patient than 00-09 (as runs/s27/em_look.py)
+    bank = build_slice_bank(("isbi_em",), size=256)
+    ids = bank.patient_ids.copy().astype(object)
+    for i, case in enumerate(bank.case_ids):
+        if str(case).startswith("em_") and 10 <= int(str(case)[3:]) < 20:
+            ids[i] = "em_sections_10_19_dev"
+    bank.patient_ids = ids
+payload = ev.run(Path("assets/weights/iris2d.pt"), split, config, RefineConfig(**overrides), log=False,
+                 datasets=["isbi_em"] if em else None, bank=bank)
+ev.write(payload, out)
+mean = ev.summary(payload).get("mean over datasets")
+print(json.dumps({"overrides": overrides, "em": em, "mean": mean}))
