@@ -10,7 +10,8 @@ method "learned" returns on a clicked slice: the refiner averaged with the image
 degraded (emptied, or swapped for another slice's prediction) so that the refiner also learns to grow a
 structure the one-shot prediction missed from a click or two; with `merged_start_fraction` a share is merged with
 another slice's prediction (an over-segmentation: negative clicks must trim the wrong part and keep the right
-one). Resumable (`--resume`), time-limited;
+one); with `grown_start_fraction` a share is united with a wide band around the truth (the structure inside a
+larger blob, which negative clicks must trim without emptying the mask). Resumable (`--resume`), time-limited;
 `--init` fine-tunes a shipped refiner (its own configuration, a fresh optimizer and schedule).
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from iris_engine.checkpoint import load_checkpoint, load_click_refiner, save_click_refiner
 from iris_engine.config import TrainConfig
@@ -40,6 +42,7 @@ from iris_engine.training.run import episode_source
 from iris_engine.training.trainer import EpisodeSource, lr_factor, training_autocast
 
 LAST = "refiner_last.pt"
+GROWN_START_PROBABILITY = 0.9
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class ClickTrainConfig:
     threshold: float = 0.5
     degraded_start_fraction: float = 0.3  # share of starts emptied or swapped for another slice's prediction
     merged_start_fraction: float = 0.0  # share of starts united with another slice's prediction (over-segmented)
+    grown_start_fraction: float = 0.0  # share of starts united with a wide band around the truth (object in a blob)
+    grown_band: tuple[float, float] = (0.04, 0.15)  # that band's width, drawn uniformly, as a fraction of the side
     local_blend: float = 0.0  # weight of the local edit in the trained output (1 - learned_weight: as inferred)
     empty_start_probability: float = 0.01
     # on a CPU with native bfloat16, the frozen model's and the refiner's forward passes run under bfloat16 autocast
@@ -111,6 +116,25 @@ def degrade_starts(start: torch.Tensor, rng: np.random.Generator, fraction: floa
     for i in merged:
         degraded[i] = torch.maximum(start[i], start[(i + 1) % start.shape[0]])
     return degraded
+
+
+def grow_starts(start: torch.Tensor, truth: torch.Tensor, rng: np.random.Generator, fraction: float,
+                band: tuple[float, float]) -> torch.Tensor:
+    """Unite a `fraction` of the start probabilities (B, 1, S, S) with a confident blob: the truth grown by a
+    band of random width, so that negative clicks must trim the blob down to the structure inside it."""
+    chosen = np.flatnonzero(rng.random(start.shape[0]) < fraction)
+    if chosen.size == 0:
+        return start
+    grown = start.clone()
+    size = start.shape[-1]
+    for i in chosen:
+        inside = truth[i, 0].cpu().numpy() >= 0.5
+        if not inside.any():
+            continue
+        distance = ndimage.distance_transform_edt(~inside)
+        blob = torch.from_numpy(distance <= rng.uniform(*band) * size).to(start)
+        grown[i, 0] = torch.maximum(start[i, 0], GROWN_START_PROBABILITY * blob)
+    return grown
 
 
 def blend_local_edit(refined: torch.Tensor, batch: ClickBatch, clicks: np.ndarray, weight: float) -> torch.Tensor:
@@ -211,6 +235,8 @@ class ClickTrainer:
             batch = one_shot_batch(self.model, self.sampler, self.config.batch_size, self.device)
             batch.start = degrade_starts(batch.start, self.rng, self.config.degraded_start_fraction,
                                          self.config.empty_start_probability, self.config.merged_start_fraction)
+            batch.start = grow_starts(batch.start, batch.truth, self.rng, self.config.grown_start_fraction,
+                                      self.config.grown_band)
             counts = self.rng.integers(1, self.config.max_clicks + 1, size=batch.image.shape[0])
             self.refiner.eval()
             clicks = simulate_clicks(self.refiner, batch, counts, self.config.threshold, self.config.local_blend)
@@ -270,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--merged-start-fraction", type=float, default=ClickTrainConfig.merged_start_fraction,
                         help="share of one-shot starts united with another slice's prediction (over-segmented starts "
                         "that negative clicks must trim)")
+    parser.add_argument("--grown-start-fraction", type=float, default=ClickTrainConfig.grown_start_fraction,
+                        help="share of one-shot starts united with a wide band around the truth (the structure "
+                        "inside an over-segmented blob, which negative clicks must trim without emptying it)")
     parser.add_argument("--local-blend", type=float, default=ClickTrainConfig.local_blend,
                         help="train the refiner's output averaged with the local edit by this weight, as method "
                         "'learned' blends them at inference (1 - learned_weight, e.g. 0.5; 0: the refiner alone)")
@@ -302,6 +331,8 @@ def main(argv: list[str] | None = None) -> Path:
     torch.manual_seed(args.seed)
     if not 0.0 <= args.local_blend < 1.0:
         raise IrisInputError(f"--local-blend must lie in [0, 1), not {args.local_blend}")
+    if not 0.0 <= args.grown_start_fraction <= 1.0:
+        raise IrisInputError(f"--grown-start-fraction must lie in [0, 1], not {args.grown_start_fraction}")
     if min(args.degraded_start_fraction, args.merged_start_fraction) < 0 \
             or args.degraded_start_fraction + args.merged_start_fraction > 1.0:
         raise IrisInputError("--degraded-start-fraction and --merged-start-fraction must be >= 0 and sum to at most 1")
@@ -310,7 +341,8 @@ def main(argv: list[str] | None = None) -> Path:
     config = ClickTrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               warmup_iterations=min(args.warmup_iterations, args.iterations),
                               degraded_start_fraction=args.degraded_start_fraction,
-                              merged_start_fraction=args.merged_start_fraction, local_blend=args.local_blend,
+                              merged_start_fraction=args.merged_start_fraction,
+                              grown_start_fraction=args.grown_start_fraction, local_blend=args.local_blend,
                               cpu_bf16=args.cpu_bf16)
     datasets = tuple(args.datasets) if args.datasets else None
     if args.bank is not None:

@@ -36,6 +36,7 @@ from iris_engine.training.click_training import (
     ClickTrainer,
     blend_local_edit,
     degrade_starts,
+    grow_starts,
     one_shot_batch,
     simulate_clicks,
 )
@@ -266,6 +267,26 @@ def test_a_bf16_refiner_step_keeps_float32_weights_and_a_float32_close_loss(monk
     assert losses[True] != losses[False]  # the step really ran in bfloat16
     assert click_training.build_parser().parse_args([]).cpu_bf16
     assert not click_training.build_parser().parse_args(["--no-cpu-bf16"]).cpu_bf16
+
+
+def test_grown_starts_hold_the_truth_inside_a_wider_confident_blob() -> None:
+    truth = torch.zeros(3, 1, 32, 32)
+    truth[:2, 0, 12:16, 12:16] = 1.0  # the third slice shows nothing: left as it is
+    start = torch.full((3, 1, 32, 32), 0.05)
+    start[0, 0, 0:2, 0:2] = 0.8
+    rng = np.random.default_rng(0)
+    assert torch.equal(grow_starts(start, truth, rng, 0.0, (0.1, 0.2)), start)
+    grown = grow_starts(start, truth, rng, 1.0, (0.1, 0.2))
+    for i in range(2):
+        blob = grown[i, 0] >= 0.5
+        band = (3.2, 6.4)  # 0.1 and 0.2 of the side: a 4 x 4 square grown by r covers about 16 + 16 r + pi r^2
+        assert blob[truth[i, 0] > 0].all()
+        assert 16 + 16 * band[0] <= int(blob.sum()) <= 16 + 16 * band[1] + np.pi * band[1] ** 2
+        assert not blob[truth[i, 0] == 0].all()
+    assert torch.equal(grown[0, 0, 0:2, 0:2], start[0, 0, 0:2, 0:2])  # the start's own confident pixels stay
+    assert torch.equal(grown[2], start[2])
+    with pytest.raises(ValueError, match="--grown-start-fraction must lie in"):
+        click_training.main(["--grown-start-fraction", "1.5"])
 
 
 def test_degraded_starts_are_emptied_or_another_slices_prediction() -> None:
