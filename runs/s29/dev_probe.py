@@ -1,4 +1,5 @@
-"""Dev click protocol (training patients) with RefineConfig overrides: dev_probe.py OUT [--em] [key=value ...]."""
+"""Dev click protocol (training patients) with RefineConfig overrides:
+dev_probe.py OUT [--em] [--refiner=PATH] [key=value ...]."""
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ from iris_engine.refinement import RefineConfig
 
 out, args = Path(sys.argv[1]), sys.argv[2:]
 em = "--em" in args
-overrides = {k: type(getattr(RefineConfig(), k))(v) for k, v in (a.split("=") for a in args if "=" in a)}
+refiner = next((Path(a.split("=", 1)[1]) for a in args if a.startswith("--refiner=")), None)
+overrides = {k: type(getattr(RefineConfig(), k))(v) for k, v in (a.split("=") for a in args
+                                                                  if "=" in a and not a.startswith("--"))}
 torch.set_num_threads(1)
 split = (Split.load("runs/s21/dev_em_split.json") if em  # ISBI training sections 00-09 -> 10-19
          else dev_split(Split.load("assets/weights/split.json")))
@@ -26,7 +29,7 @@ if em:  # sections 10-19 count as another patient than 00-09 (as runs/s27/em_loo
             ids[i] = "em_sections_10_19_dev"
     bank.patient_ids = ids
 payload = ev.run(Path("assets/weights/iris2d.pt"), split, config, RefineConfig(**overrides), log=False,
-                 datasets=["isbi_em"] if em else None, bank=bank)
+                 datasets=["isbi_em"] if em else None, bank=bank, click_refiner=refiner)
 ev.write(payload, out)
 mean = ev.summary(payload).get("mean over datasets")
-print(json.dumps({"overrides": overrides, "em": em, "mean": mean}))
+print(json.dumps({"overrides": overrides, "refiner": str(refiner), "em": em, "mean": mean}))
