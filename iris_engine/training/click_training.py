@@ -42,7 +42,6 @@ from iris_engine.training.run import episode_source
 from iris_engine.training.trainer import EpisodeSource, lr_factor, training_autocast
 
 LAST = "refiner_last.pt"
-GROWN_START_PROBABILITY = 0.9
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,7 @@ class ClickTrainConfig:
     merged_start_fraction: float = 0.0  # share of starts united with another slice's prediction (over-segmented)
     grown_start_fraction: float = 0.0  # share of starts united with a wide band around the truth (object in a blob)
     grown_band: tuple[float, float] = (0.04, 0.15)  # that band's width, drawn uniformly, as a fraction of the side
+    grown_probability: float = 0.9  # the start's probability inside that band (at least)
     local_blend: float = 0.0  # weight of the local edit in the trained output (1 - learned_weight: as inferred)
     empty_start_probability: float = 0.01
     # on a CPU with native bfloat16, the frozen model's and the refiner's forward passes run under bfloat16 autocast
@@ -119,9 +119,9 @@ def degrade_starts(start: torch.Tensor, rng: np.random.Generator, fraction: floa
 
 
 def grow_starts(start: torch.Tensor, truth: torch.Tensor, rng: np.random.Generator, fraction: float,
-                band: tuple[float, float]) -> torch.Tensor:
-    """Unite a `fraction` of the start probabilities (B, 1, S, S) with a confident blob: the truth grown by a
-    band of random width, so that negative clicks must trim the blob down to the structure inside it."""
+                band: tuple[float, float], probability: float = 0.9) -> torch.Tensor:
+    """Unite a `fraction` of the start probabilities (B, 1, S, S) with a blob of `probability`: the truth grown by
+    a band of random width, so that negative clicks must trim the blob down to the structure inside it."""
     chosen = np.flatnonzero(rng.random(start.shape[0]) < fraction)
     if chosen.size == 0:
         return start
@@ -133,7 +133,7 @@ def grow_starts(start: torch.Tensor, truth: torch.Tensor, rng: np.random.Generat
             continue
         distance = ndimage.distance_transform_edt(~inside)
         blob = torch.from_numpy(distance <= rng.uniform(*band) * size).to(start)
-        grown[i, 0] = torch.maximum(start[i, 0], GROWN_START_PROBABILITY * blob)
+        grown[i, 0] = torch.maximum(start[i, 0], probability * blob)
     return grown
 
 
@@ -236,7 +236,7 @@ class ClickTrainer:
             batch.start = degrade_starts(batch.start, self.rng, self.config.degraded_start_fraction,
                                          self.config.empty_start_probability, self.config.merged_start_fraction)
             batch.start = grow_starts(batch.start, batch.truth, self.rng, self.config.grown_start_fraction,
-                                      self.config.grown_band)
+                                      self.config.grown_band, self.config.grown_probability)
             counts = self.rng.integers(1, self.config.max_clicks + 1, size=batch.image.shape[0])
             self.refiner.eval()
             clicks = simulate_clicks(self.refiner, batch, counts, self.config.threshold, self.config.local_blend)
