@@ -47,12 +47,13 @@ def step_seconds(model: IrisModel, batch: object, optimizer: torch.optim.Optimiz
 
 def refiner_step_seconds(model: IrisModel, refiner_path: Path, batch_size: int, steps: int) -> tuple[float, float]:
     """Median seconds of a click-refiner training step in float32 and in bfloat16, alternating on equal batches."""
+    weights = load_click_refiner(refiner_path).refiner.state_dict()
     trainers = {}
     for bf16 in (False, True):
         config = ClickTrainConfig(batch_size=batch_size, lr=1e-6, warmup_iterations=1, cpu_bf16=bf16)
         episodes = ToyEpisodes(size=model.config.image_size, seed=7)
         trainer = ClickTrainer(model, episodes, config, Path(tempfile.gettempdir()))
-        trainer.refiner.load_state_dict(load_click_refiner(refiner_path).refiner.state_dict())
+        trainer.refiner.load_state_dict(weights)
         trainers[bf16] = trainer
     times: dict[bool, list[float]] = {False: [], True: []}
     for index in range(steps + 1):
