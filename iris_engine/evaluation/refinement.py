@@ -73,6 +73,8 @@ class RefineEvalConfig:
     # protocol of sessions 11-19, everything on the model grid)
     score_scale: int = FINE_SCALE
     fine_scale_thickness: float = InferenceConfig.fine_scale_thickness
+    baseline: str = "disc"  # each other method's paired difference to it, with a bootstrap interval
+    bootstrap_resamples: int = 2000
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -184,6 +186,8 @@ def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpe
         "support_patients": pairs[0].support_patients,
         "dice_curve": {m: np.mean([s[: max(REPORT_AT) + 1] for s in c], axis=0).round(4).tolist()
                        for m, c in curves.items()},
+        "query_curves": {m: np.asarray([s[: max(REPORT_AT) + 1] for s in c]).round(4).tolist()
+                         for m, c in curves.items()},
         "clicks_to_target": {m: float(np.mean([clicks_to_target(s, config.target, config.max_clicks) for s in c]))
                              for m, c in curves.items()},
         "seconds_per_click": {m: float(np.mean(s)) for m, s in seconds.items()},
@@ -277,6 +281,40 @@ def summary(payload: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
     return table
 
 
+def paired_differences(payload: dict[str, Any]) -> dict[str, dict[str, dict[int, tuple[float, float, float]]]]:
+    """Per dataset and over the datasets, each method minus the protocol's baseline after each reported click
+    count: the mean paired difference (per query, averaged over a dataset's classes as `summary`) and its 95 %
+    bootstrap interval (the queries of each class resampled with replacement, the same draw for both methods)."""
+    cfg = payload["protocol"]
+    baseline = cfg.get("baseline", "disc")
+    methods = [m for m in cfg["methods"] if m != baseline]
+    by_dataset: dict[str, list[dict[str, Any]]] = {}
+    for task in payload["tasks"]:
+        if "query_curves" in task:
+            by_dataset.setdefault(task["dataset"], []).append(task)
+    if baseline not in cfg["methods"] or not methods or not by_dataset:
+        return {}
+    rng = np.random.default_rng(cfg.get("seed", 0))
+    resamples = int(cfg.get("bootstrap_resamples", 2000))
+    means: dict[str, dict[tuple[str, int], float]] = {}
+    boots: dict[str, dict[tuple[str, int], np.ndarray]] = {}
+    for dataset, tasks in by_dataset.items():
+        sizes = [len(t["query_curves"][baseline]) for t in tasks]
+        draws = [rng.integers(0, size, (resamples, size)) for size in sizes]
+        means[dataset], boots[dataset] = {}, {}
+        for method in methods:
+            gaps = [np.asarray(t["query_curves"][method]) - np.asarray(t["query_curves"][baseline]) for t in tasks]
+            for n in REPORT_AT:
+                at = [g[:, min(n, g.shape[1] - 1)] for g in gaps]  # a run capped under 5 clicks keeps its last
+                means[dataset][method, n] = float(np.mean([a.mean() for a in at]))
+                boots[dataset][method, n] = np.mean([a[d].mean(axis=1) for a, d in zip(at, draws, strict=True)], axis=0)
+    if len(by_dataset) > 1:
+        means["mean over datasets"] = {k: float(np.mean([m[k] for m in means.values()])) for k in means[dataset]}
+        boots["mean over datasets"] = {k: np.mean([b[k] for b in boots.values()], axis=0) for k in boots[dataset]}
+    return {d: {m: {n: (means[d][m, n], *(float(v) for v in np.percentile(boots[d][m, n], [2.5, 97.5])))
+                    for n in REPORT_AT} for m in methods} for d in means}
+
+
 def _queries_line(cfg: dict[str, Any]) -> str:
     support = ("support: the middle class slice of another patient (training patients where the dataset has "
                "them); the start is the one-shot result.")
@@ -300,7 +338,7 @@ def _grid_words(cfg: dict[str, Any]) -> str:
 
 
 def markdown(payload: dict[str, Any]) -> str:
-    """The report: protocol, per-dataset table, per-task table."""
+    """The report: protocol, per-dataset table, paired differences to the baseline, per-task table."""
     methods = payload["protocol"]["methods"]
     cfg = payload["protocol"]
     unit = "volume" if cfg.get("volumes") else "slice"
@@ -325,7 +363,23 @@ def markdown(payload: dict[str, Any]) -> str:
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
     lines += ["", f"Mean CPU seconds per refinement call (all clicks so far, {_grid_words(cfg)}, one thread): "
               + ", ".join(f"{m} {summary(payload)['mean over datasets'][m]['seconds']:.3f}" for m in methods)
-              if payload["tasks"] else "", "", "## Per dataset / class (Dice after 5 clicks, clicks to target)", "",
+              if payload["tasks"] else ""]
+    differences = paired_differences(payload)
+    if differences:
+        baseline = cfg.get("baseline", "disc")
+        others = list(next(iter(differences.values())))
+        lines += ["", f"## Against `{baseline}`: paired difference in Dice after "
+                  + " / ".join(str(n) for n in REPORT_AT) + " clicks, with 95 % bootstrap intervals", "",
+                  f"Each {unit} is refined by both methods from the same start with the same simulated user; the "
+                  f"{unit}s of each class are resampled ({cfg.get('bootstrap_resamples', 2000)} draws, seed "
+                  f"{cfg['seed']}). An interval that contains 0 is no evidence either way.", "",
+                  "| dataset | " + " | ".join(f"{m} − {baseline}" for m in others) + " |",
+                  "|---|" + "---|" * len(others)]
+        for dataset, row in differences.items():
+            cells = [" / ".join(f"{row[m][n][0]:+.3f} [{row[m][n][1]:+.3f}, {row[m][n][2]:+.3f}]" for n in REPORT_AT)
+                     for m in others]
+            lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    lines += ["", "## Per dataset / class (Dice after 5 clicks, clicks to target)", "",
               f"| dataset / class | 2D/3D | {unit}s | one-shot | " + " | ".join(methods) + " |",
               "|---|---|---|---|" + "---|" * len(methods)]
     for t in payload["tasks"]:

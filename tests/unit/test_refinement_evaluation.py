@@ -96,11 +96,17 @@ def test_a_run_on_tiny_folders_keeps_patients_apart_and_writes_the_report(tmp_pa
             curve = task["dice_curve"][method]
             assert len(curve) == 6 and curve[0] == task["dice_curve"]["disc"][0]
             assert 0 <= task["clicks_to_target"][method] <= 6
+        for method in config.methods:
+            per_query = np.asarray(task["query_curves"][method])
+            assert per_query.shape == (task["queries"], 6)
+            assert np.allclose(per_query.mean(axis=0), task["dice_curve"][method], atol=1e-3)
     table = ev.summary(payload)
     assert set(table) == {*datasets, "mean over datasets"} and set(table["toy2d"]) == set(config.methods)
     ev.write(payload, tmp_path / "out")
     report = (tmp_path / "out" / "refinement.md").read_text()
     assert "| toy3d |" in report and "disc" in report
+    assert "## Against `disc`" in report and "| learned − disc | local − disc | combined − disc |" not in report
+    assert "| dataset | local − disc | learned − disc | combined − disc |" in report
     assert json.loads((tmp_path / "out" / "refinement.json").read_text())["protocol"]["max_clicks"] == 6
 
 
@@ -118,6 +124,35 @@ def test_the_volume_protocol_scores_each_held_out_volume_of_the_3d_sets(tmp_path
     report = (tmp_path / "out" / "refinement_volumes.md").read_text()
     assert "3D sets as volumes" in report and "| toy3d / organ | 3D |" in report
     assert not (tmp_path / "out" / "refinement.md").exists()
+
+
+def _payload(gaps: dict[str, list[np.ndarray]], seed: int = 0) -> dict:
+    """A protocol payload whose `learned` curves are the `disc` ones plus the given per-query gaps (one array of
+    shape (queries, 6) per class of each dataset)."""
+    rng = np.random.default_rng(seed)
+    tasks = []
+    for dataset, per_class in gaps.items():
+        for k, gap in enumerate(per_class):
+            disc = rng.uniform(0.2, 0.7, gap.shape)
+            tasks.append({"dataset": dataset, "class_name": f"c{k}",
+                          "query_curves": {"disc": disc.tolist(), "learned": (disc + gap).tolist()}})
+    return {"protocol": {"methods": ["disc", "learned"], "seed": 0, "bootstrap_resamples": 500}, "tasks": tasks}
+
+
+def test_paired_differences_to_the_disc_carry_an_interval_that_says_when_a_gap_is_real() -> None:
+    rng = np.random.default_rng(1)
+    constant = ev.paired_differences(_payload({"a": [np.full((6, 6), 0.1)], "b": [np.full((4, 6), -0.02)] * 2}))
+    for n in ev.REPORT_AT:
+        assert np.allclose(constant["a"]["learned"][n], 0.1) and np.allclose(constant["b"]["learned"][n], -0.02)
+        assert np.allclose(constant["mean over datasets"]["learned"][n], 0.04)
+    real = ev.paired_differences(_payload({"a": [0.1 + rng.normal(0, 0.02, (12, 6))]}))["a"]["learned"]
+    noise = ev.paired_differences(_payload({"a": [rng.normal(0, 0.05, (6, 6)) - 0.002]}))["a"]["learned"]
+    for n in ev.REPORT_AT:
+        mean, low, high = real[n]
+        assert 0.0 < low <= mean <= high
+        mean, low, high = noise[n]
+        assert low < 0.0 < high and low <= mean <= high
+    assert ev.paired_differences({"protocol": {"methods": ["learned"], "seed": 0}, "tasks": []}) == {}
 
 
 def _pair(image: torch.Tensor, mask: torch.Tensor) -> EvalPair:
