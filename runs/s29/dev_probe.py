@@ -19,7 +19,8 @@ overrides = {k: type(getattr(RefineConfig(), k))(v) for k, v in (a.split("=") fo
 torch.set_num_threads(1)
 split = (Split.load("runs/s21/dev_em_split.json") if em  # ISBI training sections 00-09 -> 10-19
          else dev_split(Split.load("assets/weights/split.json")))
-config = ev.RefineEvalConfig(methods=("disc", "learned") if em else ("learned",), max_queries=10 if em else 6)
+config = ev.RefineEvalConfig(methods=("disc", "learned") if em else ("learned",), max_queries=10 if em else int(__import__("os").environ.get("DEV_QUERIES", 6)),
+                             seed=int(__import__("os").environ.get("DEV_SEED", 0)))
 bank = None
 if em:  # sections 10-19 count as another patient than 00-09 (as runs/s27/em_look.py)
     bank = build_slice_bank(("isbi_em",), size=256)
