@@ -68,6 +68,7 @@ class TaskSpec:
 class TaskResult:
     spec: TaskSpec
     dice: dict[str, list[float]] = field(default_factory=dict)
+    case_dice: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # per support draw: case -> Dice
     hd95: dict[str, list[float]] = field(default_factory=dict)
     support_patients: dict[str, list[list[str]]] = field(default_factory=dict)
     query_patients: list[str] = field(default_factory=list)
@@ -103,8 +104,8 @@ def _subset(pairs: list[EvalPair], max_queries: int) -> list[EvalPair]:
     return [positive[i] for i in index]
 
 
-def case_dice(predictions: torch.Tensor, pairs: list[EvalPair]) -> float:
-    """Dice aggregated per query case over its slices, then averaged over cases."""
+def case_dices(predictions: torch.Tensor, pairs: list[EvalPair]) -> dict[str, float]:
+    """Dice of each query case, aggregated over its slices."""
     sums: dict[str, list[float]] = {}
     for prediction, pair in zip(predictions, pairs, strict=True):
         truth = pair.query_mask[0] >= 0.5
@@ -112,7 +113,12 @@ def case_dice(predictions: torch.Tensor, pairs: list[EvalPair]) -> float:
         entry = sums.setdefault(pair.query_case, [0.0, 0.0])
         entry[0] += 2.0 * float((pred & truth).sum())
         entry[1] += float(pred.sum() + truth.sum())
-    return float(np.mean([a / b if b > 0 else 1.0 for a, b in sums.values()]))
+    return {case: a / b if b > 0 else 1.0 for case, (a, b) in sums.items()}
+
+
+def case_dice(predictions: torch.Tensor, pairs: list[EvalPair]) -> float:
+    """Dice aggregated per query case over its slices, then averaged over cases."""
+    return float(np.mean(list(case_dices(predictions, pairs).values())))
 
 
 def _mean_hd95(predictions: torch.Tensor, pairs: list[EvalPair], scale: int) -> float:
@@ -175,7 +181,9 @@ class Evaluator:
         return self.score_grid(result.probabilities[:, 0]) >= self.config.threshold
 
     def _record(self, result: TaskResult, name: str, predictions: torch.Tensor, pairs: list[EvalPair]) -> None:
-        result.dice.setdefault(name, []).append(case_dice(predictions, pairs))
+        per_case = case_dices(predictions, pairs)
+        result.dice.setdefault(name, []).append(float(np.mean(list(per_case.values()))))
+        result.case_dice.setdefault(name, []).append(per_case)
         if result.spec.is_3d:
             result.hd95.setdefault(name, []).append(_mean_hd95(predictions, pairs,
                                                                self.bank.images.shape[-1] // self.size))
@@ -310,8 +318,8 @@ def run_evaluation(
         "memory_bank_fine": [key for key in loaded.memory_bank.class_names if evaluator.bank_scale(key) > 1],
         "seconds": round(time.perf_counter() - start, 1),
         "tasks": [
-            {**asdict(r.spec), "dice": r.dice, "hd95": r.hd95, "support_patients": r.support_patients,
-             "query_patients": r.query_patients, "notes": r.notes}
+            {**asdict(r.spec), "dice": r.dice, "case_dice": r.case_dice, "hd95": r.hd95,
+             "support_patients": r.support_patients, "query_patients": r.query_patients, "notes": r.notes}
             for r in results
         ],
         "context_sensitivity": sensitivity,

@@ -14,7 +14,7 @@ from iris_engine.data.slices import build_slice_bank
 from iris_engine.data.splits import make_split
 from iris_engine.evaluation.baselines import copy_support_mask, intensity_nearest_neighbour
 from iris_engine.evaluation.harness import GROUP_CLASS, GROUP_SEEN, EvalConfig, run_evaluation
-from iris_engine.evaluation.report import render_markdown, write_report
+from iris_engine.evaluation.report import baseline_margins, render_markdown, write_report
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
 from tests.unit.test_data_msd_split_bank import _write_msd
@@ -74,6 +74,9 @@ def test_harness_keeps_supports_and_queries_apart_and_writes_reports(tmp_path: P
                      "baseline_intensity_knn"):
             assert len(task["dice"][name]) == 2
             assert all(0.0 <= d <= 1.0 for d in task["dice"][name])
+            for mean, per_case in zip(task["dice"][name], task["case_dice"][name], strict=True):
+                assert np.isclose(mean, np.mean(list(per_case.values())))
+                assert {split.patient_of(task["dataset"], c) for c in per_case} <= set(task["query_patients"])
     assert "memory_bank" in tasks[("toy2d", "disc")]["dice"]
     assert "memory_bank" not in tasks[("toy2d", "ring")]["dice"]
     assert tasks[("toy3d", "organ_a")]["hd95"]
@@ -86,6 +89,7 @@ def test_harness_keeps_supports_and_queries_apart_and_writes_reports(tmp_path: P
     markdown = (report / "report.md").read_text()
     assert "baseline_intensity_knn" in markdown and "Context sensitivity" in markdown
     assert "calibrated on the support" in markdown
+    assert "## One-shot against the better non-learned baseline" in markdown
     assert (report / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -102,3 +106,30 @@ def test_report_writes_nan_as_null_and_na(tmp_path: Path) -> None:
     assert "0.600 ± 0.100" in render_markdown(payload)
     assert json.loads(paths["json"].read_text())["tasks"][0]["hd95"]["one_shot"] == [None]
     assert np.isclose(json.loads(paths["json"].read_text())["summary"][GROUP_SEEN]["one_shot"], 0.6)
+
+
+def _margin_task(one_shot: list[dict[str, float]], copy: list[dict[str, float]],
+                 knn: list[dict[str, float]]) -> dict:
+    def mean(draws: list[dict[str, float]]) -> list[float]:
+        return [float(np.mean(list(d.values()))) for d in draws]
+
+    return {"group": GROUP_CLASS, "dataset": "d", "class_name": "c",
+            "dice": {"one_shot": mean(one_shot), "baseline_copy_support": mean(copy),
+                     "baseline_intensity_knn": mean(knn)},
+            "case_dice": {"one_shot": one_shot, "baseline_copy_support": copy, "baseline_intensity_knn": knn}}
+
+
+def test_one_shot_margin_is_paired_against_the_better_baseline_with_a_case_bootstrap_interval() -> None:
+    rng = np.random.default_rng(0)
+    cases = [f"case{i}" for i in range(8)]
+    base = [{c: float(v) for c, v in zip(cases, rng.uniform(0.2, 0.6, 8), strict=True)} for _ in range(3)]
+    worse = [{c: v - 0.1 for c, v in draw.items()} for draw in base]
+    shifted = [{c: v + 0.2 for c, v in draw.items()} for draw in base]
+    (exact,) = baseline_margins({"tasks": [_margin_task(shifted, worse, base)]})
+    assert exact["baseline"] == "baseline_intensity_knn" and exact["cases"] == 8
+    assert np.allclose([exact["margin"], exact["low"], exact["high"]], 0.2)
+    noisy = [{c: v + 0.2 + float(rng.normal(0, 0.1)) for c, v in draw.items()} for draw in base]
+    (row,) = baseline_margins({"tasks": [_margin_task(noisy, base, worse)]})
+    assert row["baseline"] == "baseline_copy_support" and row["low"] < row["margin"] < row["high"]
+    assert row["high"] - row["low"] > 0.02 and 0.1 < row["margin"] < 0.3
+    assert baseline_margins({"tasks": [{**_margin_task(noisy, base, worse), "case_dice": {}}]}) == []
