@@ -54,6 +54,7 @@ from iris_engine.refinement import (
 )
 
 REPORT_AT = (1, 3, 5)
+FEW_QUERIES = 5  # below this many queries per class a bootstrap interval is too narrow to trust
 
 
 @dataclass(frozen=True)
@@ -368,11 +369,14 @@ def markdown(payload: dict[str, Any]) -> str:
     if differences:
         baseline = cfg.get("baseline", "disc")
         others = list(next(iter(differences.values())))
+        fewest = min(len(t["query_curves"][baseline]) for t in payload["tasks"] if "query_curves" in t)
         lines += ["", f"## Against `{baseline}`: paired difference in Dice after "
                   + " / ".join(str(n) for n in REPORT_AT) + " clicks, with 95 % bootstrap intervals", "",
                   f"Each {unit} is refined by both methods from the same start with the same simulated user; the "
                   f"{unit}s of each class are resampled ({cfg.get('bootstrap_resamples', 2000)} draws, seed "
-                  f"{cfg['seed']}). An interval that contains 0 is no evidence either way.", "",
+                  f"{cfg['seed']}). An interval that contains 0 is no evidence either way"
+                  + (f"; with fewer than {FEW_QUERIES} {unit}s in a class (here as few as {fewest}) the bootstrap "
+                     "understates the uncertainty." if fewest < FEW_QUERIES else "."), "",
                   "| dataset | " + " | ".join(f"{m} − {baseline}" for m in others) + " |",
                   "|---|" + "---|" * len(others)]
         for dataset, row in differences.items():

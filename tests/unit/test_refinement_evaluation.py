@@ -123,6 +123,7 @@ def test_the_volume_protocol_scores_each_held_out_volume_of_the_3d_sets(tmp_path
     ev.write(payload, tmp_path / "out")
     report = (tmp_path / "out" / "refinement_volumes.md").read_text()
     assert "3D sets as volumes" in report and "| toy3d / organ | 3D |" in report
+    assert f"as few as {task['queries']}) the bootstrap understates the uncertainty" in report
     assert not (tmp_path / "out" / "refinement.md").exists()
 
 
