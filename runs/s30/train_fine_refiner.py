@@ -44,7 +44,8 @@ class ThinSource:
 
 config = ClickTrainConfig(iterations=600, lr=3e-4, warmup_iterations=30, degraded_start_fraction=0.3, seed=30)
 trainer = ClickTrainer(model, ThinSource(), config, out)
-trainer.initialise_from(Path("assets/weights/click_refiner.pt"), model.version)
+if not trainer.resume():  # a second call continues the first from its refiner_last.pt
+    trainer.initialise_from(Path("assets/weights/click_refiner.pt"), model.version)
 trainer.fit(minutes)
 path = save_click_refiner(out / "click_refiner_fine.pt", trainer.refiner, model.version,
                           {"iterations": trainer.iteration, "train_seconds": round(trainer.elapsed, 1),
