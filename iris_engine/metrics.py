@@ -168,3 +168,19 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_group_means(groups: Sequence[np.ndarray], rng: np.random.Generator,
+                          resamples: int = BOOTSTRAP_RESAMPLES) -> np.ndarray:
+    """Bootstrap distribution (resamples,) of the mean over groups of each group's mean, every group's values
+    resampled with replacement (e.g. paired per-query differences, one group per class or support draw)."""
+    return np.mean([g[rng.integers(0, len(g), (resamples, len(g)))].mean(axis=1) for g in groups], axis=0)
+
+
+def interval(distribution: np.ndarray) -> tuple[float, float]:
+    """Central 95 % interval of a bootstrap distribution."""
+    low, high = np.percentile(distribution, [2.5, 97.5])
+    return float(low), float(high)

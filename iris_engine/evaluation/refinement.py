@@ -39,7 +39,7 @@ from iris_engine.errors import IrisInputError
 from iris_engine.evaluation.harness import TaskSpec, evaluation_tasks
 from iris_engine.input_scale import FINE_SCALE, support_inputs, to_model_grid, to_score_grid
 from iris_engine.io.atomic import atomic_write
-from iris_engine.metrics import json_safe
+from iris_engine.metrics import BOOTSTRAP_RESAMPLES, bootstrap_group_means, interval, json_safe
 from iris_engine.model.click_refiner import ClickRefiner
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import (
@@ -75,7 +75,7 @@ class RefineEvalConfig:
     score_scale: int = FINE_SCALE
     fine_scale_thickness: float = InferenceConfig.fine_scale_thickness
     baseline: str = "disc"  # each other method's paired difference to it, with a bootstrap interval
-    bootstrap_resamples: int = 2000
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -285,7 +285,7 @@ def summary(payload: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
 def paired_differences(payload: dict[str, Any]) -> dict[str, dict[str, dict[int, tuple[float, float, float]]]]:
     """Per dataset and over the datasets, each method minus the protocol's baseline after each reported click
     count: the mean paired difference (per query, averaged over a dataset's classes as `summary`) and its 95 %
-    bootstrap interval (the queries of each class resampled with replacement, the same draw for both methods)."""
+    bootstrap interval (the queries of each class resampled with replacement)."""
     cfg = payload["protocol"]
     baseline = cfg.get("baseline", "disc")
     methods = [m for m in cfg["methods"] if m != baseline]
@@ -296,24 +296,21 @@ def paired_differences(payload: dict[str, Any]) -> dict[str, dict[str, dict[int,
     if baseline not in cfg["methods"] or not methods or not by_dataset:
         return {}
     rng = np.random.default_rng(cfg.get("seed", 0))
-    resamples = int(cfg.get("bootstrap_resamples", 2000))
-    means: dict[str, dict[tuple[str, int], float]] = {}
-    boots: dict[str, dict[tuple[str, int], np.ndarray]] = {}
+    resamples = int(cfg.get("bootstrap_resamples", BOOTSTRAP_RESAMPLES))
+    keys = [(m, n) for m in methods for n in REPORT_AT]
+    means: dict[str, dict[tuple[str, int], float]] = {d: {} for d in by_dataset}
+    boots: dict[str, dict[tuple[str, int], np.ndarray]] = {d: {} for d in by_dataset}
     for dataset, tasks in by_dataset.items():
-        sizes = [len(t["query_curves"][baseline]) for t in tasks]
-        draws = [rng.integers(0, size, (resamples, size)) for size in sizes]
-        means[dataset], boots[dataset] = {}, {}
-        for method in methods:
+        for method, n in keys:
             gaps = [np.asarray(t["query_curves"][method]) - np.asarray(t["query_curves"][baseline]) for t in tasks]
-            for n in REPORT_AT:
-                at = [g[:, min(n, g.shape[1] - 1)] for g in gaps]  # a run capped under 5 clicks keeps its last
-                means[dataset][method, n] = float(np.mean([a.mean() for a in at]))
-                boots[dataset][method, n] = np.mean([a[d].mean(axis=1) for a, d in zip(at, draws, strict=True)], axis=0)
+            at = [g[:, min(n, g.shape[1] - 1)] for g in gaps]  # a run capped under 5 clicks keeps its last
+            means[dataset][method, n] = float(np.mean([a.mean() for a in at]))
+            boots[dataset][method, n] = bootstrap_group_means(at, rng, resamples)
     if len(by_dataset) > 1:
-        means["mean over datasets"] = {k: float(np.mean([m[k] for m in means.values()])) for k in means[dataset]}
-        boots["mean over datasets"] = {k: np.mean([b[k] for b in boots.values()], axis=0) for k in boots[dataset]}
-    return {d: {m: {n: (means[d][m, n], *(float(v) for v in np.percentile(boots[d][m, n], [2.5, 97.5])))
-                    for n in REPORT_AT} for m in methods} for d in means}
+        means["mean over datasets"] = {k: float(np.mean([means[d][k] for d in by_dataset])) for k in keys}
+        boots["mean over datasets"] = {k: np.mean([boots[d][k] for d in by_dataset], axis=0) for k in keys}
+    return {d: {m: {n: (means[d][m, n], *interval(boots[d][m, n])) for n in REPORT_AT} for m in methods}
+            for d in means}
 
 
 def _queries_line(cfg: dict[str, Any]) -> str:
@@ -370,11 +367,12 @@ def markdown(payload: dict[str, Any]) -> str:
         baseline = cfg.get("baseline", "disc")
         others = list(next(iter(differences.values())))
         fewest = min(len(t["query_curves"][baseline]) for t in payload["tasks"] if "query_curves" in t)
+        resamples = cfg.get("bootstrap_resamples", BOOTSTRAP_RESAMPLES)
         lines += ["", f"## Against `{baseline}`: paired difference in Dice after "
                   + " / ".join(str(n) for n in REPORT_AT) + " clicks, with 95 % bootstrap intervals", "",
                   f"Each {unit} is refined by both methods from the same start with the same simulated user; the "
-                  f"{unit}s of each class are resampled ({cfg.get('bootstrap_resamples', 2000)} draws, seed "
-                  f"{cfg['seed']}). An interval that contains 0 is no evidence either way"
+                  f"{unit}s of each class are resampled ({resamples} draws, seed {cfg['seed']}). An interval that "
+                  "contains 0 is no evidence either way"
                   + (f"; with fewer than {FEW_QUERIES} {unit}s in a class (here as few as {fewest}) the bootstrap "
                      "understates the uncertainty." if fewest < FEW_QUERIES else "."), "",
                   "| dataset | " + " | ".join(f"{m} − {baseline}" for m in others) + " |",

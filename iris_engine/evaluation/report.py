@@ -10,13 +10,11 @@ from typing import Any
 import numpy as np
 
 from iris_engine.io.atomic import atomic_write
-from iris_engine.metrics import json_safe
+from iris_engine.metrics import BOOTSTRAP_RESAMPLES, bootstrap_group_means, interval, json_safe
 
 BASELINES = ("baseline_copy_support", "baseline_intensity_knn")
-STRATEGY_ORDER = (
-    "one_shot", "context_ensemble_k3", "context_ensemble_k5", "memory_bank", "in_context_tuning",
-    "baseline_copy_support", "baseline_intensity_knn",
-)
+STRATEGY_ORDER = ("one_shot", "context_ensemble_k3", "context_ensemble_k5", "memory_bank", "in_context_tuning",
+                  *BASELINES)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -56,7 +54,7 @@ def common_task_summary(payload: dict[str, Any]) -> dict[str, Any]:
             "dice": {s: float(np.mean([row[s] for row in common])) if common else float("nan") for s in required}}
 
 
-def baseline_margins(payload: dict[str, Any], resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+def baseline_margins(payload: dict[str, Any], seed: int = 0) -> list[dict[str, Any]]:
     """Per task, one-shot minus the better non-learned baseline (by its mean over support draws): the mean paired
     difference over query cases and support draws, and its 95 % bootstrap interval (each draw's query cases
     resampled with replacement, the same cases for both)."""
@@ -64,16 +62,16 @@ def baseline_margins(payload: dict[str, Any], resamples: int = 2000, seed: int =
     rows = []
     for task in payload["tasks"]:
         per_case = task.get("case_dice", {})
-        baselines = [b for b in BASELINES if per_case.get(b) and not math.isnan(_mean_std(task["dice"][b])[0])]
-        if not per_case.get("one_shot") or not baselines:
+        means = {b: _mean_std(task["dice"][b])[0] for b in BASELINES if per_case.get(b)}
+        means = {b: m for b, m in means.items() if not math.isnan(m)}
+        if not per_case.get("one_shot") or not means:
             continue
-        best = max(baselines, key=lambda b: _mean_std(task["dice"][b])[0])
+        best = max(means, key=means.__getitem__)
         gaps = [np.array([shot[c] - base[c] for c in shot]) for shot, base in
                 zip(per_case["one_shot"], per_case[best], strict=True)]
-        boot = np.mean([g[rng.integers(0, len(g), (resamples, len(g)))].mean(axis=1) for g in gaps], axis=0)
-        low, high = np.percentile(boot, [2.5, 97.5])
+        low, high = interval(bootstrap_group_means(gaps, rng))
         rows.append({"group": task["group"], "task": f"{task['dataset']} / {task['class_name']}", "baseline": best,
-                     "margin": float(np.mean([g.mean() for g in gaps])), "low": float(low), "high": float(high),
+                     "margin": float(np.mean([g.mean() for g in gaps])), "low": low, "high": high,
                      "cases": int(np.mean([len(g) for g in gaps]))})
     return rows
 
@@ -143,8 +141,9 @@ def render_markdown(payload: dict[str, Any]) -> str:
     if margins:
         lines += ["", "## One-shot against the better non-learned baseline (paired over query cases)", "",
                   "One-shot minus the baseline with the higher mean (copying the support mask or intensity k-NN), "
-                  "per query case and support draw; 95 % bootstrap interval with each draw's cases resampled (2000 "
-                  "draws, seed 0). With few query patients the interval is wide: read it before a 0.15 margin.", "",
+                  "per query case and support draw; 95 % bootstrap interval with each draw's cases resampled "
+                  f"({BOOTSTRAP_RESAMPLES} draws, seed 0). With few query patients the interval is wide: read it "
+                  "before a 0.15 margin.", "",
                   "| group | dataset / class | baseline | one-shot − baseline [95 % interval] | query cases |",
                   "|---|---|---|---|---|"]
         lines += [f"| {r['group']} | {r['task']} | {r['baseline']} | {r['margin']:+.3f} [{r['low']:+.3f}, "

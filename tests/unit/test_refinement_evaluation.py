@@ -147,7 +147,8 @@ def test_paired_differences_to_the_disc_carry_an_interval_that_says_when_a_gap_i
         assert np.allclose(constant["a"]["learned"][n], 0.1) and np.allclose(constant["b"]["learned"][n], -0.02)
         assert np.allclose(constant["mean over datasets"]["learned"][n], 0.04)
     real = ev.paired_differences(_payload({"a": [0.1 + rng.normal(0, 0.02, (12, 6))]}))["a"]["learned"]
-    noise = ev.paired_differences(_payload({"a": [rng.normal(0, 0.05, (6, 6)) - 0.002]}))["a"]["learned"]
+    spread = np.tile([[0.05], [-0.05]], (3, 6)) - 0.002  # mean -0.002, scattered by +-0.05 per slice
+    noise = ev.paired_differences(_payload({"a": [spread]}))["a"]["learned"]
     for n in ev.REPORT_AT:
         mean, low, high = real[n]
         assert 0.0 < low <= mean <= high
