@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from iris_engine import strategies
-from iris_engine.checkpoint import CLICK_REFINER_FILE, load_checkpoint, load_click_refiner
+from iris_engine.checkpoint import CLICK_REFINER_FILE, FINE_CLICK_REFINER_FILE, load_checkpoint, load_click_refiner
 from iris_engine.config import InferenceConfig, PreprocessConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
@@ -92,9 +92,11 @@ def _class_stack(mask: np.ndarray, shape: tuple[int, ...], num_classes: int) -> 
     raise IrisInputError(f"mask shape {mask.shape} does not match the image shape {shape} (or ({num_classes}, *shape))")
 
 
-def matching_click_refiner(checkpoint: str | Path, model: IrisModel) -> ClickRefiner | None:
-    """The click refiner beside a checkpoint when it was trained on that model version, else None (warned)."""
-    path = Path(checkpoint).with_name(CLICK_REFINER_FILE)
+def matching_click_refiner(checkpoint: str | Path, model: IrisModel, name: str = CLICK_REFINER_FILE
+                            ) -> ClickRefiner | None:
+    """The click refiner file `name` beside a checkpoint when it was trained on that model version, else None
+    (warned where it exists for another version)."""
+    path = Path(checkpoint).with_name(name)
     if not path.is_file():
         return None
     loaded = load_click_refiner(path)
@@ -115,9 +117,11 @@ class IrisSegmenter:
         config: InferenceConfig | None = None,
         preprocess: PreprocessConfig | None = None,
         click_refiner: ClickRefiner | None = None,
+        fine_click_refiner: ClickRefiner | None = None,
     ):
         self.config = config or InferenceConfig()
         self.click_refiner = click_refiner
+        self.fine_click_refiner = fine_click_refiner  # for results read at FINE_SCALE (thin structures)
         self.device = torch.device(self.config.device)
         self.model = model.to(self.device).eval()
         self.memory_bank = memory_bank or MemoryBank(self.config.memory_momentum)
@@ -131,7 +135,8 @@ class IrisSegmenter:
     def from_checkpoint(cls, path: str | Path, config: InferenceConfig | None = None) -> IrisSegmenter:
         config = config or InferenceConfig()
         loaded = load_checkpoint(path, map_location=config.device)
-        return cls(loaded.model, loaded.memory_bank, config, click_refiner=matching_click_refiner(path, loaded.model))
+        return cls(loaded.model, loaded.memory_bank, config, click_refiner=matching_click_refiner(path, loaded.model),
+                   fine_click_refiner=matching_click_refiner(path, loaded.model, FINE_CLICK_REFINER_FILE))
 
     @property
     def model_version(self) -> str:

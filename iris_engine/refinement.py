@@ -13,7 +13,9 @@ Methods (measured against each other by `iris_engine.evaluation.refinement`):
   instead); in a volume the neighbour slices get the local edit, and each clicked slice's refined mask then
   serves as a support for the slices around it (`spread_decay`). A thin, elongated mask (vessels, membranes)
   gets the local edit with the refiner at a lower weight (`thin_learned_weight`), after its negative clicks have
-  dropped the halo beside its ridges (`thin_clicks.py`).
+  dropped the halo beside its ridges (`thin_clicks.py`). A result read at twice the input size (a thin structure,
+  `input_scale.py`) is refined by the fine refiner where one ships (`click_refiner_fine.pt`, trained at that scale
+  on thin targets), reading the IRIS features of the fine input (`fine_learned_weight` on thin slices).
 - "disc": the non-learned baseline, a disc of fixed radius painted at each click.
 Every method honours every click (positive inside, negative outside). In a volume the edit works on
 canonical axial slices; a click also reaches `neighbour_slices` slices on either side (the geodesic
@@ -29,7 +31,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -42,6 +44,7 @@ from skimage.graph import MCP_Geometric
 
 from iris_engine.errors import IrisInputError
 from iris_engine.inference import VolumeSegmentation
+from iris_engine.input_scale import FINE_SCALE
 from iris_engine.io.volume import Volume
 from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, click_inputs
 from iris_engine.model.iris import IrisModel
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
 
 METHODS = ("learned", "combined", "local", "tuning", "disc")
 FALLBACK_METHOD = "local"
+KEPT_FEATURE_SLICES = 128  # slices of model features kept per query at the input size (a quarter at twice it)
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,9 @@ class RefineConfig:
     # / retinal vessels after 5 clicks: 0 0.602 / 0.724, below the disc's 0.634 on EM; 0.3 0.647 / 0.704; 0.5 0.652 /
     # 0.691)
     thin_learned_weight: float = 0.3
+    # "learned" on a result read at twice the input size, with the fine refiner: its weight on thin slices instead
+    # of thin_learned_weight (runs/s31/RULE.md)
+    fine_learned_weight: float = 0.3
     neighbour_slices: int = 2
     # "learned" in a volume: each clicked slice's refined mask becomes a support for the unclicked slices around
     # it (embeddings mixed by distance as in propagation); their new prediction is blended in with weight
@@ -130,13 +137,14 @@ class RefineConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise IrisInputError(f"unknown refinement method '{self.method}'; choose one of {', '.join(METHODS)}")
+        weights = (self.learned_weight, self.thin_learned_weight, self.fine_learned_weight, self.spread_weight)
         if min(self.reach, self.empty_reach, self.disc_radius) <= 0 \
                 or min(self.tuning_steps, self.neighbour_slices) < 0 \
-                or not 0.0 <= self.learned_weight <= 1.0 or self.learned_tuning_clicks < 1 \
-                or self.spread_decay < 0 or not 0.0 <= self.spread_weight <= 1.0 or not 0.0 < self.spread_min <= 1.0 \
-                or not 0.0 < self.thin_keep <= 1.0 or not 0.0 <= self.thin_learned_weight <= 1.0:
+                or not all(0.0 <= w <= 1.0 for w in weights) or self.learned_tuning_clicks < 1 \
+                or self.spread_decay < 0 or not 0.0 < self.spread_min <= 1.0 or not 0.0 < self.thin_keep <= 1.0:
             raise IrisInputError("reach, empty_reach and disc_radius must be > 0, tuning steps and neighbour "
-                                 "slices >= 0, learned_weight, thin_learned_weight and spread_weight in [0, 1], "
+                                 "slices >= 0, learned_weight, thin_learned_weight, fine_learned_weight and "
+                                 "spread_weight in [0, 1], "
                                  "learned_tuning_clicks >= 1, spread_decay >= 0, spread_min and thin_keep in (0, 1]")
 
 
@@ -334,7 +342,7 @@ class QueryFeatures:
     pixel features of each slice, computed on first use and kept for later clicks on the same query (the
     `max_slices` most recently used: about 3 MB each at 128 px)."""
 
-    def __init__(self, model: IrisModel, queries: torch.Tensor, batch: int = 8, max_slices: int = 128):
+    def __init__(self, model: IrisModel, queries: torch.Tensor, batch: int = 8, max_slices: int = KEPT_FEATURE_SLICES):
         self.model, self.queries, self.batch, self.max_slices = model, queries, batch, max_slices
         self.device = next(model.parameters()).device
         self._kept: OrderedDict[int, tuple[list[torch.Tensor], torch.Tensor]] = OrderedDict()
@@ -368,21 +376,24 @@ class QueryFeatures:
 
 
 class FeatureCache:
-    """The `QueryFeatures` of the last query refined by a segmenter (one volume's worth), so that each click
-    on the same image encodes only slices it has not seen before."""
+    """The `QueryFeatures` of the last query refined by a segmenter (one volume's worth, at each input scale
+    asked for), so that each click on the same image encodes only slices it has not seen before."""
 
     def __init__(self) -> None:
         self._key: str | None = None
-        self._features: QueryFeatures | None = None
+        self._features: dict[int, QueryFeatures] = {}
         self._lock = threading.Lock()
 
-    def features(self, segmenter: IrisSegmenter, query: Volume) -> QueryFeatures:
+    def features(self, segmenter: IrisSegmenter, query: Volume, scale: int = 1) -> QueryFeatures:
         key = digest(segmenter.model_version, query.modality, str(query.shape), np.asarray(query.affine),
                      query.array)
         with self._lock:
-            if self._features is None or key != self._key or self._features.model is not segmenter.model:
-                self._key, self._features = key, QueryFeatures(segmenter.model, segmenter.to_model_space(query)[0])
-            return self._features
+            if key != self._key or any(f.model is not segmenter.model for f in self._features.values()):
+                self._key, self._features = key, {}
+            if scale not in self._features:
+                self._features[scale] = QueryFeatures(segmenter.model, segmenter.to_model_space(query, scale)[0],
+                                                      max_slices=KEPT_FEATURE_SLICES // scale**2)
+            return self._features[scale]
 
 
 class ClickTuner:
@@ -443,10 +454,12 @@ class ClickTuner:
 
 
 class LearnedClicks:
-    """The click refiner on a query's slices, fed with the IRIS pixel features of `features`."""
+    """The click refiner on a query's slices, fed with the IRIS pixel features of `features`; `grid_features`
+    (default: the same) are the model-grid ones that carry a clicked slice to its neighbours in a volume."""
 
-    def __init__(self, refiner: ClickRefiner, features: QueryFeatures):
+    def __init__(self, refiner: ClickRefiner, features: QueryFeatures, grid_features: QueryFeatures | None = None):
         self.refiner, self.features = refiner.eval(), features
+        self.grid_features = grid_features or features
 
     def refine(self, probability: np.ndarray, clicks: np.ndarray, slices: Sequence[int]) -> np.ndarray:
         """Refined (H, W, n) probabilities of the given slices; the change is computed on the model grid and
@@ -461,6 +474,18 @@ class LearnedClicks:
             refined = torch.sigmoid(self.refiner(inputs))
         change = _from_grid(refined - start, probability.shape[:2])
         return np.clip(probability + change, 0.0, 1.0)
+
+
+def learned_clicks(refiner: ClickRefiner | None, fine_refiner: ClickRefiner | None, grid: QueryFeatures,
+                   fine: Callable[[], QueryFeatures], input_scale: int, config: RefineConfig
+                   ) -> tuple[LearnedClicks | None, RefineConfig]:
+    """The click refiner for a result read at `input_scale` (None without one) and the settings it runs with: on
+    a result read at FINE_SCALE the fine refiner where there is one, reading the fine input's features (`fine()`)
+    with `fine_learned_weight` on thin slices; else the model-grid refiner on the model-grid features `grid`."""
+    if input_scale == FINE_SCALE and fine_refiner is not None:
+        fine_config = replace(config, thin_learned_weight=config.fine_learned_weight)
+        return LearnedClicks(fine_refiner, fine(), grid), fine_config
+    return (None if refiner is None else LearnedClicks(refiner, grid)), config
 
 
 def spread_clicked_slices(features: QueryFeatures, probability: np.ndarray, clicked: Sequence[int],
@@ -552,7 +577,7 @@ def refine_slab(image: np.ndarray, probability: np.ndarray, clicks: np.ndarray, 
         weight = np.where(thin, config.thin_learned_weight, config.learned_weight).astype(np.float32)
         out[:, :, clicked] = weight * refined + (1.0 - weight) * out[:, :, clicked]
         if config.spread_decay > 0 and clicks.shape[2] > 1:
-            out = spread_clicked_slices(learned.features, honour(out, clicks, config.threshold), clicked, config)
+            out = spread_clicked_slices(learned.grid_features, honour(out, clicks, config.threshold), clicked, config)
     return honour(out, clicks, config.threshold)
 
 
@@ -601,7 +626,8 @@ def refine_segmentation(segmenter: IrisSegmenter, query: Volume, result: VolumeS
                              f"does not belong to this image of shape {query.shape}")
     validate_clicks(clicks, query.shape, names)
     begin = time.perf_counter()
-    features = (cache or FeatureCache()).features(segmenter, query)
+    cache = cache or FeatureCache()
+    features = cache.features(segmenter, query)
     canonical, transform = to_canonical(query)
     image = normalize_intensity(canonical.array, canonical.modality, segmenter.preprocess)
     sampling = (1.0, 1.0, 1.0)
@@ -615,8 +641,10 @@ def refine_segmentation(segmenter: IrisSegmenter, query: Volume, result: VolumeS
                       f"'{FALLBACK_METHOD}' instead of 'learned'", stacklevel=2)
         config = replace(config, method=FALLBACK_METHOD)
     learned = None
-    if config.method == "learned" and segmenter.click_refiner is not None:
-        learned = LearnedClicks(segmenter.click_refiner, features)
+    if config.method == "learned":
+        learned, config = learned_clicks(segmenter.click_refiner, segmenter.fine_click_refiner, features,
+                                         lambda: cache.features(segmenter, query, FINE_SCALE), result.input_scale,
+                                         config)
     view = None if segmenter.is_3d else segmenter.model.config.image_size * result.input_scale
     base = np.where(masks != (probabilities >= config.threshold), masks.astype(np.float32), probabilities)
     refined, new_masks = base.copy(), masks.copy()

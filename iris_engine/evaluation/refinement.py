@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from iris_engine import strategies
-from iris_engine.checkpoint import CLICK_REFINER_FILE, load_checkpoint, load_click_refiner
+from iris_engine.checkpoint import CLICK_REFINER_FILE, FINE_CLICK_REFINER_FILE, load_checkpoint, load_click_refiner
 from iris_engine.config import InferenceConfig
 from iris_engine.data.catalog import default_datasets
 from iris_engine.data.episodes import EvalPair, iter_eval_pairs
@@ -43,12 +43,14 @@ from iris_engine.metrics import BOOTSTRAP_RESAMPLES, bootstrap_group_means, inte
 from iris_engine.model.click_refiner import ClickRefiner
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import (
+    KEPT_FEATURE_SLICES,
     NEGATIVE,
     POSITIVE,
     ClickTuner,
     LearnedClicks,
     QueryFeatures,
     RefineConfig,
+    learned_clicks,
     next_click,
     refine_on_grid,
 )
@@ -155,7 +157,8 @@ def one_shot_embedding(model: IrisModel, pair: EvalPair, config: RefineEvalConfi
 
 
 def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpec, config: RefineEvalConfig,
-                  refine: RefineConfig, refiner: ClickRefiner | None = None) -> dict[str, Any]:
+                  refine: RefineConfig, refiner: ClickRefiner | None = None,
+                  fine_refiner: ClickRefiner | None = None) -> dict[str, Any]:
     """Per method: Dice after each click and clicks to the target, averaged over the task's queries."""
     pairs = list(iter_eval_pairs(bank, split, spec.dataset, spec.class_name, 1, config.seed,
                                  support_from=spec.support_from))
@@ -173,9 +176,12 @@ def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpe
         start = np.moveaxis(to_score_grid(probabilities, tuple(stack.shape[-2:])).numpy(), 0, -1)
         image = np.moveaxis(stack[:, 0].numpy(), 0, -1).astype(np.float32)
         features = QueryFeatures(model, small)
-        learned = None if refiner is None else LearnedClicks(refiner, features)
+        learned, query_refine = learned_clicks(
+            refiner, fine_refiner, features,
+            lambda stack=stack: QueryFeatures(model, stack, max_slices=KEPT_FEATURE_SLICES // FINE_SCALE**2), scale,
+            refine)
         for method in config.methods:
-            method_config = replace(refine, method=method, threshold=config.threshold)
+            method_config = replace(query_refine, method=method, threshold=config.threshold)
             tuner = ClickTuner(features, embedding.tokens, method_config)
             scores, per_click = simulate(image, truth, start, method_config, tuner, config.max_clicks, config.target,
                                          learned, size * scale)
@@ -204,32 +210,45 @@ def _task(spec: TaskSpec) -> tuple[dict[str, Any] | None, str | None, float]:
     begin = time.process_time()
     try:
         row = evaluate_task(_WORK["model"], _WORK["bank"], _WORK["split"], spec, _WORK["config"], _WORK["refine"],
-                            _WORK["refiner"])
+                            _WORK["refiner"], _WORK["fine_refiner"])
         return row, None, time.process_time() - begin
     except IrisInputError as error:
         return None, str(error), time.process_time() - begin
 
 
+def _refiner_for(path: Path, model: IrisModel) -> ClickRefiner:
+    """The click refiner in `path`, checked to be trained for `model`."""
+    loaded = load_click_refiner(path)
+    if loaded.iris_model_version != model.version:
+        raise IrisInputError(f"{path.name} was trained for model {loaded.iris_model_version}, not {model.version}")
+    return loaded.refiner
+
+
 def run(checkpoint: Path, split: Split, config: RefineEvalConfig, refine: RefineConfig,
         bank: SliceBank | None = None, datasets: list[str] | None = None, data_root: Path | None = None,
-        log: bool = True, workers: int = 1, click_refiner: Path | None = None) -> dict[str, Any]:
-    """Evaluate every (dataset, class) with test patients; returns the JSON-ready payload."""
+        log: bool = True, workers: int = 1, click_refiner: Path | None = None,
+        fine_click_refiner: Path | None = None, use_fine_refiner: bool = True) -> dict[str, Any]:
+    """Evaluate every (dataset, class) with test patients; returns the JSON-ready payload. Method "learned" reads
+    `click_refiner` (default: the file beside the checkpoint) and, on results read at twice the input size,
+    `fine_click_refiner` (default: the fine file beside the checkpoint, where there is one; none with
+    `use_fine_refiner` False)."""
     loaded = load_checkpoint(checkpoint)
     model = loaded.model.eval()
-    refiner = None
+    refiner = fine_refiner = None
+    click_refiner = click_refiner or checkpoint.with_name(CLICK_REFINER_FILE)
+    fine_click_refiner = fine_click_refiner or checkpoint.with_name(FINE_CLICK_REFINER_FILE)
+    fine_click_refiner = fine_click_refiner if use_fine_refiner and fine_click_refiner.is_file() else None
     if "learned" in config.methods:
-        refiner_file = load_click_refiner(click_refiner or checkpoint.with_name(CLICK_REFINER_FILE))
-        if refiner_file.iris_model_version != model.version:
-            raise IrisInputError(f"the click refiner was trained for model {refiner_file.iris_model_version}, "
-                                 f"not {model.version}")
-        refiner = refiner_file.refiner
+        refiner = _refiner_for(click_refiner, model)
+        fine_refiner = None if fine_click_refiner is None else _refiner_for(fine_click_refiner, model)
     if bank is None:
         names = tuple(d for d in default_datasets() if split.test_cases.get(d) and (datasets is None or d in datasets))
         bank = build_slice_bank(names, root=data_root, size=config.score_scale * model.config.image_size)
     specs = [s for s in evaluation_tasks(bank, split)
              if (datasets is None or s.dataset in datasets) and (s.is_3d or not config.volumes)]
     begin, cpu = time.perf_counter(), time.process_time()
-    _WORK.update(model=model, bank=bank, split=split, config=config, refine=refine, refiner=refiner)
+    _WORK.update(model=model, bank=bank, split=split, config=config, refine=refine, refiner=refiner,
+                 fine_refiner=fine_refiner)
     tasks, notes, worker_cpu = [], [], 0.0
     if workers > 1:
         pool = multiprocessing.get_context("fork").Pool(workers)
@@ -253,7 +272,8 @@ def run(checkpoint: Path, split: Split, config: RefineEvalConfig, refine: Refine
         _WORK.clear()
     return {
         "checkpoint": str(checkpoint), "model_version": model.version,
-        "click_refiner": str(click_refiner or checkpoint.with_name(CLICK_REFINER_FILE)) if refiner else None,
+        "click_refiner": str(click_refiner) if refiner else None,
+        "fine_click_refiner": str(fine_click_refiner) if fine_refiner else None,
         "split_seed": split.seed,
         "split_fingerprint": split.fingerprint(), "protocol": asdict(config),
         "refine": {k: v for k, v in asdict(refine).items() if k != "method"},
@@ -345,6 +365,9 @@ def markdown(payload: dict[str, Any]) -> str:
         f"- checkpoint `{payload['checkpoint']}` (model `{payload['model_version']}`), split seed "
         f"{payload['split_seed']} (fingerprint `{payload['split_fingerprint']}`), {payload['seconds']} s wall, "
         f"{payload['cpu_seconds']} s CPU",
+        f"- `learned`: click refiner `{payload.get('click_refiner')}`; on starts read at twice the input size "
+        + (f"the fine refiner `{payload['fine_click_refiner']}`" if payload.get("fine_click_refiner")
+           else "the same refiner"),
         _queries_line(cfg),
         f"- each next click at the centre of the largest error region (positive in a missed region, negative in a "
         f"false positive); {cfg['max_clicks']} clicks at most; clicks to Dice {cfg['target']} capped at "
@@ -412,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/refinement"))
     parser.add_argument("--click-refiner", type=Path, default=None,
                         help=f"weights of method 'learned' (default: {CLICK_REFINER_FILE} beside the checkpoint)")
+    parser.add_argument("--fine-click-refiner", type=Path, default=None,
+                        help="weights of method 'learned' on starts read at twice the input size (default: "
+                        f"{FINE_CLICK_REFINER_FILE} beside the checkpoint, where there is one)")
+    parser.add_argument("--no-fine-click-refiner", dest="fine_refiner", action="store_false",
+                        help="refine starts read at twice the input size with the model-grid refiner too")
     parser.add_argument("--methods", nargs="*", default=list(RefineEvalConfig.methods))
     parser.add_argument("--max-queries", type=int, default=RefineEvalConfig.max_queries)
     parser.add_argument("--seed", type=int, default=RefineEvalConfig.seed)
@@ -443,7 +471,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for method in config.methods:
         RefineConfig(method=method)
     payload = run(args.checkpoint, split, config, RefineConfig(), datasets=args.datasets, data_root=args.data_root,
-                  workers=max(1, args.workers), click_refiner=args.click_refiner)
+                  workers=max(1, args.workers), click_refiner=args.click_refiner,
+                  fine_click_refiner=args.fine_click_refiner, use_fine_refiner=args.fine_refiner)
     write(payload, args.out)
     overall = summary(payload).get("mean over datasets", {})
     print(json.dumps({"report": str(args.out / "refinement.md"), "seconds": payload["seconds"],

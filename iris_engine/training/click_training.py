@@ -13,33 +13,45 @@ another slice's prediction (an over-segmentation: negative clicks must trim the 
 one); with `grown_start_fraction` a share is united with a wide band around the truth (the structure inside a
 larger blob, which negative clicks must trim without emptying the mask). Resumable (`--resume`), time-limited;
 `--init` fine-tunes a shipped refiner (its own configuration, a fresh optimizer and schedule).
+`--fine-thin-only` trains the refiner for thin results read at twice the input size (`click_refiner_fine.pt`):
+slices at that size, the IRIS features of that input, thicker classes turned into boundary bands as in
+`iris train --fine-thin-only`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from iris_engine.checkpoint import load_checkpoint, load_click_refiner, save_click_refiner
-from iris_engine.config import TrainConfig
+from iris_engine.checkpoint import (
+    CLICK_REFINER_FILE,
+    FINE_CLICK_REFINER_FILE,
+    load_checkpoint,
+    load_click_refiner,
+    save_click_refiner,
+)
+from iris_engine.config import InferenceConfig, TrainConfig
 from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
 from iris_engine.data.slices import SliceBank, build_slice_bank
 from iris_engine.data.splits import Split
 from iris_engine.errors import IrisInputError
+from iris_engine.input_scale import FINE_SCALE
 from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs, widen
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import RefineConfig, honour, local_edit, next_click
 from iris_engine.training.losses import dice_bce_loss
 from iris_engine.training.run import episode_source
-from iris_engine.training.trainer import EpisodeSource, lr_factor, training_autocast
+from iris_engine.training.trainer import EpisodeBatchLike, EpisodeSource, lr_factor, thin_targets, training_autocast
 
 LAST = "refiner_last.pt"
 
@@ -63,6 +75,8 @@ class ClickTrainConfig:
     grown_band: tuple[float, float] = (0.04, 0.15)  # that band's width, drawn uniformly, as a fraction of the side
     grown_probability: float = 0.9  # the start's probability inside that band (at least)
     local_blend: float = 0.0  # weight of the local edit in the trained output (1 - learned_weight: as inferred)
+    # the refiner for results read at FINE_SCALE x the input size: slices that fine, thicker classes as bands
+    fine_thin_only: bool = False
     empty_start_probability: float = 0.01
     # on a CPU with native bfloat16, the frozen model's and the refiner's forward passes run under bfloat16 autocast
     # (the refiner's weights, its optimiser and the loss stay float32): 2.6 -> 1.7 s per step (benchmarks/training.md)
@@ -70,6 +84,25 @@ class ClickTrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     log_every: int = 25
+
+
+class ThinTargets:
+    """Episodes of `source` (slices at FINE_SCALE x the model's input) whose classes at least as thick as the
+    engine's fine-scale limit became boundary bands, in supports and queries alike (`trainer.thin_targets`)."""
+
+    def __init__(self, source: EpisodeSource, max_thickness: float = FINE_SCALE * InferenceConfig.fine_scale_thickness):
+        self.source, self.max_thickness = source, max_thickness
+
+    def sample_batch(self, batch_size: int) -> EpisodeBatchLike:
+        batch = self.source.sample_batch(batch_size)
+        thin_targets(batch, self.max_thickness)
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return self.source.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.source.set_state(state)
 
 
 @dataclass
@@ -322,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "wider than --init's: it is widened first")
     parser.add_argument("--without-pixel-features", action="store_true",
                         help="feed the refiner only the clicks' feature similarity maps, not the raw pixel features")
+    parser.add_argument("--fine-thin-only", action="store_true",
+                        help=f"train the refiner for thin results read at {FINE_SCALE} x the input size (slices and "
+                        f"features at that size, thicker classes as boundary bands); saves {FINE_CLICK_REFINER_FILE}")
     return parser
 
 
@@ -329,6 +365,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     torch.manual_seed(args.seed)
+    random.seed(args.seed)  # the band widths of --fine-thin-only
     if not 0.0 <= args.local_blend < 1.0:
         raise IrisInputError(f"--local-blend must lie in [0, 1), not {args.local_blend}")
     if not 0.0 <= args.grown_start_fraction <= 1.0:
@@ -343,18 +380,21 @@ def main(argv: list[str] | None = None) -> Path:
                               degraded_start_fraction=args.degraded_start_fraction,
                               merged_start_fraction=args.merged_start_fraction,
                               grown_start_fraction=args.grown_start_fraction, local_blend=args.local_blend,
-                              cpu_bf16=args.cpu_bf16)
+                              fine_thin_only=args.fine_thin_only, cpu_bf16=args.cpu_bf16)
     datasets = tuple(args.datasets) if args.datasets else None
+    size = model.config.image_size * (FINE_SCALE if config.fine_thin_only else 1)
     if args.bank is not None:
         bank = SliceBank.load(args.bank)
-        if bank.size != model.config.image_size:
-            raise IrisInputError(f"{args.bank}: {bank.size} px slices, the model works at {model.config.image_size}")
+        if bank.size != size:
+            raise IrisInputError(f"{args.bank}: {bank.size} px slices, the refiner trains at {size}")
     else:
-        bank = build_slice_bank(datasets, root=args.data_root, size=model.config.image_size)
+        bank = build_slice_bank(datasets, root=args.data_root, size=size)
     episodes = EpisodeConfig.from_train_config(TrainConfig(), max_classes=1, queries_per_episode=1,
                                                supports_per_episode=1)
     sampler = episode_source(EpisodeSampler(bank, split, episodes, seed=args.seed), config.batch_size,
                              args.loader_workers, args.seed)
+    if config.fine_thin_only:
+        sampler = ThinTargets(sampler)
     channels = args.channels or (load_click_refiner(args.init).refiner.config.channels if args.init is not None
                                  else ClickRefinerConfig.channels)
     refiner_config = ClickRefinerConfig(channels=tuple(channels), feature_channels=model.config.decoder_channels,
@@ -366,7 +406,8 @@ def main(argv: list[str] | None = None) -> Path:
         trainer.initialise_from(args.init, model.version, args.init_any_model)
         print(f"initialised from {args.init}", flush=True)
     trainer.fit(args.time_limit_minutes)
-    path = save_click_refiner(args.out / "click_refiner.pt", trainer.refiner, model.version, {
+    name = FINE_CLICK_REFINER_FILE if config.fine_thin_only else CLICK_REFINER_FILE
+    path = save_click_refiner(args.out / name, trainer.refiner, model.version, {
         "iterations": trainer.iteration, "train_seconds": round(trainer.elapsed, 1), "recipe": asdict(config),
         "iris_checkpoint": str(args.checkpoint), "init": None if args.init is None else str(args.init),
         "split_fingerprint": split.fingerprint(),

@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from iris_engine.checkpoint import CLICK_REFINER_FILE, load_click_refiner, save_checkpoint, save_click_refiner
+from iris_engine.checkpoint import (
+    CLICK_REFINER_FILE,
+    FINE_CLICK_REFINER_FILE,
+    load_click_refiner,
+    save_checkpoint,
+    save_click_refiner,
+)
 from iris_engine.config import ModelConfig
 from iris_engine.data.splits import make_split
 from iris_engine.data.toy import ToyEpisodes
@@ -34,6 +41,7 @@ from iris_engine.training import click_training
 from iris_engine.training.click_training import (
     ClickTrainConfig,
     ClickTrainer,
+    ThinTargets,
     blend_local_edit,
     degrade_starts,
     grow_starts,
@@ -107,6 +115,18 @@ def test_the_segmenter_takes_the_refiner_beside_its_weights_only_for_its_model_v
     save_click_refiner(tmp_path / CLICK_REFINER_FILE, ClickRefiner(SMALL_REFINER), "another-model")
     with pytest.warns(UserWarning, match="trained for model another-model"):
         assert IrisSegmenter.from_checkpoint(checkpoint).click_refiner is None
+
+
+def test_the_segmenter_takes_the_fine_refiner_beside_its_weights_for_its_model_version(tmp_path: Path) -> None:
+    checkpoint = save_checkpoint(tmp_path / "iris.pt", IrisModel(TINY), metadata={"model_version": "tiny-1"})
+    save_click_refiner(tmp_path / CLICK_REFINER_FILE, ClickRefiner(SMALL_REFINER), "tiny-1")
+    assert IrisSegmenter.from_checkpoint(checkpoint).fine_click_refiner is None
+    save_click_refiner(tmp_path / FINE_CLICK_REFINER_FILE, ClickRefiner(SMALL_REFINER), "tiny-1")
+    segmenter = IrisSegmenter.from_checkpoint(checkpoint)
+    assert segmenter.fine_click_refiner is not None and segmenter.fine_click_refiner is not segmenter.click_refiner
+    save_click_refiner(tmp_path / FINE_CLICK_REFINER_FILE, ClickRefiner(SMALL_REFINER), "another-model")
+    with pytest.warns(UserWarning, match="click_refiner_fine.pt was trained for model another-model"):
+        assert IrisSegmenter.from_checkpoint(checkpoint).fine_click_refiner is None
 
 
 def test_learned_refinement_works_at_the_image_resolution_and_needs_a_refiner() -> None:
@@ -341,6 +361,48 @@ def test_train_refiner_command_writes_a_refiner_for_the_model_it_read(tmp_path: 
                              "48", "64"])
 
 
+def test_thin_targets_turn_thick_classes_into_bands_and_keep_thin_ones() -> None:
+    thick = torch.zeros(64, 64)
+    thick[16:48, 16:48] = 1
+    thin = torch.zeros(64, 64)
+    thin[8:56, 30:33] = 1  # 3 px wide at 64 px: below the fine limit of 7
+
+    class Source:
+        def sample_batch(self, batch_size: int) -> SimpleNamespace:
+            masks = torch.stack([thick, thin])[:, None, None].repeat(1, 2, 1, 1, 1)  # (B, N, K=1, H, W)
+            return SimpleNamespace(support_masks=masks.clone(), query_masks=masks.clone(), synthetic=None)
+
+    batch = ThinTargets(Source()).sample_batch(2)
+    band = batch.query_masks[0, 0, 0] > 0.5
+    assert band.sum() < thick.sum() / 4 and bool((band <= (thick > 0.5)).all()) and not band[32, 32]
+    assert torch.equal(batch.support_masks[0, 0, 0], batch.query_masks[0, 0, 0])
+    assert torch.equal(batch.query_masks[1, 0, 0], thin) and batch.synthetic == [True, False]
+
+
+def test_fine_thin_only_trains_at_twice_the_input_size_and_saves_the_fine_refiner(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from iris_engine.data.slices import build_slice_bank
+
+    _write_msd(tmp_path, "toy2d", 6, False, {"disc": 1}, seed=1)
+    split = make_split(0, held_out_fraction=0.5, held_out_datasets=(), held_out_classes=(), datasets=("toy2d",),
+                       root=tmp_path)
+    split.save(tmp_path / "split.json")
+    build_slice_bank(("toy2d",), root=tmp_path, size=32, cache_dir=None).save(tmp_path / "bank32.npz")
+    checkpoint = save_checkpoint(tmp_path / "iris.pt", IrisModel(TINY), metadata={"model_version": "tiny-4"})
+    thinned: list[tuple[int, float]] = []
+    real = click_training.thin_targets
+    monkeypatch.setattr(click_training, "thin_targets",
+                        lambda batch, limit: thinned.append((batch.query_masks.shape[-1], limit)) or real(batch, limit))
+    common = ["--checkpoint", str(checkpoint), "--data-root", str(tmp_path), "--datasets", "toy2d", "--out",
+              str(tmp_path / "fine"), "--iterations", "1", "--batch-size", "2", "--fine-thin-only"]
+    with pytest.raises(ValueError, match="32 px slices, the refiner trains at 64"):
+        click_training.main([*common, "--bank", str(tmp_path / "bank32.npz")])
+    path = click_training.main(common)
+    assert path.name == FINE_CLICK_REFINER_FILE
+    assert load_click_refiner(path).metadata["recipe"]["fine_thin_only"]
+    assert thinned and set(thinned) == {(64, 7.0)}  # 64 px episodes, the fine limit 2 x 3.5 model-grid pixels
+
+
 def test_train_refiner_runs_from_a_saved_bank_in_worker_processes(tmp_path: Path) -> None:
     from iris_engine.data.slices import build_slice_bank
 
@@ -354,7 +416,7 @@ def test_train_refiner_runs_from_a_saved_bank_in_worker_processes(tmp_path: Path
     save_click_refiner(tmp_path / "old_refiner.pt", ClickRefiner(ClickRefinerConfig(feature_channels=8)), "tiny-2")
     common = ["--checkpoint", str(checkpoint), "--split", str(tmp_path / "split.json"), "--out", str(tmp_path / "r"),
               "--iterations", "2", "--batch-size", "2", "--device", "cpu"]
-    with pytest.raises(ValueError, match="16 px slices, the model works at 32"):
+    with pytest.raises(ValueError, match="16 px slices, the refiner trains at 32"):
         click_training.main([*common, "--bank", str(tmp_path / "bank16.npz")])
     with pytest.raises(ValueError, match="trained for IRIS model tiny-2"):
         click_training.main([*common, "--bank", str(tmp_path / "bank.npz"), "--init", str(tmp_path / "old_refiner.pt")])

@@ -23,6 +23,7 @@ from iris_engine.refinement import (
     QueryFeatures,
     RefineConfig,
     clicks_from_label_map,
+    learned_clicks,
     refine_on_grid,
     refine_segmentation,
     refine_slab,
@@ -148,6 +149,58 @@ def test_query_features_keep_the_most_recently_used_slices(segmenter: IrisSegmen
     assert sum(encoded) == 4  # kept
     features.pixels([0])
     assert sum(encoded) == 5  # slice 0 was the oldest and dropped
+
+
+def _record_calls(refiner: ClickRefiner, name: str, seen: list[tuple[str, int]],
+                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Append (name, input size) to `seen` at each forward pass of `refiner`."""
+    forward = refiner.forward
+    monkeypatch.setattr(refiner, "forward", lambda inputs: seen.append((name, inputs.shape[-1])) or forward(inputs))
+
+
+def test_a_result_read_at_twice_the_input_size_goes_to_the_fine_refiner_on_the_fine_features(
+        segmenter: IrisSegmenter, monkeypatch: pytest.MonkeyPatch) -> None:
+    volume, result = _segmented(segmenter, (128, 112))
+    fine_result = replace(result, input_scale=2)
+    seen: list[tuple[str, int]] = []
+    fine_refiner = ClickRefiner(ClickRefinerConfig(channels=(8, 16), feature_channels=8))
+    with torch.no_grad():  # a fresh refiner returns its start unchanged: make it say something
+        for parameter in fine_refiner.parameters():
+            parameter.add_(0.5 * torch.randn_like(parameter))
+    _record_calls(segmenter.click_refiner, "grid", seen, monkeypatch)
+    _record_calls(fine_refiner, "fine", seen, monkeypatch)
+    clicks = [Click((70, 50), True)]
+    without = segmenter.refine(volume, fine_result, clicks)
+    segmenter.fine_click_refiner = fine_refiner
+    encoded = _count_encoded(segmenter.model, monkeypatch)
+    with_fine = segmenter.refine(volume, fine_result, clicks)
+    assert encoded == [1]  # the fine input's slice (the model-grid one is kept from the first call)
+    segmenter.refine(volume, fine_result, [*clicks, Click((20, 20), False)])
+    assert encoded == [1]  # kept for the next click on the same image
+    segmenter.refine(volume, result, clicks)
+    assert seen == [("grid", 32), ("fine", 64), ("fine", 64), ("grid", 32)]
+    assert with_fine.masks[0][70, 50] and not np.array_equal(with_fine.probabilities, without.probabilities)
+
+
+def test_the_fine_refiner_reads_fine_features_and_carries_its_own_thin_weight(segmenter: IrisSegmenter) -> None:
+    grid = QueryFeatures(segmenter.model, torch.rand(3, 1, 32, 32))
+    fine = QueryFeatures(segmenter.model, torch.rand(3, 1, 64, 64))
+    fine_refiner = ClickRefiner(ClickRefinerConfig(channels=(8, 16), feature_channels=8))
+    config = RefineConfig(thin_learned_weight=0.3, fine_learned_weight=0.6)
+
+    def never() -> QueryFeatures:
+        raise AssertionError("the fine features are computed only for a fine result with a fine refiner")
+
+    learned, fine_config = learned_clicks(segmenter.click_refiner, fine_refiner, grid, lambda: fine, 2, config)
+    assert learned is not None and learned.refiner is fine_refiner
+    assert learned.features is fine and learned.grid_features is grid and fine_config.thin_learned_weight == 0.6
+    for refiner, fine_one, scale in ((fine_refiner, fine_refiner, 1), (segmenter.click_refiner, None, 2)):
+        learned, same = learned_clicks(refiner, fine_one, grid, never, scale, config)
+        assert learned is not None and learned.refiner is refiner and learned.features is learned.grid_features
+        assert same == config
+    assert learned_clicks(None, None, grid, never, 2, config) == (None, config)
+    with pytest.raises(IrisInputError, match="fine_learned_weight"):
+        RefineConfig(fine_learned_weight=1.5)
 
 
 def test_tuning_moves_the_prediction_towards_the_clicks(segmenter: IrisSegmenter) -> None:

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from iris_engine import strategies
 from iris_engine.checkpoint import (
     CLICK_REFINER_FILE,
+    FINE_CLICK_REFINER_FILE,
     load_checkpoint,
     load_click_refiner,
     save_checkpoint,
@@ -200,3 +202,28 @@ def test_on_a_finer_bank_the_clicks_start_from_the_engine_one_shot_and_score_on_
     payload = ev.run(checkpoint, split, config, RefineConfig(tuning_steps=1), bank=bank, log=False)
     ev.write(payload, tmp_path / "out")
     assert "a grid 2 x the model's input" in (tmp_path / "out" / "refinement.md").read_text()
+
+
+def test_the_fine_refiner_beside_the_checkpoint_reaches_every_task_and_the_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    split, _, checkpoint = _tiny_folders(tmp_path)
+    bank = build_slice_bank(datasets=("toy2d",), root=tmp_path, size=64, cache_dir=None)
+    config = ev.RefineEvalConfig(methods=("disc", "learned"), max_queries=1, max_clicks=2)
+    calls: list[tuple[ClickRefiner | None, int]] = []
+    choose = ev.learned_clicks
+    monkeypatch.setattr(ev, "learned_clicks", lambda refiner, fine, *rest: calls.append((fine, rest[2]))
+                        or choose(refiner, fine, *rest))
+    plain = ev.run(checkpoint, split, config, RefineConfig(tuning_steps=1), bank=bank, log=False)
+    assert plain["fine_click_refiner"] is None and calls and all(fine is None for fine, _ in calls)
+    save_click_refiner(checkpoint.with_name(FINE_CLICK_REFINER_FILE), ClickRefiner(ClickRefinerConfig((8, 16), 8)),
+                       "tiny")
+    calls.clear()
+    payload = ev.run(checkpoint, split, config, RefineConfig(tuning_steps=1), bank=bank, log=False)
+    assert payload["fine_click_refiner"] == str(checkpoint.with_name(FINE_CLICK_REFINER_FILE))
+    assert calls and all(isinstance(fine, ClickRefiner) for fine, _ in calls)
+    assert {scale for _, scale in calls} == {t["input_scale"] for t in payload["tasks"]}
+    ev.write(payload, tmp_path / "out")
+    assert "the fine refiner `" in (tmp_path / "out" / "refinement.md").read_text()
+    calls.clear()
+    off = ev.run(checkpoint, split, config, RefineConfig(tuning_steps=1), bank=bank, log=False, use_fine_refiner=False)
+    assert off["fine_click_refiner"] is None and all(fine is None for fine, _ in calls)
