@@ -11,7 +11,9 @@ timed with the tuning blend it had before (`learned_tuning`) and on the slice's 
 model's view of it (`model_grid` off), side by side; `--size` sets the slice's side. `--volume` times the same on a
 192 x 192 x 64 volume instead (no goal there; the clicks follow the simulated user of the evaluation, each at the
 centre of the largest 3D error region of the previous result). `--thin` times a slice of thin dark curves
-(vessel-like: the one-shot runs at twice the input size, and negative clicks take the thin-mask halo step).
+(vessel-like: the one-shot runs at twice the input size, and negative clicks take the thin-mask halo step); there
+`learned` runs the fine refiner on the 256 px features where one ships, timed side by side with the model-grid
+refiner on the 128 px ones.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 1.0
 TUNING_BLEND = "learned + tuning blend (`learned_tuning`)"
 OWN_GRID = "learned on the slice's own grid (`model_grid` off)"
+GRID_REFINER = "learned with the model-grid refiner only (no fine refiner)"
 
 
 def phantom(size: int = 256, seed: int = 0) -> tuple[Volume, np.ndarray]:
@@ -131,8 +134,12 @@ def main() -> None:
     variants = [(method, RefineConfig(method=method)) for method in METHODS]
     variants.append((TUNING_BLEND, RefineConfig(learned_tuning=True)))
     variants.append((OWN_GRID, RefineConfig(model_grid=False)))
+    fine_refiner = segmenter.fine_click_refiner if result.input_scale > 1 else None
+    if fine_refiner is not None:
+        variants.append((GRID_REFINER, RefineConfig()))
     warm: dict[str, float] = {}
     for name, config in variants:
+        segmenter.fine_click_refiner = None if name == GRID_REFINER else fine_refiner
         if args.volume:
             clicks = simulated_clicks(segmenter, query, result, truth, args.clicks, config)
         segmenter.refine(query, result, clicks, config)
@@ -143,7 +150,8 @@ def main() -> None:
         print(f"| {name} | {cold:.3f} | {wall:.3f} | {statistics.median(cpus):.3f} | {cold / wall:.2f} "
               f"| {wall / GOAL_SECONDS:.2f} |")
     print(f"warm learned with / without the tuning blend: {warm[TUNING_BLEND] / warm['learned']:.2f}x; "
-          f"on the slice's own grid / on the model's view: {warm[OWN_GRID] / warm['learned']:.2f}x")
+          f"on the slice's own grid / on the model's view: {warm[OWN_GRID] / warm['learned']:.2f}x"
+          + (f"; fine / model-grid refiner: {warm['learned'] / warm[GRID_REFINER]:.2f}x" if fine_refiner else ""))
 
 
 if __name__ == "__main__":
