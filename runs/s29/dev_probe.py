@@ -1,5 +1,5 @@
 """Dev click protocol (training patients) with RefineConfig overrides:
-dev_probe.py OUT [--em] [--refiner=PATH] [key=value ...]."""
+dev_probe.py OUT [--em] [--refiner=PATH] [--fine=PATH] [key=value ...]."""
 import json
 import sys
 from pathlib import Path
@@ -14,6 +14,7 @@ from iris_engine.refinement import RefineConfig
 out, args = Path(sys.argv[1]), sys.argv[2:]
 em = "--em" in args
 refiner = next((Path(a.split("=", 1)[1]) for a in args if a.startswith("--refiner=")), None)
+fine = next((Path(a.split("=", 1)[1]) for a in args if a.startswith("--fine=")), None)  # default: none
 overrides = {k: type(getattr(RefineConfig(), k))(v) for k, v in (a.split("=") for a in args
                                                                   if "=" in a and not a.startswith("--"))}
 torch.set_num_threads(1)
@@ -30,7 +31,8 @@ if em:  # sections 10-19 count as another patient than 00-09 (as runs/s27/em_loo
             ids[i] = "em_sections_10_19_dev"
     bank.patient_ids = ids
 payload = ev.run(Path("assets/weights/iris2d.pt"), split, config, RefineConfig(**overrides), log=False,
-                 datasets=["isbi_em"] if em else None, bank=bank, click_refiner=refiner)
+                 datasets=["isbi_em"] if em else None, bank=bank, click_refiner=refiner,
+                 fine_click_refiner=fine, use_fine_refiner=fine is not None)
 ev.write(payload, out)
 mean = ev.summary(payload).get("mean over datasets")
-print(json.dumps({"overrides": overrides, "refiner": str(refiner), "em": em, "mean": mean}))
+print(json.dumps({"overrides": overrides, "refiner": str(refiner), "fine": str(fine), "em": em, "mean": mean}))
