@@ -1,5 +1,6 @@
 """A thin 2D set at its images' own size through IrisSegmenter (as the app refines), fine refiner on / off and the
-disc: em_native.py dev|test|drive_dev|drive_test [key=value RefineConfig overrides]. dev: ISBI EM support em_00, queries
+disc: em_native.py dev|test|drive_dev|drive_test [--size=N] [--support=CASE] [key=value RefineConfig overrides]
+(--size: images and masks resized to N x N first, area / nearest; --support: another EM support section). dev: ISBI EM support em_00, queries
 em_10..em_19 (training patients); test: support em_00, queries the split's test sections; drive_dev: DRIVE vessels,
 support the first training image, queries the next 8 training images; drive_test: the same support, queries the
 split's test images."""
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from skimage.transform import resize
 
 from iris_engine.data.msd import MSDDataset
 from iris_engine.data.shared_paths import shared_data_dir
@@ -19,7 +21,9 @@ from iris_engine.metrics import dice
 from iris_engine.refinement import Click, RefineConfig, next_click
 
 torch.set_num_threads(1)
-OVERRIDES = {k: (v == "True") if isinstance(getattr(RefineConfig(), k), bool) else type(getattr(RefineConfig(), k))(v) for k, v in (a.split("=") for a in sys.argv[2:])}
+SIZE = next((int(a.split("=")[1]) for a in sys.argv[2:] if a.startswith("--size=")), None)
+OVERRIDES = {k: (v == "True") if isinstance(getattr(RefineConfig(), k), bool) else type(getattr(RefineConfig(), k))(v)
+             for k, v in (a.split("=") for a in sys.argv[2:] if not a.startswith("--"))}
 split = Split.load("assets/weights/split.json")
 DRIVE = sys.argv[1].startswith("drive")
 NAME, CLASS, MODALITY = ("drive_fundus", "vessel", "fundus") if DRIVE else ("isbi_em", "membrane", "EM")
@@ -28,6 +32,9 @@ dataset = MSDDataset(Path(shared_data_dir()) / NAME)
 
 def section(case):
     image, labels, _ = dataset.load_case(case)
+    if SIZE is not None:
+        image = resize(image.astype(np.float32), (SIZE, SIZE), order=1, anti_aliasing=True, preserve_range=True)
+        labels = resize(labels, (SIZE, SIZE), order=0, anti_aliasing=False, preserve_range=True).astype(labels.dtype)
     return Volume(image.astype(np.float32), np.eye(4), MODALITY), labels == dataset.foreground_labels[CLASS]
 
 
@@ -35,7 +42,7 @@ if DRIVE:
     support = section(split.train_cases[NAME][0])
     queries = split.train_cases[NAME][1:9] if sys.argv[1] == "drive_dev" else split.test_cases[NAME]
 else:
-    support = section("em_00")
+    support = section(next((a.split("=")[1] for a in sys.argv[2:] if a.startswith("--support=")), "em_00"))
     queries = [f"em_{i:02d}" for i in range(10, 20)] if sys.argv[1] == "dev" else split.test_cases[NAME]
 segmenter = IrisSegmenter.from_checkpoint("assets/weights/iris2d.pt")
 fine = segmenter.fine_click_refiner
