@@ -76,8 +76,15 @@ class RefineEvalConfig:
     # protocol of sessions 11-19, everything on the model grid)
     score_scale: int = FINE_SCALE
     fine_scale_thickness: float = InferenceConfig.fine_scale_thickness
+    # supports per class, each from one patient, drawn with seeds seed, seed + 1, ...; every query is refined from
+    # each one's start (the one-click margin on ISBI EM moved by about +-0.03 with the support, session 31)
+    support_draws: int = 1
     baseline: str = "disc"  # each other method's paired difference to it, with a bootstrap interval
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
+
+    def __post_init__(self) -> None:
+        if self.support_draws < 1:
+            raise IrisInputError(f"support draws must be at least 1, not {self.support_draws}")
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -156,20 +163,15 @@ def one_shot_embedding(model: IrisModel, pair: EvalPair, config: RefineEvalConfi
     return strategies.encode_supports(model, images, masks), scale == FINE_SCALE
 
 
-def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpec, config: RefineEvalConfig,
-                  refine: RefineConfig, refiner: ClickRefiner | None = None,
-                  fine_refiner: ClickRefiner | None = None) -> dict[str, Any]:
-    """Per method: Dice after each click and clicks to the target, averaged over the task's queries."""
-    pairs = list(iter_eval_pairs(bank, split, spec.dataset, spec.class_name, 1, config.seed,
-                                 support_from=spec.support_from))
-    queries = _queries(pairs, spec, config)
-    if not queries:
-        raise IrisInputError(f"{spec.dataset}/{spec.class_name}: no query slice shows the class")
-    size = model.config.image_size
-    embedding, fine = one_shot_embedding(model, pairs[0], config)
-    scale = FINE_SCALE if fine else 1
+def _refine_queries(model: IrisModel, queries: list[Query], embedding: TaskEmbedding, fine: bool,
+                    config: RefineEvalConfig, refine: RefineConfig, refiner: ClickRefiner | None,
+                    fine_refiner: ClickRefiner | None) -> tuple[dict[str, list[list[float]]], dict[str, list[float]]]:
+    """Each method's simulated click curve on each query from the one-shot start of `embedding`, and its seconds
+    per click."""
     curves: dict[str, list[list[float]]] = {m: [] for m in config.methods}
     seconds: dict[str, list[float]] = {m: [] for m in config.methods}
+    size = model.config.image_size
+    scale = FINE_SCALE if fine else 1
     for stack, truth, _ in queries:
         small = to_model_grid(stack, size)
         probabilities = strategies.predict_probabilities(model, stack if fine else small, embedding)[:, 0]
@@ -187,10 +189,37 @@ def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpe
                                          learned, size * scale)
             curves[method].append(scores)
             seconds[method].append(per_click)
+    return curves, seconds
+
+
+def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpec, config: RefineEvalConfig,
+                  refine: RefineConfig, refiner: ClickRefiner | None = None,
+                  fine_refiner: ClickRefiner | None = None) -> dict[str, Any]:
+    """Per method: Dice after each click and clicks to the target, averaged over the task's queries (each query
+    once per support draw: `support_draws` supports, one patient each, drawn with seeds seed, seed + 1, ...)."""
+    curves: dict[str, list[list[float]]] = {m: [] for m in config.methods}
+    seconds: dict[str, list[float]] = {m: [] for m in config.methods}
+    draws: list[dict[str, Any]] = []
+    for draw in range(config.support_draws):
+        pairs = list(iter_eval_pairs(bank, split, spec.dataset, spec.class_name, 1, config.seed + draw,
+                                     support_from=spec.support_from))
+        queries = _queries(pairs, spec, config)
+        if not queries:
+            raise IrisInputError(f"{spec.dataset}/{spec.class_name}: no query slice shows the class")
+        embedding, fine = one_shot_embedding(model, pairs[0], config)
+        draw_curves, draw_seconds = _refine_queries(model, queries, embedding, fine, config, refine, refiner,
+                                                    fine_refiner)
+        for method in config.methods:
+            curves[method] += draw_curves[method]
+            seconds[method] += draw_seconds[method]
+        draws.append({"support_patients": pairs[0].support_patients, "query_patients": sorted({q[2] for q in queries}),
+                      "queries": len(queries), "slices": int(sum(q[1].shape[2] for q in queries)),
+                      "input_scale": FINE_SCALE if fine else 1})
     return {
-        **asdict(spec), "queries": len(queries), "query_patients": sorted({q[2] for q in queries}),
-        "slices": int(sum(q[1].shape[2] for q in queries)), "input_scale": scale,
-        "support_patients": pairs[0].support_patients,
+        **asdict(spec), "queries": sum(d["queries"] for d in draws),
+        "query_patients": sorted({p for d in draws for p in d["query_patients"]}),
+        "slices": sum(d["slices"] for d in draws), "input_scale": draws[0]["input_scale"],
+        "support_patients": sorted({p for d in draws for p in d["support_patients"]}), "draws": draws,
         "dice_curve": {m: np.mean([s[: max(REPORT_AT) + 1] for s in c], axis=0).round(4).tolist()
                        for m, c in curves.items()},
         "query_curves": {m: np.asarray([s[: max(REPORT_AT) + 1] for s in c]).round(4).tolist()
@@ -334,8 +363,13 @@ def paired_differences(payload: dict[str, Any]) -> dict[str, dict[str, dict[int,
 
 
 def _queries_line(cfg: dict[str, Any]) -> str:
+    draws = int(cfg.get("support_draws", 1))
     support = ("support: the middle class slice of another patient (training patients where the dataset has "
                "them); the start is the one-shot result.")
+    if draws > 1:
+        support = (f"supports: the middle class slice of each of {draws} other patients drawn with seeds "
+                   f"{cfg['seed']}-{cfg['seed'] + draws - 1} (training patients where the dataset has them), one "
+                   "at a time; each query is refined from each one's one-shot start.")
     if cfg.get("volumes"):
         return (f"- 3D sets as volumes: each held-out volume's slices from {cfg['margin']} below to {cfg['margin']} "
                 "above the class's range (the slice bank's: every slice with any label and a sample of empty ones) "
@@ -394,7 +428,9 @@ def markdown(payload: dict[str, Any]) -> str:
         lines += ["", f"## Against `{baseline}`: paired difference in Dice after "
                   + " / ".join(str(n) for n in REPORT_AT) + " clicks, with 95 % bootstrap intervals", "",
                   f"Each {unit} is refined by both methods from the same start with the same simulated user; the "
-                  f"{unit}s of each class are resampled ({resamples} draws, seed {cfg['seed']}). An interval that "
+                  f"{unit}s of each class are resampled ({resamples} draws, seed {cfg['seed']}"
+                  + ("; a unit is a query with one support draw, so a query counts once per draw" if
+                     int(cfg.get("support_draws", 1)) > 1 else "") + "). An interval that "
                   "contains 0 is no evidence either way"
                   + (f"; with fewer than {FEW_QUERIES} {unit}s in a class (here as few as {fewest}) the bootstrap "
                      "understates the uncertainty." if fewest < FEW_QUERIES else "."), "",
@@ -443,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="*", default=list(RefineEvalConfig.methods))
     parser.add_argument("--max-queries", type=int, default=RefineEvalConfig.max_queries)
     parser.add_argument("--seed", type=int, default=RefineEvalConfig.seed)
+    parser.add_argument("--support-draws", type=int, default=RefineEvalConfig.support_draws,
+                        help="supports per class (one patient each, seeds seed, seed + 1, ...), every query refined "
+                        "from each one's start")
     parser.add_argument("--score-scale", type=int, default=RefineEvalConfig.score_scale,
                         help="click and score on a grid this multiple of the model's input (1: the model grid)")
     parser.add_argument("--fine-scale-thickness", type=float, default=RefineEvalConfig.fine_scale_thickness,
@@ -466,6 +505,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.dev:
         split = dev_split(split)
     config = RefineEvalConfig(methods=tuple(args.methods), max_queries=args.max_queries, seed=args.seed,
+                              support_draws=args.support_draws,
                               volumes=args.volumes, score_scale=args.score_scale,
                               fine_scale_thickness=args.fine_scale_thickness)
     for method in config.methods:

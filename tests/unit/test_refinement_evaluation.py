@@ -22,6 +22,7 @@ from iris_engine.config import ModelConfig
 from iris_engine.data.episodes import EvalPair, iter_eval_pairs
 from iris_engine.data.slices import SliceBank, build_slice_bank
 from iris_engine.data.splits import Split, make_split
+from iris_engine.errors import IrisInputError
 from iris_engine.evaluation import refinement as ev
 from iris_engine.evaluation.harness import evaluation_tasks
 from iris_engine.input_scale import to_model_grid, to_score_grid
@@ -227,3 +228,26 @@ def test_the_fine_refiner_beside_the_checkpoint_reaches_every_task_and_the_repor
     calls.clear()
     off = ev.run(checkpoint, split, config, RefineConfig(tuning_steps=1), bank=bank, log=False, use_fine_refiner=False)
     assert off["fine_click_refiner"] is None and all(fine is None for fine, _ in calls)
+
+
+def test_support_draws_refine_every_query_from_each_supports_start(tmp_path: Path) -> None:
+    split, bank, checkpoint = _tiny_folders(tmp_path)
+    one = ev.RefineEvalConfig(methods=("disc", "learned"), max_queries=2, max_clicks=3)
+    three = ev.RefineEvalConfig(methods=("disc", "learned"), max_queries=2, max_clicks=3, support_draws=3)
+    single = {t["dataset"]: t for t in ev.run(checkpoint, split, one, RefineConfig(), bank=bank, log=False)["tasks"]}
+    payload = ev.run(checkpoint, split, three, RefineConfig(), bank=bank, log=False)
+    for task in payload["tasks"]:
+        draws = task["draws"]
+        assert len(draws) == 3 and task["queries"] == sum(d["queries"] for d in draws)
+        assert len({tuple(d["support_patients"]) for d in draws}) > 1  # other supports
+        for draw in draws:
+            assert not set(draw["support_patients"]) & set(draw["query_patients"])
+        first = single[task["dataset"]]
+        assert first["draws"][0] == draws[0]  # the first draw is the single-draw run
+        assert np.allclose(np.asarray(task["query_curves"]["disc"])[: first["queries"]],
+                           first["query_curves"]["disc"])
+    ev.write(payload, tmp_path / "out")
+    report = (tmp_path / "out" / "refinement.md").read_text()
+    assert "each of 3 other patients drawn with seeds 0-2" in report and "counts once per draw" in report
+    with pytest.raises(IrisInputError, match="support draws"):
+        ev.RefineEvalConfig(support_draws=0)
