@@ -196,13 +196,16 @@ def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpe
                   refine: RefineConfig, refiner: ClickRefiner | None = None,
                   fine_refiner: ClickRefiner | None = None) -> dict[str, Any]:
     """Per method: Dice after each click and clicks to the target, averaged over the task's queries (each query
-    once per support draw: `support_draws` supports, one patient each, drawn with seeds seed, seed + 1, ...)."""
+    once per support draw: `support_draws` supports, one patient each, drawn with seeds seed, seed + 1, ...; a draw
+    that repeats an earlier one's support, as where a dataset has a single support patient, is skipped)."""
     curves: dict[str, list[list[float]]] = {m: [] for m in config.methods}
     seconds: dict[str, list[float]] = {m: [] for m in config.methods}
     draws: list[dict[str, Any]] = []
     for draw in range(config.support_draws):
         pairs = list(iter_eval_pairs(bank, split, spec.dataset, spec.class_name, 1, config.seed + draw,
                                      support_from=spec.support_from))
+        if any(d["support_patients"] == pairs[0].support_patients for d in draws):
+            continue
         queries = _queries(pairs, spec, config)
         if not queries:
             raise IrisInputError(f"{spec.dataset}/{spec.class_name}: no query slice shows the class")
@@ -369,7 +372,9 @@ def _queries_line(cfg: dict[str, Any]) -> str:
     if draws > 1:
         support = (f"supports: the middle class slice of each of {draws} other patients drawn with seeds "
                    f"{cfg['seed']}-{cfg['seed'] + draws - 1} (training patients where the dataset has them), one "
-                   "at a time; each query is refined from each one's one-shot start.")
+                   "at a time; each query is refined from each one's one-shot start (a class whose draws repeat a "
+                   "support, as where the dataset has one support patient, keeps the distinct ones; the per-class "
+                   "table counts a slice once per draw).")
     if cfg.get("volumes"):
         return (f"- 3D sets as volumes: each held-out volume's slices from {cfg['margin']} below to {cfg['margin']} "
                 "above the class's range (the slice bank's: every slice with any label and a sample of empty ones) "

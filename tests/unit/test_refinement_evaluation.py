@@ -238,8 +238,8 @@ def test_support_draws_refine_every_query_from_each_supports_start(tmp_path: Pat
     payload = ev.run(checkpoint, split, three, RefineConfig(), bank=bank, log=False)
     for task in payload["tasks"]:
         draws = task["draws"]
-        assert len(draws) == 3 and task["queries"] == sum(d["queries"] for d in draws)
-        assert len({tuple(d["support_patients"]) for d in draws}) > 1  # other supports
+        assert 2 <= len(draws) <= 3 and task["queries"] == sum(d["queries"] for d in draws)
+        assert len({tuple(d["support_patients"]) for d in draws}) == len(draws)  # each draw another support
         for draw in draws:
             assert not set(draw["support_patients"]) & set(draw["query_patients"])
         first = single[task["dataset"]]
@@ -251,3 +251,12 @@ def test_support_draws_refine_every_query_from_each_supports_start(tmp_path: Pat
     assert "each of 3 other patients drawn with seeds 0-2" in report and "counts once per draw" in report
     with pytest.raises(IrisInputError, match="support draws"):
         ev.RefineEvalConfig(support_draws=0)
+
+
+def test_support_draws_that_repeat_a_support_are_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    split, bank, checkpoint = _tiny_folders(tmp_path)
+    pairs = ev.iter_eval_pairs
+    monkeypatch.setattr(ev, "iter_eval_pairs", lambda *args, **kwargs: pairs(*args[:5], 0, **kwargs))  # one support
+    three = ev.RefineEvalConfig(methods=("disc",), max_queries=2, max_clicks=2, support_draws=3)
+    for task in ev.run(checkpoint, split, three, RefineConfig(), bank=bank, log=False)["tasks"]:
+        assert len(task["draws"]) == 1 and task["queries"] == task["draws"][0]["queries"]
