@@ -341,10 +341,13 @@ def clicks_to_grid(clicks: np.ndarray, size: int) -> np.ndarray:
 class QueryFeatures:
     """A query's model-space slices (N, 1, S, S), one per canonical axial slice z, with the model's encoder and
     pixel features of each slice, computed on first use and kept for later clicks on the same query (the
-    `max_slices` most recently used: about 3 MB each at 128 px)."""
+    `max_slices` most recently used: about 3 MB each at 128 px; by default KEPT_FEATURE_SLICES at the model's
+    input size, fewer on a finer grid, in proportion to the pixels)."""
 
-    def __init__(self, model: IrisModel, queries: torch.Tensor, batch: int = 8, max_slices: int = KEPT_FEATURE_SLICES):
-        self.model, self.queries, self.batch, self.max_slices = model, queries, batch, max_slices
+    def __init__(self, model: IrisModel, queries: torch.Tensor, batch: int = 8, max_slices: int | None = None):
+        self.model, self.queries, self.batch = model, queries, batch
+        self.max_slices = max_slices or max(1, KEPT_FEATURE_SLICES * model.config.image_size**2
+                                            // queries.shape[-1] ** 2)
         self.device = next(model.parameters()).device
         self._kept: OrderedDict[int, tuple[list[torch.Tensor], torch.Tensor]] = OrderedDict()
 
@@ -385,16 +388,22 @@ class FeatureCache:
         self._features: dict[int, QueryFeatures] = {}
         self._lock = threading.Lock()
 
-    def features(self, segmenter: IrisSegmenter, query: Volume, scale: int = 1) -> QueryFeatures:
+    def for_query(self, segmenter: IrisSegmenter, query: Volume) -> Callable[[int], QueryFeatures]:
+        """The query's features at an input scale, computed on first use (the query is hashed once per call)."""
         key = digest(segmenter.model_version, query.modality, str(query.shape), np.asarray(query.affine),
                      query.array)
         with self._lock:
             if key != self._key or any(f.model is not segmenter.model for f in self._features.values()):
                 self._key, self._features = key, {}
-            if scale not in self._features:
-                self._features[scale] = QueryFeatures(segmenter.model, segmenter.to_model_space(query, scale)[0],
-                                                      max_slices=KEPT_FEATURE_SLICES // scale**2)
-            return self._features[scale]
+            kept = self._features  # this query's, even if a later call moves the cache on
+
+        def at(scale: int) -> QueryFeatures:
+            with self._lock:
+                if scale not in kept:
+                    kept[scale] = QueryFeatures(segmenter.model, segmenter.to_model_space(query, scale)[0])
+                return kept[scale]
+
+        return at
 
 
 class ClickTuner:
@@ -627,8 +636,8 @@ def refine_segmentation(segmenter: IrisSegmenter, query: Volume, result: VolumeS
                              f"does not belong to this image of shape {query.shape}")
     validate_clicks(clicks, query.shape, names)
     begin = time.perf_counter()
-    cache = cache or FeatureCache()
-    features = cache.features(segmenter, query)
+    features_at = (cache or FeatureCache()).for_query(segmenter, query)
+    features = features_at(1)
     canonical, transform = to_canonical(query)
     image = normalize_intensity(canonical.array, canonical.modality, segmenter.preprocess)
     sampling = (1.0, 1.0, 1.0)
@@ -644,8 +653,7 @@ def refine_segmentation(segmenter: IrisSegmenter, query: Volume, result: VolumeS
     learned = None
     if config.method == "learned":
         learned, config = learned_clicks(segmenter.click_refiner, segmenter.fine_click_refiner, features,
-                                         lambda: cache.features(segmenter, query, FINE_SCALE), result.input_scale,
-                                         config)
+                                         lambda: features_at(FINE_SCALE), result.input_scale, config)
     view = None if segmenter.is_3d else segmenter.model.config.image_size * result.input_scale
     base = np.where(masks != (probabilities >= config.threshold), masks.astype(np.float32), probabilities)
     refined, new_masks = base.copy(), masks.copy()

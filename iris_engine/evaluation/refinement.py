@@ -43,7 +43,6 @@ from iris_engine.metrics import BOOTSTRAP_RESAMPLES, bootstrap_group_means, inte
 from iris_engine.model.click_refiner import ClickRefiner
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import (
-    KEPT_FEATURE_SLICES,
     NEGATIVE,
     POSITIVE,
     ClickTuner,
@@ -180,8 +179,7 @@ def _refine_queries(model: IrisModel, queries: list[Query], embedding: TaskEmbed
         features = QueryFeatures(model, small)
         learned, query_refine = learned_clicks(
             refiner, fine_refiner, features,
-            lambda stack=stack: QueryFeatures(model, stack, max_slices=KEPT_FEATURE_SLICES // FINE_SCALE**2), scale,
-            refine)
+            lambda stack=stack: QueryFeatures(model, stack), scale, refine)
         for method in config.methods:
             method_config = replace(query_refine, method=method, threshold=config.threshold)
             tuner = ClickTuner(features, embedding.tokens, method_config)

@@ -90,12 +90,12 @@ class ThinTargets:
     """Episodes of `source` (slices at FINE_SCALE x the model's input) whose classes at least as thick as the
     engine's fine-scale limit became boundary bands, in supports and queries alike (`trainer.thin_targets`)."""
 
-    def __init__(self, source: EpisodeSource, max_thickness: float = FINE_SCALE * InferenceConfig.fine_scale_thickness):
-        self.source, self.max_thickness = source, max_thickness
+    def __init__(self, source: EpisodeSource):
+        self.source = source
 
     def sample_batch(self, batch_size: int) -> EpisodeBatchLike:
         batch = self.source.sample_batch(batch_size)
-        thin_targets(batch, self.max_thickness)
+        thin_targets(batch, FINE_SCALE * InferenceConfig.fine_scale_thickness)
         return batch
 
     def get_state(self) -> dict[str, Any]:
