@@ -193,6 +193,35 @@ def editor_value(services: Services, session: Session, index: int, window: str, 
     return value
 
 
+@dataclass(frozen=True)
+class SliceRedraw:
+    """What a slice change shows: the viewer's image and, for an axial slice the support editor does not show yet,
+    the editor's new value (None: the editor keeps its paint)."""
+
+    image: np.ndarray
+    editor: dict[str, Any] | None
+
+
+def redraw_slice(services: Services, session: Session, view: str, index: int, window: str, opacity: float,
+                 mode: str, class_name: str | None) -> SliceRedraw | None:
+    """The viewer and support editor for a slice change, or None for a stale one: an index the open case does not
+    have, or another case opened while it was drawn (the slider's change event of the previous case can be
+    answered after the next case opened; drawing it then would put that case's slice, and its paint index, in
+    the editor)."""
+    case = session.case_id
+    if case is None or not 0 <= index <= slider_max(services, session, view):
+        return None
+    image = render_slice(services, session, view, index, window, opacity, mode, class_name)
+    shows = (case, index, window)
+    editor = editor_value(services, session, index, window) if view == "axial" and session.editor_shows != shows \
+        else None
+    if session.case_id != case:
+        return None
+    if editor is not None:
+        session.editor_shows = shows
+    return SliceRedraw(image, editor)
+
+
 def load_correction(services: Services, session: Session, class_name: str | None, index: int, window: str
                     ) -> dict[str, Any]:
     """The correction editor's value for a class on axial slice `index`; remembers it so that Apply changes only

@@ -305,11 +305,13 @@ def build_ui(services: Services) -> gr.Blocks:
 
         @keep
         def on_slice(s: Session, v: str, i: int, w: str, o: float, m: str, c: str | None) -> tuple[Any, ...]:
-            image = view_outputs(s, v, i, w, o, m, c)
-            if v != "axial" or s.editor_shows == (s.case_id, int(i), w):  # never wipe paint with the same slice
+            redraw = h.redraw_slice(services, s, v, int(i), w, o, m, c)
+            if redraw is None:
+                return gr.skip(), gr.skip(), gr.skip()
+            image = display.enlarge(redraw.image)
+            if redraw.editor is None:  # never wipe paint with the same slice
                 return image, gr.skip(), gr.skip()
-            s.editor_shows = (s.case_id, int(i), w)
-            return image, h.editor_value(services, s, i, w), int(i)
+            return image, redraw.editor, int(i)
 
         light = {"concurrency_id": "view", "concurrency_limit": 4}  # redraws never wait behind a segmentation
         view.input(on_view, view_inputs, [index, viewer], **light)

@@ -107,6 +107,36 @@ def test_supports_stay_across_cases_and_one_can_be_removed(services, tmp_path: P
         h.remove_support(session, 5)
 
 
+def test_a_stale_slice_change_draws_nothing(services, tmp_path: Path, monkeypatch) -> None:
+    """The slider's change of a case opened before (an index that case had, or answered after the next case
+    opened) must not put a slice, or its paint index, in the support editor."""
+    session = Session()
+    h.load_case(services, session, [str(nifti(tmp_path / "big.nii.gz", (40, 50, 30)))])
+    big = session.case_id
+    h.load_case(services, session, [str(nifti(tmp_path / "small.nii.gz", (60, 30, 8)))])
+    small = session.case_id
+    session.editor_shows = (small, 3, "MR / auto")
+    assert h.redraw_slice(services, session, "axial", 20, "MR / auto", 0.5, "overlay", None) is None
+    assert session.editor_shows == (small, 3, "MR / auto")
+
+    kept = h.redraw_slice(services, session, "axial", 3, "MR / auto", 0.5, "overlay", None)
+    assert kept is not None and kept.editor is None  # the slice the editor shows: its paint stays
+    moved = h.redraw_slice(services, session, "axial", 5, "MR / auto", 0.5, "overlay", None)
+    assert moved is not None and moved.editor is not None and session.editor_shows == (small, 5, "MR / auto")
+    assert moved.image.shape[:2] == display.view_slice(np.zeros((60, 30, 8)), "axial", 5).shape
+
+    draw = h.render_slice
+
+    def open_another_case_meanwhile(*args, **kwargs):
+        image = draw(*args, **kwargs)
+        h.open_case(services, session, big)
+        return image
+
+    monkeypatch.setattr(h, "render_slice", open_another_case_meanwhile)
+    assert h.redraw_slice(services, session, "axial", 6, "MR / auto", 0.5, "overlay", None) is None
+    assert session.case_id == big and session.editor_shows == (small, 5, "MR / auto")
+
+
 def test_label_file_support_checked_against_the_case(services, tmp_path: Path) -> None:
     session = Session()
     h.load_case(services, session, [str(nifti(tmp_path / "c.nii.gz", (40, 50, 4)))])
