@@ -1,0 +1,113 @@
+"""Dev click protocol with SEQUENTIAL refinement on results read at the input size (each click refines the
+previous output with all clicks so far (--new-local: its local edit reads the newest click only); thin results read at twice the input size keep restarting from the start
+with the fine refiner): seq_probe.py OUT [--em] [--volumes] [--new-local] [--ensemble=PATH] [--refiner=PATH] [key=value ...]."""
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from iris_engine.data.slices import build_slice_bank
+from iris_engine.data.splits import Split, dev_split
+from iris_engine.evaluation import refinement as ev
+from iris_engine import refinement as rf
+from iris_engine.refinement import NEGATIVE, POSITIVE, RefineConfig, next_click, refine_on_grid
+
+NEWEST: dict = {}  # --new-local: the local edit of a sequential step reads only the newest click
+_local_edit = rf.local_edit
+
+
+def newest_local_edit(image, probability, clicks, config, sampling=(1.0, 1.0, 1.0)):
+    if NEWEST.get("on") and NEWEST.get("clicks") is not None and clicks.shape[:2] == NEWEST["clicks"].shape[:2]:
+        full, newest, depth = NEWEST["all"], NEWEST["clicks"], clicks.shape[2]
+        for offset in range(full.shape[2] - depth + 1):  # the window of a volume's slab this call edits
+            if np.array_equal(full[:, :, offset: offset + depth], clicks):
+                clicks = newest[:, :, offset: offset + depth]
+                break
+    return _local_edit(image, probability, clicks, config, sampling)
+
+
+rf.local_edit = newest_local_edit
+
+FINE = Path("assets/weights/click_refiner_fine.pt")
+
+
+def simulate(image, truth, start, config, tuner, max_clicks, target, learned=None, view=None):
+    sequential = learned is not None and learned.features is learned.grid_features  # not the fine refiner
+    clicks = np.zeros(truth.shape, dtype=np.uint8)
+    probability = start
+    scores = [ev.dice(start >= config.threshold, truth)]
+    seconds = []
+    for n in range(max_clicks):
+        if n >= 5 and max(scores) >= target:
+            break
+        placed = next_click(probability >= config.threshold, truth)
+        if placed is None:
+            scores.append(scores[-1])
+            continue
+        position, positive = placed
+        clicks[position] = POSITIVE if positive else NEGATIVE
+        newest = np.zeros_like(clicks)
+        newest[position] = clicks[position]
+        full = clicks
+        if view is not None and max(clicks.shape[:2]) > view:
+            newest = np.moveaxis(rf.clicks_to_grid(newest, view), 0, 2)
+            full = np.moveaxis(rf.clicks_to_grid(clicks, view), 0, 2)
+        NEWEST.update(on=sequential and "--new-local" in sys.argv, clicks=newest, all=full)
+        begin = time.process_time()
+        if sequential and ENSEMBLE:  # --ensemble=PATH: the restart protocol averaged with PATH's sequential one
+            NEWEST["on"] = False
+            restart = refine_on_grid(image, start, clicks, config, view, tuner, learned=learned)
+            NEWEST["on"] = True
+            follow = rf.LearnedClicks(ENSEMBLE["refiner"], learned.features)
+            chained = refine_on_grid(image, probability, clicks, config, view, tuner, learned=follow)
+            probability = (restart + chained) / 2
+        else:
+            probability = refine_on_grid(image, probability if sequential else start, clicks, config, view, tuner,
+                                         learned=learned)
+        seconds.append(time.process_time() - begin)
+        scores.append(ev.dice(probability >= config.threshold, truth))
+    return scores, float(np.mean(seconds)) if seconds else 0.0
+
+
+ev.simulate = simulate
+ENSEMBLE: dict = {}
+for a in sys.argv[2:]:
+    if a.startswith("--ensemble="):
+        from iris_engine.checkpoint import load_click_refiner
+        ENSEMBLE["refiner"] = load_click_refiner(Path(a.split("=", 1)[1])).refiner.eval()
+out, args = Path(sys.argv[1]), sys.argv[2:]
+em = "--em" in args
+refiner = next((Path(a.split("=", 1)[1]) for a in args if a.startswith("--refiner=")), None)
+overrides = {k: type(getattr(RefineConfig(), k))(v) for k, v in (a.split("=") for a in args
+                                                                  if "=" in a and not a.startswith("--"))}
+torch.set_num_threads(1)
+split = Split.load("runs/s21/dev_em_split.json") if em else dev_split(Split.load("assets/weights/split.json"))
+bank = None
+if em:
+    bank = build_slice_bank(("isbi_em",), size=256)
+    ids = bank.patient_ids.copy().astype(object)
+    for i, case in enumerate(bank.case_ids):
+        if str(case).startswith("em_") and 10 <= int(str(case)[3:]) < 20:
+            ids[i] = "em_sections_10_19_dev"
+    bank.patient_ids = ids
+config = ev.RefineEvalConfig(methods=("learned",), max_queries=10 if em else int(os.environ.get("DEV_QUERIES", 6)),
+                             seed=int(os.environ.get("DEV_SEED", 0)), volumes="--volumes" in args)
+if "--volumes" in args:  # as runs/s30/dev_vol.py: 2 volumes per structure, seed 0
+    real_queries = ev._queries
+
+    def two_volumes(pairs, spec, config):
+        stacks = real_queries(pairs, spec, config)
+        if len(stacks) <= 2:
+            return stacks
+        rng = np.random.default_rng(0)
+        return [stacks[i] for i in sorted(rng.choice(len(stacks), 2, replace=False))]
+
+    ev._queries = two_volumes
+payload = ev.run(Path("assets/weights/iris2d.pt"), split, config, RefineConfig(**overrides), log=False, bank=bank,
+                 datasets=["isbi_em"] if em else None, click_refiner=refiner, fine_click_refiner=FINE)
+ev.write(payload, out)
+print(json.dumps({"overrides": overrides, "refiner": str(refiner), "mean": ev.summary(payload).get("mean over datasets")}))
