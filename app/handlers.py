@@ -202,16 +202,26 @@ class SliceRedraw:
     editor: dict[str, Any] | None
 
 
-def redraw_slice(services: Services, session: Session, view: str, index: int, window: str, opacity: float,
-                 mode: str, class_name: str | None) -> SliceRedraw | None:
-    """The viewer and support editor for a slice change, or None for a stale one: an index the open case does not
-    have, or another case opened while it was drawn (the slider's change event of the previous case can be
-    answered after the next case opened; drawing it then would put that case's slice, and its paint index, in
-    the editor)."""
+def view_image(services: Services, session: Session, view: str, index: int, window: str, opacity: float,
+               mode: str, class_name: str | None) -> np.ndarray | None:
+    """`render_slice`, or None for a stale request: an index the open case does not have, or another case opened
+    while it was drawn (a redraw event of the previous case can be answered after the next case opened)."""
     case = session.case_id
     if case is None or not 0 <= index <= slider_max(services, session, view):
         return None
     image = render_slice(services, session, view, index, window, opacity, mode, class_name)
+    return image if session.case_id == case else None
+
+
+def redraw_slice(services: Services, session: Session, view: str, index: int, window: str, opacity: float,
+                 mode: str, class_name: str | None) -> SliceRedraw | None:
+    """The viewer and support editor for a slice change, or None for a stale one (see `view_image`; drawing the
+    slider's change of the previous case after the next one opened would put that case's slice, or a clamped
+    index of the new one as the paint index, in the editor)."""
+    case = session.case_id
+    image = view_image(services, session, view, index, window, opacity, mode, class_name)
+    if image is None:
+        return None
     shows = (case, index, window)
     editor = editor_value(services, session, index, window) if view == "axial" and session.editor_shows != shows \
         else None

@@ -114,7 +114,8 @@ def build_ui(services: Services) -> gr.Blocks:
 
     def view_outputs(session: Session, view: str, index: int, window: str, opacity: float, mode: str,
                      result_class: str | None) -> Any:
-        return display.enlarge(h.render_slice(services, session, view, index, window, opacity, mode, result_class))
+        image = h.view_image(services, session, view, int(index), window, opacity, mode, result_class)
+        return gr.skip() if image is None else display.enlarge(image)  # None: a stale redraw of another case
 
     def case_choices() -> list[tuple[str, int]]:
         return [(f"{c.id}: {c.name}", c.id) for c in services.storage.cases.list()]

@@ -117,6 +117,8 @@ def test_a_stale_slice_change_draws_nothing(services, tmp_path: Path, monkeypatc
     small = session.case_id
     session.editor_shows = (small, 3, "MR / auto")
     assert h.redraw_slice(services, session, "axial", 20, "MR / auto", 0.5, "overlay", None) is None
+    assert h.view_image(services, session, "axial", 20, "MR / auto", 0.5, "overlay", None) is None
+    assert h.view_image(services, session, "coronal", 20, "MR / auto", 0.5, "overlay", None) is not None
     assert session.editor_shows == (small, 3, "MR / auto")
 
     kept = h.redraw_slice(services, session, "axial", 3, "MR / auto", 0.5, "overlay", None)
@@ -135,6 +137,8 @@ def test_a_stale_slice_change_draws_nothing(services, tmp_path: Path, monkeypatc
     monkeypatch.setattr(h, "render_slice", open_another_case_meanwhile)
     assert h.redraw_slice(services, session, "axial", 6, "MR / auto", 0.5, "overlay", None) is None
     assert session.case_id == big and session.editor_shows == (small, 5, "MR / auto")
+    h.open_case(services, session, small)
+    assert h.view_image(services, session, "axial", 6, "MR / auto", 0.5, "overlay", None) is None
 
 
 def test_label_file_support_checked_against_the_case(services, tmp_path: Path) -> None:
