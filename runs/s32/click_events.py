@@ -1,5 +1,6 @@
 """Dev click protocol (training patients) logging every simulated click: sign, whether it lands on the mask's
-connected component / empty slice, Dice before and after. click_events.py OUT.json [key=value ...]"""
+connected component / empty slice, Dice before and after, and the clicks on their wrong side before they are honoured
+(events_shipped.json was written before that count was added; events_v.json has it). click_events.py OUT.json"""
 import json
 import sys
 import time
@@ -14,6 +15,18 @@ from iris_engine.evaluation import refinement as ev
 from iris_engine.refinement import NEGATIVE, POSITIVE, RefineConfig, next_click, refine_on_grid
 
 EVENTS: list[dict] = []
+VIOLATIONS: list[int] = []
+import iris_engine.refinement as rf
+_honour = rf.honour
+
+
+def honour(probability, clicks, threshold):
+    wrong = int(((clicks == POSITIVE) & (probability < threshold)).sum() + ((clicks == NEGATIVE) & (probability >= threshold)).sum())
+    VIOLATIONS.append(wrong)
+    return _honour(probability, clicks, threshold)
+
+
+rf.honour = honour
 
 
 def simulate(image, truth, start, config, tuner, max_clicks, target, learned=None, view=None):
@@ -33,12 +46,13 @@ def simulate(image, truth, start, config, tuner, max_clicks, target, learned=Non
         on_component = bool(labels[position[:2]] > 0) if not positive else bool(
             ndimage.binary_dilation(mask[..., position[2]], iterations=3)[position[:2]])
         clicks[position] = POSITIVE if positive else NEGATIVE
+        VIOLATIONS.clear()
         begin = time.process_time()
         probability = refine_on_grid(image, start, clicks, config, view, tuner, learned=learned)
         scores.append(ev.dice(probability >= config.threshold, truth))
         EVENTS.append({"n": n + 1, "positive": positive, "near_mask": on_component, "area": int(mask.sum()),
                        "truth_area": int(truth.sum()), "before": scores[-2], "after": scores[-1],
-                       "method": config.method})
+                       "method": config.method, "violations": list(VIOLATIONS), "clicks": int((clicks > 0).sum())})
     return scores, 0.0
 
 

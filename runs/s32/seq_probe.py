@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iris_engine.data.slices import build_slice_bank
-from iris_engine.data.splits import Split, dev_split
+from dev_common import dev_split_and_bank
 from iris_engine.evaluation import refinement as ev
 from iris_engine import refinement as rf
 from iris_engine.refinement import NEGATIVE, POSITIVE, RefineConfig, next_click, refine_on_grid
@@ -85,15 +84,7 @@ refiner = next((Path(a.split("=", 1)[1]) for a in args if a.startswith("--refine
 overrides = {k: type(getattr(RefineConfig(), k))(v) for k, v in (a.split("=") for a in args
                                                                   if "=" in a and not a.startswith("--"))}
 torch.set_num_threads(1)
-split = Split.load("runs/s21/dev_em_split.json") if em else dev_split(Split.load("assets/weights/split.json"))
-bank = None
-if em:
-    bank = build_slice_bank(("isbi_em",), size=256)
-    ids = bank.patient_ids.copy().astype(object)
-    for i, case in enumerate(bank.case_ids):
-        if str(case).startswith("em_") and 10 <= int(str(case)[3:]) < 20:
-            ids[i] = "em_sections_10_19_dev"
-    bank.patient_ids = ids
+split, bank = dev_split_and_bank(em)
 config = ev.RefineEvalConfig(methods=("learned",), max_queries=10 if em else int(os.environ.get("DEV_QUERIES", 6)),
                              seed=int(os.environ.get("DEV_SEED", 0)), volumes="--volumes" in args)
 if "--volumes" in args:  # as runs/s30/dev_vol.py: 2 volumes per structure, seed 0
