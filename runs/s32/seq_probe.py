@@ -1,6 +1,6 @@
 """Dev click protocol with SEQUENTIAL refinement on results read at the input size (each click refines the
 previous output with all clicks so far (--new-local: its local edit reads the newest click only); thin results read at twice the input size keep restarting from the start
-with the fine refiner): seq_probe.py OUT [--em] [--volumes] [--new-local] [--ensemble=PATH] [--refiner=PATH] [key=value ...]."""
+with the fine refiner): seq_probe.py OUT [--em] [--volumes] [--new-local] [--ensemble=PATH] [--two-inputs=PATH] [--refiner=PATH] [key=value ...]."""
 import json
 import os
 import sys
@@ -57,7 +57,11 @@ def simulate(image, truth, start, config, tuner, max_clicks, target, learned=Non
             full = np.moveaxis(rf.clicks_to_grid(clicks, view), 0, 2)
         NEWEST.update(on=sequential and "--new-local" in sys.argv, clicks=newest, all=full)
         begin = time.process_time()
-        if sequential and ENSEMBLE:  # --ensemble=PATH: the restart protocol averaged with PATH's sequential one
+        if sequential and TWO:  # --two-inputs=PATH: the sequential refiner that also reads the one-shot start
+            TWO["start"] = rf._shrink(start, view) if view is not None and max(start.shape[:2]) > view else start
+            probability = refine_on_grid(image, probability, clicks, config, view, tuner,
+                                         learned=TwoInputClicks(TWO["refiner"], learned.features))
+        elif sequential and ENSEMBLE:  # --ensemble=PATH: the restart protocol averaged with PATH's sequential one
             NEWEST["on"] = False
             restart = refine_on_grid(image, start, clicks, config, view, tuner, learned=learned)
             NEWEST["on"] = True
@@ -72,8 +76,37 @@ def simulate(image, truth, start, config, tuner, max_clicks, target, learned=Non
     return scores, float(np.mean(seconds)) if seconds else 0.0
 
 
+class TwoInputClicks(rf.LearnedClicks):
+    """LearnedClicks for train_two_inputs.TwoInputRefiner: the one-shot start (TWO["start"]) as two more inputs."""
+
+    def refine(self, probability, clicks, slices):
+        from train_two_inputs import inputs_with_start
+
+        rows = list(slices)
+        queries = self.features.queries
+        size = queries.shape[-1]
+        previous = rf._to_grid(probability, size).clamp(0, 1)
+        start = rf._to_grid(TWO["start"][:, :, rows], size).clamp(0, 1)
+        with torch.no_grad():
+            inputs = inputs_with_start(self.refiner, queries[rows].float(), previous, start,
+                                       self.features.pixels(rows).float().cpu(), rf.clicks_to_grid(clicks, size))
+            refined = torch.sigmoid(self.refiner(inputs))
+        change = rf._from_grid(refined - previous, probability.shape[:2])
+        return np.clip(probability + change, 0.0, 1.0)
+
+
 ev.simulate = simulate
 ENSEMBLE: dict = {}
+TWO: dict = {}
+for a in sys.argv[2:]:
+    if a.startswith("--two-inputs="):
+        from train_two_inputs import TwoInputRefiner
+
+        from iris_engine.model.click_refiner import ClickRefiner, ClickRefinerConfig
+        saved = torch.load(a.split("=", 1)[1], map_location="cpu", weights_only=False)
+        two = TwoInputRefiner(ClickRefiner(ClickRefinerConfig.from_dict(saved["config"])))
+        two.load_state_dict(saved["state"])
+        TWO["refiner"] = two.eval()
 for a in sys.argv[2:]:
     if a.startswith("--ensemble="):
         from iris_engine.checkpoint import load_click_refiner
