@@ -20,16 +20,14 @@ from iris_engine.training.losses import dice_bce_loss
 from iris_engine.training.run import episode_source
 from iris_engine.training.trainer import training_autocast
 
-out, minutes, iterations, seed = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-
-
 def honoured(probability: torch.Tensor, clicks: np.ndarray) -> torch.Tensor:
     marks = torch.from_numpy(clicks)[:, None].to(probability.device)
     return torch.where(marks == POSITIVE, 1.0, torch.where(marks == NEGATIVE, 0.0, probability))
 
 
-def sequential_clicks(refiner, batch, counts, threshold):
-    """Clicks after counts[i] automatic clicks, each read on the previous output, and the output before the last."""
+def sequential_clicks(forward, batch, counts, threshold):
+    """Clicks after counts[i] automatic clicks, each read on the previous output, and the output before the last;
+    forward(previous, clicks) -> the refiner's logits."""
     truth = batch.truth[:, 0].cpu().numpy() >= 0.5
     previous = batch.start.clone()
     before_last = batch.start.clone()
@@ -45,8 +43,7 @@ def sequential_clicks(refiner, batch, counts, threshold):
         before_last[torch.from_numpy(last)] = previous[torch.from_numpy(last)]
         if step + 1 < counts.max():
             with torch.no_grad():
-                output = torch.sigmoid(refiner(click_inputs(batch.image, previous, batch.features, clicks,
-                                                            refiner.config)).float())
+                output = torch.sigmoid(forward(previous, clicks).float())
             going = torch.from_numpy(counts > step + 1)
             previous[going] = honoured(output, clicks)[going].to(previous.dtype)
     return clicks, before_last
@@ -60,7 +57,10 @@ class SequentialTrainer(ct.ClickTrainer):
                                             self.config.empty_start_probability, self.config.merged_start_fraction)
             counts = self.rng.integers(1, self.config.max_clicks + 1, size=batch.image.shape[0])
             self.refiner.eval()
-            clicks, inputs_start = sequential_clicks(self.refiner, batch, counts, self.config.threshold)
+            clicks, inputs_start = sequential_clicks(
+                lambda previous, marks: self.refiner(click_inputs(batch.image, previous, batch.features, marks,
+                                                                  self.refiner.config)),
+                batch, counts, self.config.threshold)
             self.refiner.train()
             logits = self.refiner(click_inputs(batch.image, inputs_start, batch.features, clicks,
                                                self.refiner.config)).float()
@@ -74,20 +74,22 @@ class SequentialTrainer(ct.ClickTrainer):
         return float(loss.detach())
 
 
-torch.set_num_threads(1)
-torch.manual_seed(seed)
-split = Split.load("assets/weights/split.json")
-model = load_checkpoint("assets/weights/iris2d.pt").model
-bank = build_slice_bank(None, size=model.config.image_size)
-episodes = EpisodeConfig.from_train_config(TrainConfig(), max_classes=1, queries_per_episode=1, supports_per_episode=1)
-source = episode_source(EpisodeSampler(bank, split, episodes, seed=seed), 8, 0, seed)
-config = ct.ClickTrainConfig(iterations=iterations, lr=3e-4, warmup_iterations=30, degraded_start_fraction=0.3,
-                             seed=seed)
-trainer = SequentialTrainer(model, source, config, out)
-if not trainer.resume():
-    trainer.initialise_from(Path("assets/weights/click_refiner.pt"), model.version)
-trainer.fit(minutes)
-path = save_click_refiner(out / "click_refiner.pt", trainer.refiner, model.version, {
-    "iterations": trainer.iteration, "train_seconds": round(trainer.elapsed, 1), "recipe": "runs/s32/train_sequential.py",
-    "init": "assets/weights/click_refiner.pt", "split_fingerprint": split.fingerprint()})
-print(json.dumps({"refiner": str(path), "iterations": trainer.iteration}), flush=True)
+if __name__ == "__main__":
+    out, minutes, iterations, seed = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    split = Split.load("assets/weights/split.json")
+    model = load_checkpoint("assets/weights/iris2d.pt").model
+    bank = build_slice_bank(None, size=model.config.image_size)
+    episodes = EpisodeConfig.from_train_config(TrainConfig(), max_classes=1, queries_per_episode=1, supports_per_episode=1)
+    source = episode_source(EpisodeSampler(bank, split, episodes, seed=seed), 8, 0, seed)
+    config = ct.ClickTrainConfig(iterations=iterations, lr=3e-4, warmup_iterations=30, degraded_start_fraction=0.3,
+                                 seed=seed)
+    trainer = SequentialTrainer(model, source, config, out)
+    if not trainer.resume():
+        trainer.initialise_from(Path("assets/weights/click_refiner.pt"), model.version)
+    trainer.fit(minutes)
+    path = save_click_refiner(out / "click_refiner.pt", trainer.refiner, model.version, {
+        "iterations": trainer.iteration, "train_seconds": round(trainer.elapsed, 1), "recipe": "runs/s32/train_sequential.py",
+        "init": "assets/weights/click_refiner.pt", "split_fingerprint": split.fingerprint()})
+    print(json.dumps({"refiner": str(path), "iterations": trainer.iteration}), flush=True)

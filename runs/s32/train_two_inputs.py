@@ -1,11 +1,10 @@
-"""Probe: the sequential click refiner (train_sequential.py) given the one-shot start as two more input channels
+"""Probe: the sequential click refiner (train_sequential.py, whose click simulation it shares) given the one-shot start as two more input channels
 (its probability and scaled logit), so that it reads both the previous output and the model's own prediction.
 train_two_inputs.py OUT MINUTES ITERATIONS SEED INIT. Training patients only."""
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from iris_engine.checkpoint import load_checkpoint, load_click_refiner
@@ -14,18 +13,12 @@ from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
 from iris_engine.data.slices import build_slice_bank
 from iris_engine.data.splits import Split
 from iris_engine.model.blocks import ResidualBlock
-from iris_engine.model.click_refiner import CLICK_MAPS, ClickRefiner, _copy_block, click_inputs
-from iris_engine.refinement import next_click
+from iris_engine.model.click_refiner import ClickRefiner, _copy_block, click_inputs
 from iris_engine.training import click_training as ct
 from iris_engine.training.losses import dice_bce_loss
 from iris_engine.training.run import episode_source
 from iris_engine.training.trainer import training_autocast
-
-
-def honoured(probability: torch.Tensor, clicks: np.ndarray) -> torch.Tensor:
-    """Clicked pixels set to their label (1 positive, 2 negative), as the engine honours clicks."""
-    marks = torch.from_numpy(clicks)[:, None].to(probability.device)
-    return torch.where(marks == 1, 1.0, torch.where(marks == 2, 0.0, probability))
+from train_sequential import sequential_clicks
 
 
 class TwoInputRefiner(ClickRefiner):
@@ -47,29 +40,6 @@ def inputs_with_start(refiner, image, previous, start, features, clicks):
     return torch.cat([base, start.to(base), logit.to(base)], dim=1)
 
 
-def sequential_clicks(refiner, batch, counts, threshold):
-    truth = batch.truth[:, 0].cpu().numpy() >= 0.5
-    previous = batch.start.clone()
-    before_last = batch.start.clone()
-    clicks = np.zeros(truth.shape, dtype=np.uint8)
-    for step in range(int(counts.max())):
-        current = previous[:, 0].float().cpu().numpy() >= threshold
-        for i in np.flatnonzero(counts > step):
-            placed = next_click(current[i], truth[i])
-            if placed is not None:
-                (r, c), positive = placed
-                clicks[i, r, c] = 1 if positive else 2
-        last = torch.from_numpy(counts == step + 1)
-        before_last[last] = previous[last]
-        if step + 1 < counts.max():
-            with torch.no_grad():
-                output = torch.sigmoid(refiner(inputs_with_start(refiner, batch.image, previous, batch.start,
-                                                                 batch.features, clicks)).float())
-            going = torch.from_numpy(counts > step + 1)
-            previous[going] = honoured(output, clicks)[going].to(previous.dtype)
-    return clicks, before_last
-
-
 class TwoInputTrainer(ct.ClickTrainer):
     def step(self) -> float:
         with training_autocast(self.device, self.config.cpu_bf16):
@@ -78,7 +48,10 @@ class TwoInputTrainer(ct.ClickTrainer):
                                             self.config.empty_start_probability, self.config.merged_start_fraction)
             counts = self.rng.integers(1, self.config.max_clicks + 1, size=batch.image.shape[0])
             self.refiner.eval()
-            clicks, previous = sequential_clicks(self.refiner, batch, counts, self.config.threshold)
+            clicks, previous = sequential_clicks(
+                lambda before, marks: self.refiner(inputs_with_start(self.refiner, batch.image, before, batch.start,
+                                                                     batch.features, marks)),
+                batch, counts, self.config.threshold)
             self.refiner.train()
             logits = self.refiner(inputs_with_start(self.refiner, batch.image, previous, batch.start,
                                                     batch.features, clicks)).float()
