@@ -280,7 +280,10 @@ class ClickTrainer:
         if self.config.local_blend > 0.0:
             blended = blend_local_edit(torch.sigmoid(logits), batch, clicks, self.config.local_blend)
             logits = torch.logit(blended.clamp(1e-4, 1.0 - 1e-4))
-        loss = dice_bce_loss(logits, batch.truth, clicked[:, None])
+        return self.update(dice_bce_loss(logits, batch.truth, clicked[:, None]))
+
+    def update(self, loss: torch.Tensor) -> float:
+        """One optimiser step on `loss` (clipped gradients, scheduled learning rate); returns the loss."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.refiner.parameters(), self.config.grad_clip)

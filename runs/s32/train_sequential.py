@@ -50,6 +50,10 @@ def sequential_clicks(forward, batch, counts, threshold):
 
 
 class SequentialTrainer(ct.ClickTrainer):
+    def forward(self, batch, previous: torch.Tensor, clicks: np.ndarray) -> torch.Tensor:
+        """The refiner's logits on `previous` (the output before the last click) with `clicks`."""
+        return self.refiner(click_inputs(batch.image, previous, batch.features, clicks, self.refiner.config))
+
     def step(self) -> float:
         with training_autocast(self.device, self.config.cpu_bf16):
             batch = ct.one_shot_batch(self.model, self.sampler, self.config.batch_size, self.device)
@@ -57,21 +61,12 @@ class SequentialTrainer(ct.ClickTrainer):
                                             self.config.empty_start_probability, self.config.merged_start_fraction)
             counts = self.rng.integers(1, self.config.max_clicks + 1, size=batch.image.shape[0])
             self.refiner.eval()
-            clicks, inputs_start = sequential_clicks(
-                lambda previous, marks: self.refiner(click_inputs(batch.image, previous, batch.features, marks,
-                                                                  self.refiner.config)),
-                batch, counts, self.config.threshold)
+            clicks, previous = sequential_clicks(lambda before, marks: self.forward(batch, before, marks), batch,
+                                                 counts, self.config.threshold)
             self.refiner.train()
-            logits = self.refiner(click_inputs(batch.image, inputs_start, batch.features, clicks,
-                                               self.refiner.config)).float()
+            logits = self.forward(batch, previous, clicks).float()
         clicked = torch.from_numpy((clicks > 0).reshape(len(clicks), -1).any(axis=1)).to(self.device)
-        loss = dice_bce_loss(logits, batch.truth, clicked[:, None])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.refiner.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        return float(loss.detach())
+        return self.update(dice_bce_loss(logits, batch.truth, clicked[:, None]))
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ from iris_engine.data.splits import Split
 from iris_engine.model.blocks import ResidualBlock
 from iris_engine.model.click_refiner import ClickRefiner, _copy_block, click_inputs
 from iris_engine.training import click_training as ct
-from iris_engine.training.losses import dice_bce_loss
 from iris_engine.training.run import episode_source
-from iris_engine.training.trainer import training_autocast
-from train_sequential import sequential_clicks
+from train_sequential import SequentialTrainer
 
 
 class TwoInputRefiner(ClickRefiner):
@@ -40,29 +38,10 @@ def inputs_with_start(refiner, image, previous, start, features, clicks):
     return torch.cat([base, start.to(base), logit.to(base)], dim=1)
 
 
-class TwoInputTrainer(ct.ClickTrainer):
-    def step(self) -> float:
-        with training_autocast(self.device, self.config.cpu_bf16):
-            batch = ct.one_shot_batch(self.model, self.sampler, self.config.batch_size, self.device)
-            batch.start = ct.degrade_starts(batch.start, self.rng, self.config.degraded_start_fraction,
-                                            self.config.empty_start_probability, self.config.merged_start_fraction)
-            counts = self.rng.integers(1, self.config.max_clicks + 1, size=batch.image.shape[0])
-            self.refiner.eval()
-            clicks, previous = sequential_clicks(
-                lambda before, marks: self.refiner(inputs_with_start(self.refiner, batch.image, before, batch.start,
-                                                                     batch.features, marks)),
-                batch, counts, self.config.threshold)
-            self.refiner.train()
-            logits = self.refiner(inputs_with_start(self.refiner, batch.image, previous, batch.start,
-                                                    batch.features, clicks)).float()
-        clicked = torch.from_numpy((clicks > 0).reshape(len(clicks), -1).any(axis=1)).to(self.device)
-        loss = dice_bce_loss(logits, batch.truth, clicked[:, None])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.refiner.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        return float(loss.detach())
+class TwoInputTrainer(SequentialTrainer):
+    def forward(self, batch, previous: torch.Tensor, clicks) -> torch.Tensor:
+        return self.refiner(inputs_with_start(self.refiner, batch.image, previous, batch.start, batch.features,
+                                              clicks))
 
 
 if __name__ == "__main__":
