@@ -20,7 +20,8 @@ MARK_COLORS = {True: (40, 220, 40), False: (230, 40, 40)}
 
 @dataclass
 class ClickState:
-    """The clicks of one browser tab and the result they refine; each click restarts from `base` (undo = pop)."""
+    """The clicks of one browser tab and the result they refine, from `base` (undo = pop); `groups`: the clicks
+    of each step (a click or a stroke)."""
 
     base: VolumeSegmentation | None = None
     result_id: int | None = None
@@ -69,13 +70,14 @@ def display_to_voxel(services: Services, session: Session, index: int, x: int, y
     return tuple(int(v) for v in np.argwhere(transform.invert(full))[0])
 
 
-def _apply(services: Services, session: Session, state: ClickState) -> None:
-    """Recompute the refined masks from the base and all clicks, and show them as the result."""
+def _apply(services: Services, session: Session, state: ClickState, steps: list[int]) -> None:
+    """Recompute the refined masks from the base and all clicks (in `steps`, one per click or stroke; the engine
+    keeps a sequential refiner's earlier steps), and show them as the result."""
     result = session.result
     if state.clicks:
         with services.lock:
             refined = services.segmenter.refine(current_volume(services, session), state.base, state.clicks,
-                                                state.config)
+                                                state.config, steps)
         result.masks = refined.masks.copy()
     else:
         result.masks = state.base.masks.copy()
@@ -125,7 +127,7 @@ def add_clicks(services: Services, session: Session, state: ClickState, class_na
     new = [Click(v, mode == "positive", class_name) for v in voxels]
     state.clicks.extend(new)
     try:
-        _apply(services, session, state)
+        _apply(services, session, state, [*state.groups, len(new)])
     except BaseException:
         del state.clicks[-len(new):]
         raise
@@ -141,7 +143,7 @@ def undo_click(services: Services, session: Session, state: ClickState, class_na
     if state.masks_after is None or not np.array_equal(state.masks_after, result.masks):
         raise HandlerError("the mask was edited with the brush since the last click; clicks can no longer be undone")
     del state.clicks[-(state.groups.pop() if state.groups else 1):]
-    _apply(services, session, state)
+    _apply(services, session, state, state.groups)
     return _summary(session, state, class_name or result.segmentation.class_names[0])
 
 

@@ -131,6 +131,8 @@ def load_checkpoint(
 CLICK_REFINER_FILE = "click_refiner.pt"  # beside the IRIS weights it was trained on
 # beside them too: the refiner for thin results read at twice the input size (`iris train-refiner --fine-thin-only`)
 FINE_CLICK_REFINER_FILE = "click_refiner_fine.pt"
+# and a sequential refiner for 2D results read at the input size (`iris train-refiner --sequential`)
+SEQUENTIAL_CLICK_REFINER_FILE = "click_refiner_sequential.pt"
 
 
 @dataclass

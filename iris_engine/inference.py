@@ -18,7 +18,13 @@ import numpy as np
 import torch
 
 from iris_engine import strategies
-from iris_engine.checkpoint import CLICK_REFINER_FILE, FINE_CLICK_REFINER_FILE, load_checkpoint, load_click_refiner
+from iris_engine.checkpoint import (
+    CLICK_REFINER_FILE,
+    FINE_CLICK_REFINER_FILE,
+    SEQUENTIAL_CLICK_REFINER_FILE,
+    load_checkpoint,
+    load_click_refiner,
+)
 from iris_engine.config import InferenceConfig, PreprocessConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import IrisInputError
@@ -41,7 +47,7 @@ from iris_engine.preprocess import (
 from iris_engine.propagation import PropagationConfig, PropagationResult, Propagator
 
 if TYPE_CHECKING:
-    from iris_engine.refinement import Click, FeatureCache, RefineConfig
+    from iris_engine.refinement import Click, ClickSeries, FeatureCache, RefineConfig
 
 ProgressCallback = Callable[[float, str], None]
 MAX_SUPPORT_SLICES = 16
@@ -118,10 +124,12 @@ class IrisSegmenter:
         preprocess: PreprocessConfig | None = None,
         click_refiner: ClickRefiner | None = None,
         fine_click_refiner: ClickRefiner | None = None,
+        sequential_click_refiner: ClickRefiner | None = None,
     ):
         self.config = config or InferenceConfig()
         self.click_refiner = click_refiner
         self.fine_click_refiner = fine_click_refiner  # for results read at FINE_SCALE (thin structures)
+        self.sequential_click_refiner = sequential_click_refiner  # for single slices read at the input size
         self.device = torch.device(self.config.device)
         self.model = model.to(self.device).eval()
         self.memory_bank = memory_bank or MemoryBank(self.config.memory_momentum)
@@ -130,13 +138,16 @@ class IrisSegmenter:
         self._scales: dict[str, int] = {}
         self._propagator: Propagator | None = None
         self._feature_cache: FeatureCache | None = None
+        self._click_series: ClickSeries | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, config: InferenceConfig | None = None) -> IrisSegmenter:
         config = config or InferenceConfig()
         loaded = load_checkpoint(path, map_location=config.device)
         return cls(loaded.model, loaded.memory_bank, config, click_refiner=matching_click_refiner(path, loaded.model),
-                   fine_click_refiner=matching_click_refiner(path, loaded.model, FINE_CLICK_REFINER_FILE))
+                   fine_click_refiner=matching_click_refiner(path, loaded.model, FINE_CLICK_REFINER_FILE),
+                   sequential_click_refiner=matching_click_refiner(path, loaded.model,
+                                                                   SEQUENTIAL_CLICK_REFINER_FILE))
 
     @property
     def model_version(self) -> str:
@@ -322,16 +333,21 @@ class IrisSegmenter:
         return max(1, min(self.config.fine_volume_stride, within_gap))
 
     def refine(self, query: Volume, result: VolumeSegmentation | None, clicks: Sequence[Click],
-               config: RefineConfig | None = None) -> VolumeSegmentation:
+               config: RefineConfig | None = None, steps: Sequence[int] | None = None) -> VolumeSegmentation:
         """`result` corrected by positive/negative clicks or scribbles on `query` (see iris_engine.refinement).
 
-        Give all clicks so far with the unrefined result: each call starts from it, so undo = drop a click.
+        Give all clicks so far with the unrefined result, so undo = drop a click; `steps`: the number of clicks
+        of each step in order (a stroke is one; default: `click_steps`). A sequential refiner refines step by
+        step and keeps each step's output, so the next click costs one step.
         """
-        from iris_engine.refinement import FeatureCache, refine_segmentation
+        from iris_engine.refinement import ClickSeries, FeatureCache, refine_segmentation
 
         if self._feature_cache is None:
             self._feature_cache = FeatureCache()
-        return refine_segmentation(self, query, result, clicks, config, self._feature_cache)
+        if self._click_series is None:
+            self._click_series = ClickSeries()
+        return refine_segmentation(self, query, result, clicks, config, self._feature_cache, steps,
+                                   self._click_series)
 
     @property
     def propagator(self) -> Propagator:

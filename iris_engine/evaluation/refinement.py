@@ -28,7 +28,13 @@ import numpy as np
 import torch
 
 from iris_engine import strategies
-from iris_engine.checkpoint import CLICK_REFINER_FILE, FINE_CLICK_REFINER_FILE, load_checkpoint, load_click_refiner
+from iris_engine.checkpoint import (
+    CLICK_REFINER_FILE,
+    FINE_CLICK_REFINER_FILE,
+    SEQUENTIAL_CLICK_REFINER_FILE,
+    load_checkpoint,
+    load_click_refiner,
+)
 from iris_engine.config import InferenceConfig
 from iris_engine.data.catalog import default_datasets
 from iris_engine.data.episodes import EvalPair, iter_eval_pairs
@@ -95,7 +101,8 @@ def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: Re
              tuner: ClickTuner | None, max_clicks: int, target: float, learned: LearnedClicks | None = None,
              view: int | None = None) -> tuple[list[float], float]:
     """Dice after 0, 1, ... automatic clicks on (H, W, Z) arrays (each call restarts from `start` with all clicks,
-    refined on the in-plane `view` grid as the engine does, `refine_on_grid`) and seconds per click.
+    refined on the in-plane `view` grid as the engine does, `refine_on_grid`; a sequential refiner refines the
+    previous output instead, each click one step) and seconds per click.
 
     Stops once at least max(REPORT_AT) clicks are placed and the target was reached (nothing later is reported).
     """
@@ -113,7 +120,13 @@ def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: Re
         position, positive = placed
         clicks[position] = POSITIVE if positive else NEGATIVE
         begin = time.process_time()
-        probability = refine_on_grid(image, start, clicks, config, view, tuner, learned=learned)
+        if learned is not None and learned.sequential:
+            newest = np.zeros_like(clicks)
+            newest[position] = clicks[position]
+            probability = refine_on_grid(image, probability, clicks, config, view, tuner, learned=learned,
+                                         start=start, newest=newest)
+        else:
+            probability = refine_on_grid(image, start, clicks, config, view, tuner, learned=learned)
         seconds.append(time.process_time() - begin)
         scores.append(dice(probability >= config.threshold, truth))
     return scores, float(np.mean(seconds)) if seconds else 0.0
@@ -164,7 +177,8 @@ def one_shot_embedding(model: IrisModel, pair: EvalPair, config: RefineEvalConfi
 
 def _refine_queries(model: IrisModel, queries: list[Query], embedding: TaskEmbedding, fine: bool,
                     config: RefineEvalConfig, refine: RefineConfig, refiner: ClickRefiner | None,
-                    fine_refiner: ClickRefiner | None) -> tuple[dict[str, list[list[float]]], dict[str, list[float]]]:
+                    fine_refiner: ClickRefiner | None, sequential_refiner: ClickRefiner | None = None
+                    ) -> tuple[dict[str, list[list[float]]], dict[str, list[float]]]:
     """Each method's simulated click curve on each query from the one-shot start of `embedding`, and its seconds
     per click."""
     curves: dict[str, list[list[float]]] = {m: [] for m in config.methods}
@@ -179,7 +193,7 @@ def _refine_queries(model: IrisModel, queries: list[Query], embedding: TaskEmbed
         features = QueryFeatures(model, small)
         learned, query_refine = learned_clicks(
             refiner, fine_refiner, features,
-            lambda stack=stack: QueryFeatures(model, stack), scale, refine)
+            lambda stack=stack: QueryFeatures(model, stack), scale, refine, sequential_refiner, stack.shape[0])
         for method in config.methods:
             method_config = replace(query_refine, method=method, threshold=config.threshold)
             tuner = ClickTuner(features, embedding.tokens, method_config)
@@ -192,7 +206,8 @@ def _refine_queries(model: IrisModel, queries: list[Query], embedding: TaskEmbed
 
 def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpec, config: RefineEvalConfig,
                   refine: RefineConfig, refiner: ClickRefiner | None = None,
-                  fine_refiner: ClickRefiner | None = None) -> dict[str, Any]:
+                  fine_refiner: ClickRefiner | None = None,
+                  sequential_refiner: ClickRefiner | None = None) -> dict[str, Any]:
     """Per method: Dice after each click and clicks to the target, averaged over the task's queries (each query
     once per support draw: `support_draws` supports, one patient each, drawn with seeds seed, seed + 1, ...; a draw
     that repeats an earlier one's support, as where a dataset has a single support patient, is skipped)."""
@@ -209,7 +224,7 @@ def evaluate_task(model: IrisModel, bank: SliceBank, split: Split, spec: TaskSpe
             raise IrisInputError(f"{spec.dataset}/{spec.class_name}: no query slice shows the class")
         embedding, fine = one_shot_embedding(model, pairs[0], config)
         draw_curves, draw_seconds = _refine_queries(model, queries, embedding, fine, config, refine, refiner,
-                                                    fine_refiner)
+                                                    fine_refiner, sequential_refiner)
         for method in config.methods:
             curves[method] += draw_curves[method]
             seconds[method] += draw_seconds[method]
@@ -240,7 +255,7 @@ def _task(spec: TaskSpec) -> tuple[dict[str, Any] | None, str | None, float]:
     begin = time.process_time()
     try:
         row = evaluate_task(_WORK["model"], _WORK["bank"], _WORK["split"], spec, _WORK["config"], _WORK["refine"],
-                            _WORK["refiner"], _WORK["fine_refiner"])
+                            _WORK["refiner"], _WORK["fine_refiner"], _WORK["sequential_refiner"])
         return row, None, time.process_time() - begin
     except IrisInputError as error:
         return None, str(error), time.process_time() - begin
@@ -257,20 +272,30 @@ def _refiner_for(path: Path, model: IrisModel) -> ClickRefiner:
 def run(checkpoint: Path, split: Split, config: RefineEvalConfig, refine: RefineConfig,
         bank: SliceBank | None = None, datasets: list[str] | None = None, data_root: Path | None = None,
         log: bool = True, workers: int = 1, click_refiner: Path | None = None,
-        fine_click_refiner: Path | None = None, use_fine_refiner: bool = True) -> dict[str, Any]:
+        fine_click_refiner: Path | None = None, use_fine_refiner: bool = True,
+        sequential_click_refiner: Path | None = None) -> dict[str, Any]:
     """Evaluate every (dataset, class) with test patients; returns the JSON-ready payload. Method "learned" reads
-    `click_refiner` (default: the file beside the checkpoint) and, on results read at twice the input size,
+    `click_refiner` (default: the file beside the checkpoint); on results read at twice the input size
     `fine_click_refiner` (default: the fine file beside the checkpoint, where there is one; none with
-    `use_fine_refiner` False)."""
+    `use_fine_refiner` False); on single slices read at the input size, with `refine.sequential`,
+    `sequential_click_refiner` (default: the sequential file beside the checkpoint, where there is one)."""
     loaded = load_checkpoint(checkpoint)
     model = loaded.model.eval()
-    refiner = fine_refiner = None
+    refiner = fine_refiner = sequential_refiner = None
     click_refiner = click_refiner or checkpoint.with_name(CLICK_REFINER_FILE)
+    sequential_click_refiner = sequential_click_refiner or checkpoint.with_name(SEQUENTIAL_CLICK_REFINER_FILE)
+    if not refine.sequential or not sequential_click_refiner.is_file():
+        sequential_click_refiner = None
     fine_click_refiner = fine_click_refiner or checkpoint.with_name(FINE_CLICK_REFINER_FILE)
     fine_click_refiner = fine_click_refiner if use_fine_refiner and fine_click_refiner.is_file() else None
     if "learned" in config.methods:
         refiner = _refiner_for(click_refiner, model)
         fine_refiner = None if fine_click_refiner is None else _refiner_for(fine_click_refiner, model)
+        if sequential_click_refiner is not None:
+            sequential_refiner = _refiner_for(sequential_click_refiner, model)
+            if not sequential_refiner.config.sequential:
+                raise IrisInputError(f"{sequential_click_refiner.name} holds a restarting refiner, not a "
+                                     "sequential one")
     if bank is None:
         names = tuple(d for d in default_datasets() if split.test_cases.get(d) and (datasets is None or d in datasets))
         bank = build_slice_bank(names, root=data_root, size=config.score_scale * model.config.image_size)
@@ -278,7 +303,7 @@ def run(checkpoint: Path, split: Split, config: RefineEvalConfig, refine: Refine
              if (datasets is None or s.dataset in datasets) and (s.is_3d or not config.volumes)]
     begin, cpu = time.perf_counter(), time.process_time()
     _WORK.update(model=model, bank=bank, split=split, config=config, refine=refine, refiner=refiner,
-                 fine_refiner=fine_refiner)
+                 fine_refiner=fine_refiner, sequential_refiner=sequential_refiner)
     tasks, notes, worker_cpu = [], [], 0.0
     if workers > 1:
         pool = multiprocessing.get_context("fork").Pool(workers)
@@ -304,6 +329,7 @@ def run(checkpoint: Path, split: Split, config: RefineEvalConfig, refine: Refine
         "checkpoint": str(checkpoint), "model_version": model.version,
         "click_refiner": str(click_refiner) if refiner else None,
         "fine_click_refiner": str(fine_click_refiner) if fine_refiner else None,
+        "sequential_click_refiner": str(sequential_click_refiner) if sequential_refiner else None,
         "split_seed": split.seed,
         "split_fingerprint": split.fingerprint(), "protocol": asdict(config),
         "refine": {k: v for k, v in asdict(refine).items() if k != "method"},
@@ -404,7 +430,9 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{payload['cpu_seconds']} s CPU",
         f"- `learned`: click refiner `{payload.get('click_refiner')}`; on starts read at twice the input size "
         + (f"the fine refiner `{payload['fine_click_refiner']}`" if payload.get("fine_click_refiner")
-           else "the same refiner"),
+           else "the same refiner")
+        + (f"; on single slices read at the input size the sequential refiner `{payload['sequential_click_refiner']}`"
+           " (each click refines the previous output)" if payload.get("sequential_click_refiner") else ""),
         _queries_line(cfg),
         f"- each next click at the centre of the largest error region (positive in a missed region, negative in a "
         f"false positive); {cfg['max_clicks']} clicks at most; clicks to Dice {cfg['target']} capped at "
@@ -479,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{FINE_CLICK_REFINER_FILE} beside the checkpoint, where there is one)")
     parser.add_argument("--no-fine-click-refiner", dest="fine_refiner", action="store_false",
                         help="refine starts read at twice the input size with the model-grid refiner too")
+    parser.add_argument("--sequential-click-refiner", type=Path, default=None,
+                        help="weights of method 'learned' on single slices read at the input size, refined click "
+                        f"by click (default: {SEQUENTIAL_CLICK_REFINER_FILE} beside the checkpoint, where there is "
+                        "one)")
+    parser.add_argument("--no-sequential", dest="sequential", action="store_false",
+                        help="restart every click from the one-shot start with the model-grid refiner")
     parser.add_argument("--methods", nargs="*", default=list(RefineEvalConfig.methods))
     parser.add_argument("--max-queries", type=int, default=RefineEvalConfig.max_queries)
     parser.add_argument("--seed", type=int, default=RefineEvalConfig.seed)
@@ -513,9 +547,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               fine_scale_thickness=args.fine_scale_thickness)
     for method in config.methods:
         RefineConfig(method=method)
-    payload = run(args.checkpoint, split, config, RefineConfig(), datasets=args.datasets, data_root=args.data_root,
-                  workers=max(1, args.workers), click_refiner=args.click_refiner,
-                  fine_click_refiner=args.fine_click_refiner, use_fine_refiner=args.fine_refiner)
+    payload = run(args.checkpoint, split, config, RefineConfig(sequential=args.sequential), datasets=args.datasets,
+                  data_root=args.data_root, workers=max(1, args.workers), click_refiner=args.click_refiner,
+                  fine_click_refiner=args.fine_click_refiner, use_fine_refiner=args.fine_refiner,
+                  sequential_click_refiner=args.sequential_click_refiner)
     write(payload, args.out)
     overall = summary(payload).get("mean over datasets", {})
     print(json.dumps({"report": str(args.out / "refinement.md"), "seconds": payload["seconds"],

@@ -3,9 +3,10 @@
 It works on the model grid (S x S) of one query slice. Its inputs: the image, the prediction to correct,
 for each click sign a near (Gaussian) and a far (exponential) distance map, the largest cosine similarity of
 the IRIS pixel features (`MaskDecoder.pixel_features`) to the clicked pixels' features, and the intensity
-closeness to the clicked pixels; plus (unless `pixel_features` is off) the pixel features themselves.
-Its output is a correction added to the prediction's logit, zero at initialisation, so an untrained refiner
-returns the prediction unchanged.
+closeness to the clicked pixels; plus (unless `pixel_features` is off) the pixel features themselves. A
+`sequential` refiner corrects its own previous output click by click (as RITM) and also reads the one-shot start,
+the prediction before any click, as two more channels. Its output is a correction added to the prediction's
+logit, zero at initialisation, so an untrained refiner returns the prediction unchanged.
 Trained with simulated clicks on a frozen IRIS model (`iris_engine.training.click_training`).
 """
 
@@ -38,6 +39,8 @@ class ClickRefinerConfig:
     far_scale: float = 0.1  # fraction of the grid side
     intensity_scale: float = 0.5
     logit_clip: float = 8.0
+    # trained to refine its own previous output, one click step at a time, reading the one-shot start beside it
+    sequential: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -85,15 +88,30 @@ def _similarity_maps(image: torch.Tensor, features: torch.Tensor, clicks: np.nda
     return out.reshape(n, 4, *image.shape[2:])
 
 
+def _scaled_logit(probability: torch.Tensor, config: ClickRefinerConfig) -> torch.Tensor:
+    return torch.logit(probability.clamp(1e-4, 1 - 1e-4)) / config.logit_clip
+
+
+def input_channels(config: ClickRefinerConfig) -> int:
+    """Channels of `click_inputs` for a refiner of this config."""
+    return CLICK_MAPS + (config.feature_channels if config.pixel_features else 0) + (2 if config.sequential else 0)
+
+
 def click_inputs(image: torch.Tensor, probability: torch.Tensor, features: torch.Tensor, clicks: np.ndarray,
-                 config: ClickRefinerConfig) -> torch.Tensor:
-    """The refiner's input (N, CLICK_MAPS + D, S, S) from image and probability (N, 1, S, S), IRIS pixel
-    features (N, D, S, S) and click labels (N, S, S) (1 positive, 2 negative, 0 none) on the same grid."""
+                 config: ClickRefinerConfig, start: torch.Tensor | None = None) -> torch.Tensor:
+    """The refiner's input (N, `input_channels`, S, S) from image and probability (N, 1, S, S), IRIS pixel
+    features (N, D, S, S) and click labels (N, S, S) (1 positive, 2 negative, 0 none) on the same grid; a
+    sequential refiner also reads the one-shot `start` (N, 1, S, S) (`probability` is then its previous output)."""
     distances = torch.from_numpy(_distance_maps(clicks, config)).to(features)
     similarities = _similarity_maps(image, features, clicks, config)
-    logit = torch.logit(probability.clamp(1e-4, 1 - 1e-4)) / config.logit_clip
-    maps = [image, probability, logit, distances, similarities]
-    return torch.cat([*maps, features] if config.pixel_features else maps, dim=1)
+    maps = [image, probability, _scaled_logit(probability, config), distances, similarities]
+    if config.pixel_features:
+        maps.append(features)
+    if config.sequential:
+        if start is None:
+            raise ValueError("a sequential click refiner needs the one-shot start beside its previous output")
+        maps += [start.to(features), _scaled_logit(start, config).to(features)]
+    return torch.cat(maps, dim=1)
 
 
 class ClickRefiner(nn.Module):
@@ -103,8 +121,7 @@ class ClickRefiner(nn.Module):
         super().__init__()
         self.config = config or ClickRefinerConfig()
         channels = list(self.config.channels)
-        extra = self.config.feature_channels if self.config.pixel_features else 0
-        self.stem = ResidualBlock(2, CLICK_MAPS + extra, channels[0])
+        self.stem = ResidualBlock(2, input_channels(self.config), channels[0])
         pairs = list(zip(channels, channels[1:], strict=False))
         self.down = nn.ModuleList(ResidualBlock(2, a, b, stride=2) for a, b in pairs)
         self.up = nn.ModuleList(UpBlock(2, b, a, a) for a, b in reversed(pairs))
@@ -174,3 +191,16 @@ def widen(refiner: ClickRefiner, channels: tuple[int, ...], seed: int = 0) -> Cl
             _copy_block(old.block, new.block, inputs)
         _copy_conv(refiner.head, wide.head, torch.arange(old_channels[0]))  # new inputs zeroed there
     return wide
+
+
+def as_sequential(refiner: ClickRefiner) -> ClickRefiner:
+    """A sequential refiner that computes exactly what `refiner` does (the start channels enter with zero weights),
+    to be trained the sequential way; a sequential one is returned as it is."""
+    if refiner.config.sequential:
+        return refiner
+    sequential = ClickRefiner(replace(refiner.config, sequential=True))
+    sequential.load_state_dict({k: v for k, v in refiner.state_dict().items() if not k.startswith("stem.")},
+                               strict=False)
+    with torch.no_grad():
+        _copy_block(refiner.stem, sequential.stem, torch.arange(input_channels(refiner.config)))
+    return sequential

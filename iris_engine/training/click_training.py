@@ -15,7 +15,10 @@ larger blob, which negative clicks must trim without emptying the mask). Resumab
 `--init` fine-tunes a shipped refiner (its own configuration, a fresh optimizer and schedule).
 `--fine-thin-only` trains the refiner for thin results read at twice the input size (`click_refiner_fine.pt`):
 slices at that size, the IRIS features of that input, thicker classes turned into boundary bands as in
-`iris train --fine-thin-only`.
+`iris train --fine-thin-only`. `--sequential` trains a sequential refiner (`click_refiner_sequential.pt`, as
+RITM): each click is read on the refiner's previous output (every click so far honoured), the one-shot start
+beside it, and the loss is taken on the output after the last click read on the output before it; a restarting
+`--init` becomes one first (`as_sequential`: the start's channels enter with zero weights).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from scipy import ndimage
 from iris_engine.checkpoint import (
     CLICK_REFINER_FILE,
     FINE_CLICK_REFINER_FILE,
+    SEQUENTIAL_CLICK_REFINER_FILE,
     load_checkpoint,
     load_click_refiner,
     save_click_refiner,
@@ -46,7 +50,15 @@ from iris_engine.data.slices import SliceBank, build_slice_bank
 from iris_engine.data.splits import Split
 from iris_engine.errors import IrisInputError
 from iris_engine.input_scale import FINE_SCALE
-from iris_engine.model.click_refiner import NEGATIVE, POSITIVE, ClickRefiner, ClickRefinerConfig, click_inputs, widen
+from iris_engine.model.click_refiner import (
+    NEGATIVE,
+    POSITIVE,
+    ClickRefiner,
+    ClickRefinerConfig,
+    as_sequential,
+    click_inputs,
+    widen,
+)
 from iris_engine.model.iris import IrisModel
 from iris_engine.refinement import RefineConfig, honour, local_edit, next_click
 from iris_engine.training.losses import dice_bce_loss
@@ -78,6 +90,8 @@ class ClickTrainConfig:
     # the refiner for results read at FINE_SCALE x the input size: slices that fine, thicker classes as bands
     fine_thin_only: bool = False
     empty_start_probability: float = 0.01
+    # a sequential refiner (ClickRefinerConfig.sequential): each training click read on its previous output
+    sequential: bool = False
     # on a CPU with native bfloat16, the frozen model's and the refiner's forward passes run under bfloat16 autocast
     # (the refiner's weights, its optimiser and the loss stay float32): 2.6 -> 1.7 s per step (benchmarks/training.md)
     cpu_bf16: bool = True
@@ -204,6 +218,38 @@ def simulate_clicks(refiner: ClickRefiner, batch: ClickBatch, counts: np.ndarray
     return clicks
 
 
+def honoured(probability: torch.Tensor, clicks: np.ndarray) -> torch.Tensor:
+    """(B, 1, S, S) probabilities with every click of the (B, S, S) maps obeyed (1 positive, 0 negative)."""
+    marks = torch.from_numpy(clicks)[:, None].to(probability.device)
+    return torch.where(marks == POSITIVE, 1.0, torch.where(marks == NEGATIVE, 0.0, probability))
+
+
+def simulate_sequential_clicks(refiner: ClickRefiner, batch: ClickBatch, counts: np.ndarray,
+                               threshold: float) -> tuple[np.ndarray, torch.Tensor]:
+    """Click maps (B, S, S) after counts[i] automatic clicks of a sequential refiner, each placed on its current
+    output and read on it (every click so far honoured), and each slice's output before its last click."""
+    truth = batch.truth[:, 0].cpu().numpy() >= 0.5
+    previous = batch.start.clone()
+    before_last = batch.start.clone()
+    clicks = np.zeros(truth.shape, dtype=np.uint8)
+    for step in range(int(counts.max())):
+        current = previous[:, 0].float().cpu().numpy() >= threshold
+        for i in np.flatnonzero(counts > step):
+            placed = next_click(current[i], truth[i])
+            if placed is not None:
+                (r, c), positive = placed
+                clicks[i, r, c] = POSITIVE if positive else NEGATIVE
+        last = torch.from_numpy(counts == step + 1)
+        before_last[last] = previous[last]
+        if step + 1 < counts.max():
+            with torch.no_grad():
+                inputs = click_inputs(batch.image, previous, batch.features, clicks, refiner.config, batch.start)
+                output = torch.sigmoid(refiner(inputs).float())
+            going = torch.from_numpy(counts > step + 1)
+            previous[going] = honoured(output, clicks)[going].to(previous.dtype)
+    return clicks, before_last
+
+
 class ClickTrainer:
     """Trains a ClickRefiner into `out_dir`; resumable from out_dir/refiner_last.pt."""
 
@@ -245,6 +291,8 @@ class ClickTrainer:
         if not any_model and loaded.iris_model_version != model_version:
             raise IrisInputError(f"{path} was trained for IRIS model {loaded.iris_model_version}, not {model_version}")
         source, target = loaded.refiner, self.refiner.config
+        if target.sequential:
+            source = as_sequential(source)
         if source.config != target:
             try:
                 if replace(source.config, channels=target.channels) != target:
@@ -272,9 +320,13 @@ class ClickTrainer:
                                       self.config.grown_band, self.config.grown_probability)
             counts = self.rng.integers(1, self.config.max_clicks + 1, size=batch.image.shape[0])
             self.refiner.eval()
-            clicks = simulate_clicks(self.refiner, batch, counts, self.config.threshold, self.config.local_blend)
+            if self.config.sequential:
+                clicks, previous = simulate_sequential_clicks(self.refiner, batch, counts, self.config.threshold)
+            else:
+                clicks = simulate_clicks(self.refiner, batch, counts, self.config.threshold, self.config.local_blend)
+                previous = batch.start
             self.refiner.train()
-            inputs = click_inputs(batch.image, batch.start, batch.features, clicks, self.refiner.config)
+            inputs = click_inputs(batch.image, previous, batch.features, clicks, self.refiner.config, batch.start)
             logits = self.refiner(inputs).float()
         clicked = torch.from_numpy((clicks > 0).reshape(len(clicks), -1).any(axis=1)).to(self.device)
         if self.config.local_blend > 0.0:
@@ -361,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fine-thin-only", action="store_true",
                         help=f"train the refiner for thin results read at {FINE_SCALE} x the input size (slices and "
                         f"features at that size, thicker classes as boundary bands); saves {FINE_CLICK_REFINER_FILE}")
+    parser.add_argument("--sequential", action="store_true",
+                        help="train a sequential refiner (each click read on its previous output, the one-shot "
+                        f"start beside it; a restarting --init is converted); saves {SEQUENTIAL_CLICK_REFINER_FILE}")
     return parser
 
 
@@ -376,6 +431,9 @@ def main(argv: list[str] | None = None) -> Path:
     if min(args.degraded_start_fraction, args.merged_start_fraction) < 0 \
             or args.degraded_start_fraction + args.merged_start_fraction > 1.0:
         raise IrisInputError("--degraded-start-fraction and --merged-start-fraction must be >= 0 and sum to at most 1")
+    if args.sequential and (args.fine_thin_only or args.local_blend > 0.0):
+        raise IrisInputError("--sequential trains the refiner of single slices read at the input size, on its own "
+                             "output: not with --fine-thin-only or --local-blend")
     split = Split.load(args.split or args.checkpoint.parent / "split.json")
     model = load_checkpoint(args.checkpoint).model
     config = ClickTrainConfig(iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -383,7 +441,7 @@ def main(argv: list[str] | None = None) -> Path:
                               degraded_start_fraction=args.degraded_start_fraction,
                               merged_start_fraction=args.merged_start_fraction,
                               grown_start_fraction=args.grown_start_fraction, local_blend=args.local_blend,
-                              fine_thin_only=args.fine_thin_only, cpu_bf16=args.cpu_bf16)
+                              fine_thin_only=args.fine_thin_only, cpu_bf16=args.cpu_bf16, sequential=args.sequential)
     datasets = tuple(args.datasets) if args.datasets else None
     size = model.config.image_size * (FINE_SCALE if config.fine_thin_only else 1)
     if args.bank is not None:
@@ -401,7 +459,7 @@ def main(argv: list[str] | None = None) -> Path:
     channels = args.channels or (load_click_refiner(args.init).refiner.config.channels if args.init is not None
                                  else ClickRefinerConfig.channels)
     refiner_config = ClickRefinerConfig(channels=tuple(channels), feature_channels=model.config.decoder_channels,
-                                        pixel_features=not args.without_pixel_features)
+                                        pixel_features=not args.without_pixel_features, sequential=args.sequential)
     trainer = ClickTrainer(model, sampler, config, args.out, refiner_config, args.device)
     if args.resume and trainer.resume():
         print(f"resumed from iteration {trainer.iteration}", flush=True)
@@ -410,6 +468,7 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"initialised from {args.init}", flush=True)
     trainer.fit(args.time_limit_minutes)
     name = FINE_CLICK_REFINER_FILE if config.fine_thin_only else CLICK_REFINER_FILE
+    name = SEQUENTIAL_CLICK_REFINER_FILE if config.sequential else name
     path = save_click_refiner(args.out / name, trainer.refiner, model.version, {
         "iterations": trainer.iteration, "train_seconds": round(trainer.elapsed, 1), "recipe": asdict(config),
         "iris_checkpoint": str(args.checkpoint), "init": None if args.init is None else str(args.init),

@@ -103,6 +103,26 @@ def test_a_stroke_is_one_undo_step_and_brush_edits_start_a_new_series(services, 
     assert len(state.clicks) == 1 and np.array_equal(session.result.masks[0][:, :, 5], edited)
 
 
+def test_each_click_and_stroke_reaches_the_engine_as_one_step(services, session: Session, monkeypatch) -> None:
+    steps_seen = []
+    refine = services.segmenter.refine
+
+    def recording(query, result, clicks, config=None, steps=None):
+        steps_seen.append(list(steps))
+        return refine(query, result, clicks, config, steps)
+
+    monkeypatch.setattr(services.segmenter, "refine", recording)
+    state = r.ClickState(config=RefineConfig(method="local"))
+    value = h.editor_value(services, session, 3, "MR / auto")
+    layer = np.zeros((*value["background"].shape[:2], 4), dtype=np.uint8)
+    layer[192:208, 150:300, 3] = 255
+    r.add_stroke(services, session, state, "blob", 3, {**value, "layers": [layer]}, "negative")
+    r.add_click(services, session, state, "blob", 2, *_display_xy(services, session, (16, 15, 2)), "positive")
+    stroke = len(state.clicks) - 1
+    r.undo_click(services, session, state, "blob")
+    assert steps_seen == [[stroke], [stroke, 1], [stroke]]
+
+
 def test_clicks_without_a_result_or_class_are_refused(services, session: Session) -> None:
     state = r.ClickState()
     with pytest.raises(HandlerError, match="pick the result class"):
