@@ -6,7 +6,10 @@ Prints a table of wall and CPU seconds per call (median over repeats, after one 
 the 1 s goal. Each call is what the app does on a click: refine the one-shot result with all clicks so far
 (here the first click; `--clicks N` times the N-th click of a series). Measured side by side: a cold call, which
 encodes the query's slices afresh, and a warm one, as the app makes them, where the segmenter kept the query's
-model features from the previous click on the same image (`refinement.FeatureCache`); the default `learned` is also
+model features from the previous click on the same image (`refinement.FeatureCache`) and, for a sequential
+refiner (`click_refiner_sequential.pt`, single slices), the steps of the clicks before (`refinement.ClickSeries`),
+so the call refines the newest click only (timed side by side with the restarting refiner where a sequential one
+ships); the default `learned` is also
 timed with the tuning blend it had before (`learned_tuning`) and on the slice's own grid instead of the
 model's view of it (`model_grid` off), side by side; `--size` sets the slice's side. `--volume` times the same on a
 192 x 192 x 64 volume instead (no goal there; the clicks follow the simulated user of the evaluation, each at the
@@ -31,13 +34,22 @@ import torch
 
 from iris_engine.inference import IrisSegmenter, Support, VolumeSegmentation
 from iris_engine.io.volume import Volume
-from iris_engine.refinement import METHODS, Click, RefineConfig, next_click, refine_segmentation
+from iris_engine.refinement import (
+    METHODS,
+    Click,
+    ClickSeries,
+    FeatureCache,
+    RefineConfig,
+    next_click,
+    refine_segmentation,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 1.0
 TUNING_BLEND = "learned + tuning blend (`learned_tuning`)"
 OWN_GRID = "learned on the slice's own grid (`model_grid` off)"
 GRID_REFINER = "learned with the model-grid refiner only (no fine refiner)"
+RESTARTING = "learned restarting from the result with all clicks (`sequential` off)"
 
 
 def phantom(size: int = 256, seed: int = 0) -> tuple[Volume, np.ndarray]:
@@ -86,15 +98,33 @@ def simulated_clicks(segmenter: IrisSegmenter, query: Volume, result: VolumeSegm
     return clicks
 
 
-def timed(call: Callable[[], object], repeats: int) -> tuple[list[float], list[float]]:
-    """Wall and CPU seconds of `repeats` calls."""
+def timed(call: Callable[[], object], repeats: int, setup: Callable[[], object] = lambda: None
+          ) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of `repeats` calls, each after an untimed `setup()`."""
     walls, cpus = [], []
     for _ in range(repeats):
+        setup()
         wall, cpu = time.perf_counter(), time.process_time()
         call()
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     return walls, cpus
+
+
+def warm_timings(segmenter: IrisSegmenter, query: Volume, result: VolumeSegmentation, clicks: list[Click],
+                 config: RefineConfig, repeats: int) -> tuple[list[float], list[float]]:
+    """`timed` calls as the app makes them on the last click: the query's features kept from an earlier call, and
+    (for a sequential refiner) the steps of the clicks before it, so that the call refines only the newest."""
+    features, series = FeatureCache(), [ClickSeries()]
+    refine_segmentation(segmenter, query, result, clicks, config, features)
+
+    def earlier_clicks_done() -> None:
+        series[0] = ClickSeries()
+        if len(clicks) > 1:
+            refine_segmentation(segmenter, query, result, clicks[:-1], config, features, series=series[0])
+
+    return timed(lambda: refine_segmentation(segmenter, query, result, clicks, config, features, series=series[0]),
+                 repeats, earlier_clicks_done)
 
 
 def main() -> None:
@@ -137,21 +167,24 @@ def main() -> None:
     fine_refiner = segmenter.fine_click_refiner if result.input_scale > 1 else None
     if fine_refiner is not None:
         variants.append((GRID_REFINER, RefineConfig()))
+    sequential = segmenter.sequential_click_refiner is not None and not args.volume and result.input_scale == 1
+    if sequential:
+        variants.append((RESTARTING, RefineConfig(sequential=False)))
     warm: dict[str, float] = {}
     for name, config in variants:
         segmenter.fine_click_refiner = None if name == GRID_REFINER else fine_refiner
         if args.volume:
             clicks = simulated_clicks(segmenter, query, result, truth, args.clicks, config)
-        segmenter.refine(query, result, clicks, config)
         cold = statistics.median(timed(partial(refine_segmentation, segmenter, query, result, clicks, config),
                                        args.repeats)[0])
-        walls, cpus = timed(partial(segmenter.refine, query, result, clicks, config), args.repeats)
+        walls, cpus = warm_timings(segmenter, query, result, clicks, config, args.repeats)
         wall = warm[name] = statistics.median(walls)
         print(f"| {name} | {cold:.3f} | {wall:.3f} | {statistics.median(cpus):.3f} | {cold / wall:.2f} "
               f"| {wall / GOAL_SECONDS:.2f} |")
     print(f"warm learned with / without the tuning blend: {warm[TUNING_BLEND] / warm['learned']:.2f}x; "
           f"on the slice's own grid / on the model's view: {warm[OWN_GRID] / warm['learned']:.2f}x"
-          + (f"; fine / model-grid refiner: {warm['learned'] / warm[GRID_REFINER]:.2f}x" if fine_refiner else ""))
+          + (f"; fine / model-grid refiner: {warm['learned'] / warm[GRID_REFINER]:.2f}x" if fine_refiner else "")
+          + (f"; sequential / restarting: {warm['learned'] / warm[RESTARTING]:.2f}x" if sequential else ""))
 
 
 if __name__ == "__main__":
