@@ -35,6 +35,7 @@ from iris_engine.refinement import (
     click_map,
     click_steps,
     clicks_from_label_map,
+    learned_clicks,
     refine_steps,
     scribble,
 )
@@ -148,6 +149,19 @@ def test_the_engine_output_is_the_refiner_run_step_by_step_on_its_own_output(seg
     assert len(outputs) == 2 and np.allclose(outputs[-1][..., 0], engine, atol=1e-4)
     again = refine_steps(image, start, steps, config, 32, learned, done=1, previous=outputs[0])
     assert np.allclose(again[-1], outputs[-1], atol=1e-6)
+
+
+def test_the_sequential_refiner_runs_with_its_own_weight_against_the_local_edit(segmenter: IrisSegmenter) -> None:
+    features = QueryFeatures(segmenter.model, torch.zeros(1, 1, 32, 32))
+    config = RefineConfig(learned_weight=0.5, sequential_learned_weight=0.8)
+    chosen, used = learned_clicks(segmenter.click_refiner, None, features, lambda: features, 1, config,
+                                  segmenter.sequential_click_refiner)
+    assert chosen.sequential and used.learned_weight == 0.8
+    chosen, used = learned_clicks(segmenter.click_refiner, None, features, lambda: features, 1, config,
+                                  segmenter.sequential_click_refiner, depth=4)
+    assert not chosen.sequential and used.learned_weight == 0.5
+    with pytest.raises(IrisInputError, match="sequential_learned_weight"):
+        RefineConfig(sequential_learned_weight=1.5)
 
 
 def test_volumes_keep_the_restarting_refiner(segmenter: IrisSegmenter) -> None:
