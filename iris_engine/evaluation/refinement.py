@@ -101,8 +101,8 @@ def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: Re
              tuner: ClickTuner | None, max_clicks: int, target: float, learned: LearnedClicks | None = None,
              view: int | None = None) -> tuple[list[float], float]:
     """Dice after 0, 1, ... automatic clicks on (H, W, Z) arrays (each call restarts from `start` with all clicks,
-    refined on the in-plane `view` grid as the engine does, `refine_on_grid`; a sequential refiner refines the
-    previous output instead, each click one step) and seconds per click.
+    refined on the in-plane `view` grid as the engine does, `refine_on_grid`; method "learned" with a sequential
+    refiner refines the previous output instead, each click one step) and seconds per click.
 
     Stops once at least max(REPORT_AT) clicks are placed and the target was reached (nothing later is reported).
     """
@@ -120,7 +120,7 @@ def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: Re
         position, positive = placed
         clicks[position] = POSITIVE if positive else NEGATIVE
         begin = time.process_time()
-        if learned is not None and learned.sequential:
+        if config.method == "learned" and learned is not None and learned.sequential:
             newest = np.zeros_like(clicks)
             newest[position] = clicks[position]
             probability = refine_on_grid(image, probability, clicks, config, view, tuner, learned=learned,

@@ -143,7 +143,8 @@ def test_the_engine_output_is_the_refiner_run_step_by_step_on_its_own_output(seg
                             QueryFeatures(segmenter.model, segmenter.to_model_space(volume)[0]))
     start = result.probabilities[0][..., None]
     steps = [click_map(step, (32, 32))[..., None] for step in click_steps(clicks)]
-    config = replace(RefineConfig(), threshold=segmenter.config.threshold)
+    config = replace(RefineConfig(), threshold=segmenter.config.threshold,
+                     learned_weight=RefineConfig().sequential_learned_weight)
     image = normalize_intensity(volume.array, volume.modality, segmenter.preprocess)[..., None]
     outputs = refine_steps(image, start, steps, config, 32, learned)
     assert len(outputs) == 2 and np.allclose(outputs[-1][..., 0], engine, atol=1e-4)
@@ -248,3 +249,7 @@ def test_the_protocol_refines_each_click_on_the_previous_output_with_a_sequentia
         previous = refine_steps(image, start, steps, config, 32, learned, done=len(steps) - 1, previous=previous)[-1]
         expected.append(ev.dice(previous >= 0.5, truth))
     assert np.allclose(scores, expected)
+    disc = RefineConfig(method="disc", threshold=0.5)
+    large = [np.repeat(np.repeat(a, 2, axis=0), 2, axis=1) for a in (image, truth, start)]  # refined on a 32 px view
+    assert ev.simulate(*large, disc, None, 5, 0.99, learned, 32)[0] == \
+        ev.simulate(*large, disc, None, 5, 0.99, None, 32)[0]  # the baseline restarts whatever refiner is at hand
