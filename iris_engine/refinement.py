@@ -15,7 +15,10 @@ Methods (measured against each other by `iris_engine.evaluation.refinement`):
   gets the local edit with the refiner at a lower weight (`thin_learned_weight`), after its negative clicks have
   dropped the halo beside its ridges (`thin_clicks.py`). A result read at twice the input size (a thin structure,
   `input_scale.py`) is refined by the fine refiner where one ships (`click_refiner_fine.pt`, trained at that scale
-  on thin targets), reading the IRIS features of the fine input (`fine_learned_weight` on thin slices).
+  on thin targets), reading the IRIS features of the fine input (`fine_learned_weight` on thin slices). A single
+  slice read at the input size is refined by the sequential refiner where one ships (`click_refiner_sequential.pt`):
+  the clicks are read in steps (`click_steps`), each refining the previous step's output with the one-shot start
+  beside it (`refine_steps`); the segmenter keeps each step's output (`ClickSeries`).
 - "disc": the non-learned baseline, a disc of fixed radius painted at each click.
 Every method honours every click (positive inside, negative outside). In a volume the edit works on
 canonical axial slices; a click also reaches `neighbour_slices` slices on either side (the geodesic
@@ -132,7 +135,7 @@ class RefineConfig:
     threshold: float = 0.5
     # "learned" on a 2D result read at the input size, with a sequential refiner beside the weights
     # (`click_refiner_sequential.pt`): each click step refines the previous step's output (the one-shot start
-    # read beside it; the local edit reads the newest step only); off: every call restarts from the result
+    # read beside it; a local edit beside it reads the newest step only); off: every call restarts from the result
     sequential: bool = True
     # "learned" with the sequential refiner: its weight against the local edit of the newest step (learned_weight
     # for it; training patients, runs/s33/RULE.md rule 6, Dice after 5 clicks on two dev samples: 0.5 0.848 /
@@ -469,10 +472,11 @@ class FeatureCache:
 
 class ClickSeries:
     """The outputs of a sequential refiner's click steps, each under a key of the series and the steps up to it,
-    so that a new click costs one refiner pass and an undo none (the `max_kept` most recently used outputs)."""
+    so that a new click costs one refiner pass and an undo none (the most recently used outputs, `max_bytes` in
+    all: 64 steps of a 1024 x 1024 image; the newest is always kept)."""
 
-    def __init__(self, max_kept: int = 64) -> None:
-        self.max_kept = max_kept
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = max_bytes
         self._outputs: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -498,7 +502,7 @@ class ClickSeries:
         with self._lock:
             self._outputs[key] = output
             self._outputs.move_to_end(key)
-            while len(self._outputs) > self.max_kept:
+            while len(self._outputs) > 1 and sum(o.nbytes for o in self._outputs.values()) > self.max_bytes:
                 self._outputs.popitem(last=False)
 
 

@@ -29,6 +29,7 @@ from iris_engine.model.iris import IrisModel
 from iris_engine.preprocess import normalize_intensity
 from iris_engine.refinement import (
     Click,
+    ClickSeries,
     LearnedClicks,
     QueryFeatures,
     RefineConfig,
@@ -133,6 +134,17 @@ def test_each_click_step_refines_the_previous_output_and_costs_one_refiner_pass(
     assert np.allclose(fresh.refine(volume, result, [first, second]).probabilities, two.probabilities, atol=1e-6)
     restarted = segmenter.refine(volume, result, [first, second], RefineConfig(sequential=False))
     assert grid_passes.count == 1 and not np.allclose(restarted.probabilities, two.probabilities, atol=1e-3)
+
+
+def test_kept_steps_stay_within_their_memory_budget_and_the_newest_is_always_kept() -> None:
+    series = ClickSeries(max_bytes=3 * 4000)
+    keys = ClickSeries.keys("series", [[Click((i, i))] for i in range(5)])
+    for key in keys:
+        series.keep(key, np.zeros(1000, np.float32))  # 4000 bytes each
+    assert series.latest(keys)[0] == 5 and series.latest(keys[:2]) == (0, None)  # the two oldest dropped
+    assert series.latest(keys[:3])[0] == 3
+    series.keep("huge", np.zeros(10_000, np.float32))
+    assert series.latest(["huge"])[0] == 1 and series.latest(keys)[0] == 0
 
 
 def test_the_engine_output_is_the_refiner_run_step_by_step_on_its_own_output(segmenter: IrisSegmenter) -> None:
