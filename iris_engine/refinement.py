@@ -804,20 +804,20 @@ def refine_segmentation(segmenter: IrisSegmenter, query: Volume, result: VolumeS
     view = None if segmenter.is_3d else segmenter.model.config.image_size * result.input_scale
     base = np.where(masks != (probabilities >= config.threshold), masks.astype(np.float32), probabilities)
     refined, new_masks = base.copy(), masks.copy()
+    flat = query.ndim == 2
+
+    def canonical_slab(array: np.ndarray) -> np.ndarray:
+        """A query-grid array on the canonical (H, W, Z) grid."""
+        moved = transform.apply(array)
+        return moved[..., None] if flat else moved
+
     embedding = result.embedding
+    series = series or ClickSeries()
     series_steps = click_steps(clicks, steps)
     for k, name in enumerate(names):
         own = [c for c in clicks if (c.class_name or names[0]) == name]
         if not own:
             continue
-        flat = query.ndim == 2
-
-        def canonical_slab(array: np.ndarray, flat: bool = flat) -> np.ndarray:
-            """A query-grid array on the canonical (H, W, Z) grid."""
-            moved = transform.apply(array)
-            return moved[..., None] if flat else moved
-
-        marks = canonical_slab(click_map(own, query.shape))
         probability = canonical_slab(base[k])
         tuner = None
         if embedding is not None and name in embedding.class_names and not segmenter.is_3d \
@@ -828,16 +828,16 @@ def refine_segmentation(segmenter: IrisSegmenter, query: Volume, result: VolumeS
             keys = ClickSeries.keys(digest(segmenter.model_version, str(id(learned.refiner)), repr(config), name,
                                            str(query.shape), np.asarray(query.affine), query.array, probability),
                                     own_steps)
-            done, previous = series.latest(keys) if series is not None else (0, None)
+            done, previous = series.latest(keys)
             step_marks = [canonical_slab(click_map(step, query.shape)) for step in own_steps]
             outputs = refine_steps(image, probability, step_marks, config, view, learned, tuner, sampling, done,
                                    previous)
             for key, output in zip(keys[done:], outputs, strict=True):
-                if series is not None:
-                    series.keep(key, output)
+                series.keep(key, output)
             out = outputs[-1] if outputs else previous
         else:
-            out = refine_on_grid(image, probability, marks, config, view, tuner, sampling, learned)
+            out = refine_on_grid(image, probability, canonical_slab(click_map(own, query.shape)), config, view,
+                                 tuner, sampling, learned)
         refined[k] = transform.invert(out[..., 0] if flat else out)
         new_masks[k] = refined[k] >= config.threshold
     timings = {**result.timings, "refine": time.perf_counter() - begin}

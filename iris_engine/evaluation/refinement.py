@@ -58,6 +58,7 @@ from iris_engine.refinement import (
     learned_clicks,
     next_click,
     refine_on_grid,
+    refine_steps,
 )
 
 REPORT_AT = (1, 3, 5)
@@ -107,6 +108,7 @@ def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: Re
     Stops once at least max(REPORT_AT) clicks are placed and the target was reached (nothing later is reported).
     """
     clicks = np.zeros(truth.shape, dtype=np.uint8)
+    steps: list[np.ndarray] = []  # each click's own map, for a sequential refiner
     probability = start
     scores = [dice(start >= config.threshold, truth)]
     seconds = []
@@ -121,10 +123,10 @@ def simulate(image: np.ndarray, truth: np.ndarray, start: np.ndarray, config: Re
         clicks[position] = POSITIVE if positive else NEGATIVE
         begin = time.process_time()
         if config.method == "learned" and learned is not None and learned.sequential:
-            newest = np.zeros_like(clicks)
-            newest[position] = clicks[position]
-            probability = refine_on_grid(image, probability, clicks, config, view, tuner, learned=learned,
-                                         start=start, newest=newest)
+            steps.append(np.zeros_like(clicks))
+            steps[-1][position] = clicks[position]
+            probability = refine_steps(image, start, steps, config, view, learned, tuner, done=len(steps) - 1,
+                                       previous=probability)[-1]
         else:
             probability = refine_on_grid(image, start, clicks, config, view, tuner, learned=learned)
         seconds.append(time.process_time() - begin)
