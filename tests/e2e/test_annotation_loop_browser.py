@@ -7,6 +7,7 @@ One studio (a tiny untrained model whose memory bank holds "chaos_mr/liver") and
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -118,8 +119,29 @@ def slice_rect(canvas: Any, shown: tuple[int, int], timeout_s: float = UI_S) -> 
         if tall > 20 and wide > 20 and abs(tall * sy / (wide * sx) - shown[0] / shown[1]) < 0.05:
             return (box["x"] + cols[0] * sx, box["y"] + rows[0] * sy, (cols[-1] - cols[0] + 1) * sx,
                     (rows[-1] - rows[0] + 1) * sy)
-        assert time.monotonic() < deadline, "the slice is never drawn in the editor"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the slice is never drawn in the editor: its black box is {tall} x {wide} px, "
+                                 f"want the aspect of {shown}; {page_state(canvas, 'slice_rect')}")
         canvas.page.wait_for_timeout(500)
+
+
+def page_state(canvas: Any, name: str) -> str:
+    """What a failed wait saw besides its own check: the canvas as a thumbnail in characters (dark ' ' to light '@',
+    for a CI log that keeps no files), the toasts on the page, and where the page's screenshot was saved."""
+    grey = Image.open(BytesIO(canvas.screenshot())).convert("L").resize((48, 24))
+    rows = ["".join(" .:-=+*#%@"[v * 10 // 256] for v in row) for row in np.asarray(grey, dtype=int)]
+    shot = Path(tempfile.gettempdir()) / "iris_e2e_failures" / f"{name}_{time.time():.0f}.png"
+    shot.parent.mkdir(exist_ok=True)
+    canvas.page.screenshot(path=str(shot), full_page=True)
+    toasts = canvas.page.locator(".toast-body").all_inner_texts()
+    editor = canvas.locator("xpath=ancestor::*[@id='support-editor' or @id='corrector']")
+    buttons = [b.get_attribute("aria-label") or b.inner_text() for b in editor.locator("button:visible").all()]
+    canvases = editor.locator("canvas").evaluate_all(
+        "cs => cs.map(c => [c.parentElement.className, getComputedStyle(c).visibility, getComputedStyle(c).opacity,"
+        " getComputedStyle(c.parentElement).display, c.width, c.height])")
+    return (f"toasts {toasts}; the editor's buttons {buttons}; its canvases (parent class, visibility, opacity, "
+            f"parent display, width, height) {canvases}; page saved to {shot}; the first canvas:\n"
+            + "\n".join(f"|{row}|" for row in rows))
 
 
 def strokes(page: Any, rect: tuple[float, float, float, float], shown: tuple[int, int], box: tuple[int, int, int, int],
@@ -239,7 +261,9 @@ def slice_rect_under_mask(canvas: Any, timeout_s: float = UI_S) -> tuple[float, 
         rows, cols = np.nonzero(near.any(axis=1))[0], np.nonzero(near.any(axis=0))[0]
         if rows.size > 50 and cols.size > 50:
             break
-        assert time.monotonic() < deadline, "the slice is never drawn in the editor"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the slice is never drawn in the editor: letterbox seen on {rows.size} rows, "
+                                 f"{cols.size} columns; {page_state(canvas, 'slice_rect_under_mask')}")
         canvas.page.wait_for_timeout(500)
     sx, sy = box["width"] / shot.shape[1], box["height"] / shot.shape[0]
     x, y = box["x"] + cols[0] * sx, box["y"] + rows[0] * sy
