@@ -20,6 +20,7 @@ from app.services import Services
 from tests.processes import ROOT
 from tests.reliability.conftest import make_services
 
+CRASH_POINT_S = 600  # a studio at nice 19 beside other load can take minutes to get there; passing runs never wait
 STUDIO = r'''
 import json, sys, time
 from pathlib import Path
@@ -129,7 +130,7 @@ def restarted() -> list[Services]:
 def test_kill_during_save(tmp_path: Path, tiny_checkpoint: Path, restarted: list[Services]) -> None:
     process, data_dir, log = start_studio(tmp_path, tiny_checkpoint, "save")
     try:
-        wait_for(lambda: (data_dir / "saving").exists(), process, log, timeout=240)
+        wait_for(lambda: (data_dir / "saving").exists(), process, log, timeout=CRASH_POINT_S)
         assert partials(data_dir), "the second save should be half-written when the studio dies"
     finally:
         kill(process)
@@ -154,11 +155,11 @@ def test_kill_during_training(tmp_path: Path, tiny_checkpoint: Path, restarted: 
     process, data_dir, log = start_studio(tmp_path, tiny_checkpoint, "train")
     info: dict[str, object] = {}
     try:
-        wait_for(lambda: (data_dir / "worker.json").exists(), process, log, timeout=240)
+        wait_for(lambda: (data_dir / "worker.json").exists(), process, log, timeout=CRASH_POINT_S)
         info = json.loads((data_dir / "worker.json").read_text())
         out = Path(str(info["out"]))
         wait_for(lambda: (out / "train_log.jsonl").exists() and (out / "train_log.jsonl").stat().st_size > 0,
-                 process, log, timeout=240, worker=(int(info["pid"]), out / "worker.log"))  # type: ignore[call-overload]
+                 process, log, timeout=CRASH_POINT_S, worker=(int(info["pid"]), out / "worker.log"))  # type: ignore[call-overload]
     finally:
         kill(process)
     worker = int(info["pid"])  # type: ignore[call-overload]
