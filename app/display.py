@@ -19,6 +19,8 @@ WINDOWS: dict[str, tuple[float, float] | None] = {
 }
 STROKE_ALPHA = 140  # of 255: masks and brush strokes in the editors let the anatomy show through
 MIN_DISPLAY = 512  # px: small slices are shown (and painted on) at least about this large
+SHOWN_TOLERANCE = 0.001  # of a returned editor picture's pixels that may differ from the one sent (a neighbouring
+# slice of a noisy test volume differs on about 9%)
 
 
 def default_window(modality: str | None) -> str:
@@ -139,6 +141,19 @@ def mask_layer(mask: np.ndarray, color: str, placement: Placement, alpha: int = 
 def editor_background(grey: np.ndarray) -> np.ndarray:
     """The RGB canvas an editor shows: the slice scaled to fit, letterboxed."""
     return to_canvas(np.repeat(grey[..., None], 3, axis=2), place(grey.shape), LETTERBOX)
+
+
+def shows_background(editor_value: dict[str, Any] | None, background: np.ndarray) -> bool:
+    """True if the picture an editor sent back with its paint is `background`, the canvas it was given (the browser
+    returns it losslessly; at most SHOWN_TOLERANCE of its pixels may differ by more than 2 grey levels)."""
+    shown = None if not editor_value else editor_value.get("background")
+    if shown is None:
+        return False
+    shown = np.asarray(shown)
+    if shown.ndim != 3 or shown.shape[:2] != background.shape[:2] or shown.shape[2] < 3:
+        return False
+    differs = (np.abs(shown[..., :3].astype(np.int16) - background[..., :3].astype(np.int16)) > 2).any(axis=2)
+    return bool(differs.mean() <= SHOWN_TOLERANCE)
 
 
 def painted_canvas(editor_value: dict[str, Any] | None) -> np.ndarray | None:

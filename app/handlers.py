@@ -42,6 +42,11 @@ class Cancelled(HandlerError):
     """The user cancelled a long-running action."""
 
 
+class StaleEditor(HandlerError):
+    """The picture an editor sent back is not the slice its paint would be stored on: the editor's own Undo steps
+    back past a slice or case change (and brings back that earlier picture), its Clear removes the picture."""
+
+
 @dataclass(frozen=True)
 class SupportRef:
     """A support mask in the store: an annotation or an accepted correction."""
@@ -66,12 +71,14 @@ class Result:
 
 @dataclass(frozen=True)
 class LoadedSlice:
-    """A class's mask on one axial slice as it was given to the correction editor (its canvas pixels)."""
+    """A class's mask on one axial slice as it was given to the correction editor (its canvas pixels), and the
+    picture under it."""
 
     case_id: int
     class_name: str
     index: int
     canvas: np.ndarray
+    background: np.ndarray
 
 
 @dataclass
@@ -193,6 +200,14 @@ def editor_value(services: Services, session: Session, index: int, window: str, 
     return value
 
 
+def redraw_editor(services: Services, session: Session, index: int) -> dict[str, Any]:
+    """The support editor's value for axial slice `index` of the open case, in the window it last showed."""
+    window = session.editor_shows[2] if session.editor_shows else display.default_window(
+        current_volume(services, session).modality)
+    session.editor_shows = (session.case_id, int(index), window)
+    return editor_value(services, session, int(index), window)
+
+
 @dataclass(frozen=True)
 class SliceRedraw:
     """What a slice change shows: the viewer's image and, for an axial slice the support editor does not show yet,
@@ -243,7 +258,8 @@ def load_correction(services: Services, session: Session, class_name: str | None
         raise HandlerError("run a segmentation on this case first")
     class_index(result, class_name)
     value = editor_value(services, session, index, window, class_name)
-    session.corrector = LoadedSlice(result.case_id, class_name, int(index), display.painted_canvas(value))
+    session.corrector = LoadedSlice(result.case_id, class_name, int(index), display.painted_canvas(value),
+                                    value["background"])
     return value
 
 
@@ -282,6 +298,12 @@ def add_support(services: Services, session: Session, painted: dict[str, Any] | 
     name = (class_name or "").strip()
     if not name:
         raise HandlerError("name the class you painted (or pick an existing one)")
+    shown = session.editor_shows
+    if shown is not None and not (shown[:2] == (session.case_id, int(index)) and display.shows_background(
+            painted, editor_value(services, session, int(index), shown[2])["background"])):
+        raise StaleEditor(f"the support editor no longer shows slice {int(index)} of this case (its Undo brings back "
+                          "the picture of an earlier slice or case, its Clear removes it): nothing was added; the "
+                          "slice is drawn again, paint on it")
     mask = _painted_volume(services, session, painted, index)
     if not mask.any():
         raise HandlerError("nothing painted: draw on the slice with the brush first")
@@ -517,6 +539,10 @@ def apply_correction(services: Services, session: Session, class_name: str, inde
     before = _result_plane(services, session, class_name, index)
     loaded = session.corrector
     if loaded is not None and (loaded.case_id, loaded.class_name, loaded.index) == (result.case_id, class_name, index):
+        if not display.shows_background(painted, loaded.background):
+            raise StaleEditor(f"the correction editor no longer shows slice {index} (its Undo brings back the "
+                              "picture of an earlier slice, its Clear removes it): nothing was changed; the slice's "
+                              "mask is loaded again, edit it there")
         placement = place(before.shape)
         drawn = display.painted_canvas(painted)
         drawn = np.zeros_like(loaded.canvas) if drawn is None else drawn

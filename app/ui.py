@@ -331,11 +331,16 @@ def build_ui(services: Services) -> gr.Blocks:
 
         @guard
         def on_add(s: Session, value: dict[str, Any], name: str, i: int) -> tuple[Any, ...]:
-            message = h.add_support(services, s, value, name, i)
+            try:
+                message = h.add_support(services, s, value, name, i)
+            except h.StaleEditor as error:  # draw the slice the paint would land on again
+                gr.Warning(str(error), duration=20)
+                return gr.skip(), f"⚠️ {error}", gr.skip(), gr.skip(), h.redraw_editor(services, s, i)
             return h.support_rows(s), message, gr.update(choices=h.class_names(services)), \
-                gr.update(choices=h.stored_supports(services))
+                gr.update(choices=h.stored_supports(services)), gr.skip()
 
-        add_btn.click(on_add, [session, editor, class_name, paint_index], [supports, status, class_suggest, stored])
+        add_btn.click(on_add, [session, editor, class_name, paint_index],
+                      [supports, status, class_suggest, stored, editor])
 
         @keep
         def on_add_file(s: Session, path: str | None, value: float | None, name: str) -> tuple[Any, ...]:
@@ -393,12 +398,17 @@ def build_ui(services: Services) -> gr.Blocks:
             if loaded is None or loaded.case_id != s.case_id:
                 raise handlers.HandlerError("load the mask of a slice first (Load mask of this slice)")
             c, i = loaded.class_name, loaded.index
-            message = h.apply_correction(services, s, c, i, value)
+            try:
+                message = h.apply_correction(services, s, c, i, value)
+            except h.StaleEditor as error:  # load the slice the edit would land on again
+                gr.Warning(str(error), duration=20)
+                return f"⚠️ {error}", gr.skip(), gr.skip(), h.load_correction(services, s, c, i, w)
             propagation.note_fixed_slice(s, i)
-            return message, h.result_rows(services, s), display.enlarge(h.render_slice(services, s, v, vi, w, o))
+            return message, h.result_rows(services, s), display.enlarge(h.render_slice(services, s, v, vi, w, o)), \
+                gr.skip()
 
         apply_fix_btn.click(on_apply_fix, [session, result_class, paint_index, corrector, view, index, window,
-                                           opacity], [status, results, viewer])
+                                           opacity], [status, results, viewer, corrector])
         wire_click_panel(click_panel, services, guard, session, result_class, paint_index, window, opacity, status,
                          results, viewer, view, index)
 

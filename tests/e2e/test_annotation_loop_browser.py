@@ -23,6 +23,7 @@ from PIL import Image
 from scipy import ndimage
 
 from app import display
+from app.demo import demo_volume
 from app.editor_canvas import LETTERBOX, place
 from app.ui import BRUSH_RADIUS, CORRECTOR_RADIUS
 from iris_engine.checkpoint import save_checkpoint
@@ -247,7 +248,33 @@ def test_1_paint_and_erase_land_on_the_voxels_under_the_pointer(page: Any, studi
     open_case(page, f"{case_id(studio, 'Demo: MNI152 T1 brain')}: Demo: MNI152 T1 brain")  # and back again
     page.get_by_role("tab", name="1 · Support").click()
     open_case(page, f"{case_id(studio, 'rect')}: rect")
+    paint_after_undo_is_refused(page, studio)
     paint_support(page, studio, "block", (130, 170, 20, 70))
+
+
+def annotation_count(studio: Studio) -> int:
+    storage = stored(studio)
+    try:
+        return sum(len(storage.annotations.list_for_case(c.id)) for c in storage.cases.list())
+    finally:
+        storage.close()
+
+
+def paint_after_undo_is_refused(page: Any, studio: Studio) -> None:
+    """The support editor's Undo steps back past the case change and shows the demo's brain again; paint on it is
+    refused (it would be stored on the rect case's slice), nothing is stored, and the rect slice is drawn again."""
+    count = annotation_count(studio)
+    canvas = page.locator("#support-editor canvas").first
+    slice_rect(canvas, (SHAPE[1], SHAPE[0]))
+    page.locator("#support-editor").get_by_role("button", name="Undo").click()
+    shown = display.view_slice(demo_volume()[0], "axial", 0).shape
+    strokes(page, slice_rect(canvas, shown), shown, (40, 60, 30, 60), BRUSH_RADIUS)  # on the demo's picture
+    page.locator("#class-name input, #class-name textarea").first.fill("block")
+    page.locator("#add-support").click()
+    wait_status(page, "no longer shows slice 5", UI_S, warnings=True)
+    sync_api.expect(page.locator(".toast-body.warning").first).to_contain_text("nothing was added")
+    assert annotation_count(studio) == count
+    wait_toasts_gone(page)
 
 
 def slice_rect_under_mask(canvas: Any, timeout_s: float = UI_S) -> tuple[float, float, float, float]:

@@ -141,6 +141,45 @@ def test_a_stale_slice_change_draws_nothing(services, tmp_path: Path, monkeypatc
     assert h.view_image(services, session, "axial", 6, "MR / auto", 0.5, "overlay", None) is None
 
 
+def noisy_nifti(path: Path, shape: tuple[int, int, int], seed: int) -> Path:
+    """Every slice differs (a neighbouring slice's picture is not this one's)."""
+    image = np.random.default_rng(seed).normal(100, 20, shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, np.diag([1.5, 1.0, 4.0, 1.0])), str(path))
+    return path
+
+
+def test_paint_on_a_picture_the_editor_no_longer_shows_is_refused(services, tmp_path: Path) -> None:
+    """The editors' own Undo brings back an earlier slice's or case's picture (and Clear removes it) while the paint
+    would be stored on the slice drawn last: such paint is refused, nothing is stored, and the slice is drawn again."""
+    session = Session()
+    h.load_case(services, session, [str(noisy_nifti(tmp_path / "before.nii.gz", (40, 50, 6), 1))])
+    other_case_picture = h.editor_value(services, session, 2, "MR / auto")["background"]
+    h.load_case(services, session, [str(noisy_nifti(tmp_path / "open.nii.gz", (40, 50, 6), 2))])
+    session.editor_shows = (session.case_id, 2, "MR / auto")  # what opening the case or moving the slider drew
+    stroke = painted(services, session, 2)
+    slice_3 = h.editor_value(services, session, 3, "MR / auto")["background"]
+    for picture in (slice_3, other_case_picture, None):
+        with pytest.raises(h.StaleEditor, match="no longer shows slice 2"):
+            h.add_support(services, session, {**stroke, "background": picture}, "organ", 2)
+    assert not services.storage.annotations.list_for_case(session.case_id) and not session.supports
+    with pytest.raises(h.StaleEditor):  # the paint index is not the slice the editor was given
+        h.add_support(services, session, painted(services, session, 4), "organ", 4)
+
+    redrawn = h.redraw_editor(services, session, 4)
+    assert session.editor_shows == (session.case_id, 4, "MR / auto")
+    assert np.array_equal(redrawn["background"], h.editor_value(services, session, 4, "MR / auto")["background"])
+    assert "Support added" in h.add_support(services, session, {**redrawn, "layers": stroke["layers"]}, "organ", 4)
+
+    h.run_segmentation(services, session, "One-shot")
+    masks = session.result.masks.copy()
+    loaded = h.load_correction(services, session, "organ", 4, "MR / auto")
+    erased = {**loaded, "layers": [np.zeros_like(loaded["layers"][0])]}
+    with pytest.raises(h.StaleEditor, match="no longer shows slice 4"):
+        h.apply_correction(services, session, "organ", 4, {**erased, "background": slice_3})
+    assert np.array_equal(session.result.masks, masks)
+    assert "updated" in h.apply_correction(services, session, "organ", 4, erased)
+
+
 def test_label_file_support_checked_against_the_case(services, tmp_path: Path) -> None:
     session = Session()
     h.load_case(services, session, [str(nifti(tmp_path / "c.nii.gz", (40, 50, 4)))])
