@@ -93,6 +93,7 @@ class Session:
     corrector: LoadedSlice | None = None  # what "Load mask of this slice" put in the correction editor
     running: threading.Event = field(default_factory=threading.Event)  # set while a segmentation runs
     editor_shows: tuple[int | None, int, str] | None = None  # (case, axial slice, window) in the support editor
+    editor_redraw: bool = False  # paint was refused (StaleEditor): draw the support editor's slice again
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Session:
         """Gradio deep-copies state values; a session (with its cancel event) is kept by reference."""

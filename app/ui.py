@@ -326,21 +326,32 @@ def build_ui(services: Services) -> gr.Blocks:
         def class_brush(name: str | None) -> Any:
             return gr.update(brush=stroke_brush(BRUSH_RADIUS, h.class_color(services, name)))
 
-        class_suggest.input(lambda name: name, [class_suggest], [class_name]).then(class_brush, [class_name], [editor])
-        gr.on([class_name.submit, class_name.blur], class_brush, [class_name], [editor])
+        class_suggest.input(lambda name: name, [class_suggest], [class_name]).then(class_brush, [class_name], [editor],
+                                                                                  show_progress="hidden")
+        gr.on([class_name.submit, class_name.blur], class_brush, [class_name], [editor], show_progress="hidden")
 
         @guard
         def on_add(s: Session, value: dict[str, Any], name: str, i: int) -> tuple[Any, ...]:
             try:
                 message = h.add_support(services, s, value, name, i)
-            except h.StaleEditor as error:  # draw the slice the paint would land on again
+            except h.StaleEditor as error:
+                s.editor_redraw = True
                 gr.Warning(str(error), duration=20)
-                return gr.skip(), f"⚠️ {error}", gr.skip(), gr.skip(), h.redraw_editor(services, s, i)
+                return gr.skip(), f"⚠️ {error}", gr.skip(), gr.skip()
             return h.support_rows(s), message, gr.update(choices=h.class_names(services)), \
-                gr.update(choices=h.stored_supports(services)), gr.skip()
+                gr.update(choices=h.stored_supports(services))
 
-        add_btn.click(on_add, [session, editor, class_name, paint_index],
-                      [supports, status, class_suggest, stored, editor])
+        @keep
+        def on_redraw(s: Session, i: int) -> Any:
+            """The refused paint's slice drawn again, in a step of its own after Add support: the click's blur
+            event updates the editor's brush at the same time."""
+            if not s.editor_redraw:
+                return gr.skip()
+            s.editor_redraw = False
+            return h.redraw_editor(services, s, i)
+
+        add_btn.click(on_add, [session, editor, class_name, paint_index], [supports, status, class_suggest, stored]) \
+            .then(on_redraw, [session, paint_index], [editor], show_progress="hidden")
 
         @keep
         def on_add_file(s: Session, path: str | None, value: float | None, name: str) -> tuple[Any, ...]:

@@ -41,6 +41,7 @@ SHAPE = (150, 200, 12)  # axial slices shown 200 rows x 150 columns: not square,
 MIDDLE = (SHAPE[2] - 1) // 2  # the slice a case opens on
 # Generous bounded waits (s) for a loaded 2-core machine; passing runs never wait for them to expire.
 START_S, UI_S, SEGMENT_S = 600, 240, 600
+BROWSER_ERRORS: list[str] = []  # the page's uncaught errors and console errors, for a failed wait's message
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
 pytestmark = [pytest.mark.e2e, pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium missing: apt-get install -y chromium")]
@@ -94,6 +95,8 @@ def page(studio: Studio) -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         tab = browser.new_page(viewport={"width": 1500, "height": 1400})
+        tab.on("pageerror", lambda error: BROWSER_ERRORS.append(f"page error: {error}"))
+        tab.on("console", lambda message: message.type == "error" and BROWSER_ERRORS.append(message.text))
         tab.set_default_timeout(UI_S * 1000)
         sync_api.expect.set_options(timeout=UI_S * 1000)
         tab.goto(studio.url)
@@ -140,7 +143,8 @@ def page_state(canvas: Any, name: str) -> str:
     canvases = editor.locator("canvas").evaluate_all(
         "cs => cs.map(c => [c.parentElement.className, getComputedStyle(c).visibility, getComputedStyle(c).opacity,"
         " getComputedStyle(c.parentElement).display, c.width, c.height])")
-    return (f"toasts {toasts}; the editor's buttons {buttons}; its canvases (parent class, visibility, opacity, "
+    return (f"browser errors (last 10 of {len(BROWSER_ERRORS)}) {BROWSER_ERRORS[-10:]}; toasts {toasts}; "
+            f"the editor's buttons {buttons}; its canvases (parent class, visibility, opacity, "
             f"parent display, width, height) {canvases}; page saved to {shot}; the first canvas:\n"
             + "\n".join(f"|{row}|" for row in rows))
 
