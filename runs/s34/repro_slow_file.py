@@ -7,21 +7,16 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import tempfile
 import time
 from io import BytesIO
-from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from playwright.async_api import async_playwright, expect
 
-from iris_engine.checkpoint import save_checkpoint
-from iris_engine.memory_bank import MemoryBank
-from iris_engine.model.iris import IrisModel
+from runs.s34.repro_tab_switch import start_tiny_studio
 from tests.e2e import test_annotation_loop_browser as t
-from tests.processes import free_port, start_studio, stop, wait_http
+from tests.processes import stop
 
 RECT_ASPECT = t.SHAPE[1] / t.SHAPE[0]
 JITTER = os.environ.get("JITTER", "") == "1"
@@ -100,19 +95,9 @@ async def run(url: str, studio: t.Studio, delay: float, rounds: int) -> int:
 def main() -> None:
     delay = float(sys.argv[1]) if len(sys.argv) > 1 else 5
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-    folder = Path(tempfile.mkdtemp())
-    files = folder / "files"
-    files.mkdir()
-    t.volume(files / "rect.nii.gz", t.SHAPE, 0)
-    torch.manual_seed(0)
-    weights = save_checkpoint(folder / "tiny.pt", IrisModel(t.TINY), MemoryBank())
-    port = free_port()
-    log = folder / "server.log"
-    process = start_studio(["--port", str(port), "--data-dir", str(folder / "data"), "--weights", str(weights)], log)
-    url = f"http://127.0.0.1:{port}/"
+    process, studio = start_tiny_studio()
     try:
-        wait_http(url, process, log, 600)
-        failures = asyncio.run(run(url, t.Studio(url, folder / "data", files, log), delay, rounds))
+        failures = asyncio.run(run(studio.url, studio, delay, rounds))
     finally:
         stop(process)
     print(f"delay {delay} s: {failures} of {rounds} rounds left the wrong slice in the support editor")

@@ -4,6 +4,7 @@ is throttled (CDP) to stand in for a loaded CI machine. Usage: python runs/s34/r
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,9 +32,8 @@ def editor_aspect(canvas) -> float | None:
     return (rows[-1] - rows[0] + 1) / (cols[-1] - cols[0] + 1)
 
 
-def main() -> None:
-    rate = float(sys.argv[1]) if len(sys.argv) > 1 else 8
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+def start_tiny_studio() -> tuple[subprocess.Popen[bytes], t.Studio]:
+    """A studio on a tiny untrained model, answering, with rect.nii.gz ready to upload (stop the process after)."""
     folder = Path(tempfile.mkdtemp())
     files = folder / "files"
     files.mkdir()
@@ -44,10 +44,21 @@ def main() -> None:
     log = folder / "server.log"
     process = start_studio(["--port", str(port), "--data-dir", str(folder / "data"), "--weights", str(weights)], log)
     url = f"http://127.0.0.1:{port}/"
-    studio = t.Studio(url, folder / "data", files, log)
-    failures = 0
     try:
         wait_http(url, process, log, 600)
+    except AssertionError:
+        stop(process)
+        raise
+    return process, t.Studio(url, folder / "data", files, log)
+
+
+def main() -> None:
+    rate = float(sys.argv[1]) if len(sys.argv) > 1 else 8
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+    process, studio = start_tiny_studio()
+    url, files = studio.url, studio.files
+    failures = 0
+    try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(t.CHROMIUM), args=t.CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1500, "height": 1400})
