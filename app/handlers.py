@@ -202,9 +202,9 @@ def editor_value(services: Services, session: Session, index: int, window: str, 
 
 
 def redraw_editor(services: Services, session: Session, index: int) -> dict[str, Any]:
-    """The support editor's value for axial slice `index` of the open case, in the window it last showed."""
-    window = session.editor_shows[2] if session.editor_shows else display.default_window(
-        current_volume(services, session).modality)
+    """The support editor's value for axial slice `index` of the open case, in the window it last showed (after
+    `add_support` refused paint with StaleEditor, which needs `editor_shows`)."""
+    window = session.editor_shows[2]
     session.editor_shows = (session.case_id, int(index), window)
     return editor_value(services, session, int(index), window)
 
