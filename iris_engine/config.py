@@ -166,7 +166,8 @@ class TrainConfig:
     """Episodic training recipe (scaled down from the paper for a 2-core CPU).
 
     v2 mix: synthetic and superpixel episodes (`superpixel_fraction`) plus real-label episodes, of which
-    `same_volume_fraction` (3D sets) pair slices of one volume and `task_augment_prob` are task-augmented.
+    `same_volume_fraction` (3D sets) pair slices of one volume, `self_pair_fraction` query the support slice itself
+    (augmented on its own) and `task_augment_prob` are task-augmented.
     The v1 recipe is synthetic_fraction=0.3 with the other three at 0 and ModelConfig(similarity_path=False).
     `low_res_fraction` of the batches are averaged down to half the image size, so that one model serves
     both sizes (with `fine_thin_only`, the full-size ones on thin targets only).
@@ -185,6 +186,7 @@ class TrainConfig:
     synthetic_fraction: float = 0.1
     superpixel_fraction: float = 0.45
     same_volume_fraction: float = 0.35
+    self_pair_fraction: float = 0.0
     task_augment_prob: float = 0.5
     low_res_fraction: float = 0.0
     # with low_res_fraction: the full-size batches train on thin targets only (each thicker class becomes its

@@ -42,6 +42,7 @@ class EpisodeConfig:
     synthetic_fraction: float = 0.3
     superpixel_fraction: float = 0.0
     same_volume_fraction: float = 0.0
+    self_pair_fraction: float = 0.0
     task_augment_prob: float = 0.0
     max_volume_gap: int = 8
     pseudo: PseudoTaskConfig = field(default_factory=PseudoTaskConfig)
@@ -70,6 +71,7 @@ class EpisodeConfig:
             "synthetic_fraction": cfg.synthetic_fraction,
             "superpixel_fraction": cfg.superpixel_fraction,
             "same_volume_fraction": cfg.same_volume_fraction,
+            "self_pair_fraction": cfg.self_pair_fraction,
             "task_augment_prob": cfg.task_augment_prob,
         }
         values.update(overrides)
@@ -322,6 +324,27 @@ class EpisodeSampler:
             same_subject=True,
         )
 
+    def _self_pair_episode(self, name: str) -> _Episode:
+        """The support slice is also the query (each image augmented on its own): the support must be read back."""
+        cfg, bank = self.cfg, self.bank
+        per_class = self.class_slices[name]
+        value = int(self.rng.choice(list(per_class)))
+        anchor = int(self.rng.choice(per_class[value]))
+        present = [v for v in per_class if v != value and bank.areas[anchor, v] >= cfg.min_support_area]
+        n_extra = min(int(self.rng.integers(0, cfg.max_classes)), len(present))
+        chosen = [value, *[int(v) for v in self.rng.choice(present, n_extra, replace=False)]] if n_extra else [value]
+        rows = [anchor] * (cfg.supports_per_episode + cfg.queries_per_episode)
+        patient = str(bank.patient_ids[anchor])
+        return _Episode(
+            images=bank.images[rows],
+            labels=bank.labels[rows],
+            values=chosen,
+            tasks=[(name, bank.class_names[name][v - 1]) for v in chosen],
+            support_patients=[patient] * cfg.supports_per_episode,
+            query_patients=[patient] * cfg.queries_per_episode,
+            same_subject=True,
+        )
+
     def _augment_task(self, episode: _Episode) -> _Episode:
         """Task augmentation of a real episode: new targets or new intensities, alike for support and query."""
         if self.rng.random() < 0.5:
@@ -364,7 +387,8 @@ class EpisodeSampler:
         )
 
     def sample_episode(self) -> _Episode:
-        """One episode: synthetic, superpixel, or a real dataset's (across patients or within one volume)."""
+        """One episode: synthetic, superpixel, or a real dataset's (across patients, within one volume, or the
+        support slice itself as the query)."""
         cfg = self.cfg
         draw = self.rng.random()
         if not self.datasets or draw < cfg.synthetic_fraction:
@@ -374,7 +398,9 @@ class EpisodeSampler:
         name = self.datasets[int(self.rng.choice(len(self.datasets), p=self.dataset_weights))]
         for _ in range(20):
             try:
-                if self.volumetric[name] and self.rng.random() < cfg.same_volume_fraction:
+                if self.rng.random() < cfg.self_pair_fraction:
+                    episode = self._self_pair_episode(name)
+                elif self.volumetric[name] and self.rng.random() < cfg.same_volume_fraction:
                     episode = self._same_volume_episode(name)
                 else:
                     episode = self._real_episode(name)

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of superpixel pseudo-label episodes")
     parser.add_argument("--same-volume-fraction", type=float, default=TrainConfig.same_volume_fraction,
                         help="share of real 3D episodes whose support and query are nearby slices of one volume")
+    parser.add_argument("--self-pair-fraction", type=float, default=TrainConfig.self_pair_fraction,
+                        help="share of real episodes whose query is the support slice itself, augmented on its own "
+                             "(the support must be read back)")
     parser.add_argument("--task-augment-prob", type=float, default=TrainConfig.task_augment_prob,
                         help="probability of task augmentation for a real episode")
     parser.add_argument("--warmup-iterations", type=int, default=TrainConfig.warmup_iterations)
@@ -122,7 +125,8 @@ def train_config(args: argparse.Namespace, input_size: int) -> TrainConfig:
     return TrainConfig(
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         synthetic_fraction=args.synthetic_fraction, superpixel_fraction=args.superpixel_fraction,
-        same_volume_fraction=args.same_volume_fraction, task_augment_prob=args.task_augment_prob,
+        same_volume_fraction=args.same_volume_fraction, self_pair_fraction=args.self_pair_fraction,
+        task_augment_prob=args.task_augment_prob,
         warmup_iterations=min(args.warmup_iterations, args.iterations), num_threads=args.threads, model=model_config,
         low_res_fraction=args.low_res_fraction, fine_thin_only=args.fine_thin_only, cpu_bf16=not args.no_cpu_bf16,
     )

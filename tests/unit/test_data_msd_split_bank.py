@@ -218,6 +218,20 @@ def test_same_volume_episodes_pair_nearby_slices_of_one_case(tiny_root: Path) ->
         assert gaps and max(gaps) <= 3
 
 
+def test_self_pair_episodes_query_the_support_slice_augmented_on_its_own(tiny_root: Path) -> None:
+    bank, split = _bank_and_split(tiny_root, held_out_datasets=("toy2d",), held_out_classes=())
+    cfg = EpisodeConfig(synthetic_fraction=0.0, self_pair_fraction=1.0, augment=False)
+    sampler = EpisodeSampler(bank, split, cfg, seed=0)
+    for _ in range(10):
+        episode = sampler.sample_episode()
+        assert episode.same_subject and episode.support_patients == episode.query_patients
+        assert np.array_equal(episode.images[0], episode.images[1])
+        assert (episode.labels[0] == episode.values[0]).sum() >= cfg.min_support_area
+    augmented = EpisodeSampler(bank, split, EpisodeConfig(synthetic_fraction=0.0, self_pair_fraction=1.0,
+                                                            aug_prob=1.0), seed=0).sample_batch(4)
+    assert not torch.equal(augmented.support_images[:, 0], augmented.query_images[:, 0])
+
+
 def test_parallel_episodes_come_from_workers_with_their_own_streams(tiny_root: Path) -> None:
     bank, split = _bank_and_split(tiny_root, held_out_datasets=(), held_out_classes=())
     cfg = EpisodeConfig(synthetic_fraction=0.0, superpixel_fraction=0.5, max_classes=2)
