@@ -1,6 +1,6 @@
-"""Where support = query loses: with and without the vote, predicted / true area. Usage: sanity_probe.py CKPT DATASET..."""
+"""Where support = query loses: with and without the vote, predicted / true area.
+Usage: sanity_probe.py CKPT DATASET..."""
 
-import os
 import sys
 from dataclasses import replace
 
@@ -38,7 +38,8 @@ for name in sys.argv[2:]:
             image = torch.from_numpy(resize_images(sample.image[None], size * scale))[:, None]
             mask = torch.from_numpy(resize_labels(truth[None].astype(np.uint8), size * scale) > 0)[:, None].float()
             row = {}
-            for label, corr in (("vote", CorrespondenceConfig(boundary_share=float(os.environ.get("BOUNDARY_SHARE", 0)), boundary_width=int(os.environ.get("BOUNDARY_WIDTH", 3)))), ("novote", replace(CorrespondenceConfig(), weight=0.0))):
+            votes = (("vote", CorrespondenceConfig()), ("novote", replace(CorrespondenceConfig(), weight=0.0)))
+            for label, corr in votes:
                 emb = strategies.encode_supports(model, image, mask, correspondence=corr, calibration=None)
                 p = strategies.predict_probabilities(model, image, emb)[0, 0]
                 pred = _back_to_original(p, truth.shape) >= 0.5
