@@ -214,13 +214,8 @@ class EpisodeSampler:
     def _real_episode(self, name: str) -> _Episode:
         """One episode of a real dataset; support and query patients differ (or slices are far apart)."""
         cfg, bank = self.cfg, self.bank
-        per_class = self.class_slices[name]
-        values = list(per_class)
-        v1 = int(self.rng.choice(values))
-        anchor = int(self.rng.choice(per_class[v1]))
-        present = [v for v in values if v != v1 and bank.areas[anchor, v] >= cfg.min_support_area]
-        n_extra = min(int(self.rng.integers(0, cfg.max_classes)), len(present))
-        chosen = [v1, *[int(v) for v in self.rng.choice(present, n_extra, replace=False)]] if n_extra else [v1]
+        v1, anchor = self._anchor(name)
+        chosen = self._classes_with(name, anchor, v1)
         pool = self.train_slices[name]
         single = self.single_subject[name]
         supports = [anchor]
@@ -300,19 +295,24 @@ class EpisodeSampler:
             masks=masks,
         )
 
-    def _same_volume_episode(self, name: str) -> _Episode:
-        """Support and query a few slices apart in one volume (the query may lie beyond the structure)."""
-        cfg, bank = self.cfg, self.bank
+    def _anchor(self, name: str) -> tuple[int, int]:
+        """A class value of the dataset and a training slice showing it."""
         per_class = self.class_slices[name]
         value = int(self.rng.choice(list(per_class)))
-        anchor = int(self.rng.choice(per_class[value]))
-        neighbours = self._volume_neighbours(anchor, cfg.max_volume_gap)
-        if len(neighbours) == 0:
-            raise _NoQueryError(name)
-        present = [v for v in per_class if v != value and bank.areas[anchor, v] >= cfg.min_support_area]
+        return value, int(self.rng.choice(per_class[value]))
+
+    def _classes_with(self, name: str, anchor: int, value: int) -> list[int]:
+        """`value` and up to max_classes - 1 other classes large enough on the anchor slice."""
+        cfg, bank = self.cfg, self.bank
+        present = [v for v in self.class_slices[name]
+                   if v != value and bank.areas[anchor, v] >= cfg.min_support_area]
         n_extra = min(int(self.rng.integers(0, cfg.max_classes)), len(present))
-        chosen = [value, *[int(v) for v in self.rng.choice(present, n_extra, replace=False)]] if n_extra else [value]
-        rows = [anchor] * cfg.supports_per_episode + list(self._choose(neighbours, cfg.queries_per_episode))
+        return [value, *[int(v) for v in self.rng.choice(present, n_extra, replace=False)]] if n_extra else [value]
+
+    def _one_patient_episode(self, name: str, anchor: int, chosen: list[int], queries: list[int]) -> _Episode:
+        """The anchor slice as every support, and query rows of the same patient."""
+        cfg, bank = self.cfg, self.bank
+        rows = [anchor] * cfg.supports_per_episode + queries
         patient = str(bank.patient_ids[anchor])
         return _Episode(
             images=bank.images[rows],
@@ -324,26 +324,21 @@ class EpisodeSampler:
             same_subject=True,
         )
 
+    def _same_volume_episode(self, name: str) -> _Episode:
+        """Support and query a few slices apart in one volume (the query may lie beyond the structure)."""
+        value, anchor = self._anchor(name)
+        neighbours = self._volume_neighbours(anchor, self.cfg.max_volume_gap)
+        if len(neighbours) == 0:
+            raise _NoQueryError(name)
+        chosen = self._classes_with(name, anchor, value)
+        return self._one_patient_episode(name, anchor, chosen,
+                                         list(self._choose(neighbours, self.cfg.queries_per_episode)))
+
     def _self_pair_episode(self, name: str) -> _Episode:
         """The support slice is also the query (each image augmented on its own): the support must be read back."""
-        cfg, bank = self.cfg, self.bank
-        per_class = self.class_slices[name]
-        value = int(self.rng.choice(list(per_class)))
-        anchor = int(self.rng.choice(per_class[value]))
-        present = [v for v in per_class if v != value and bank.areas[anchor, v] >= cfg.min_support_area]
-        n_extra = min(int(self.rng.integers(0, cfg.max_classes)), len(present))
-        chosen = [value, *[int(v) for v in self.rng.choice(present, n_extra, replace=False)]] if n_extra else [value]
-        rows = [anchor] * (cfg.supports_per_episode + cfg.queries_per_episode)
-        patient = str(bank.patient_ids[anchor])
-        return _Episode(
-            images=bank.images[rows],
-            labels=bank.labels[rows],
-            values=chosen,
-            tasks=[(name, bank.class_names[name][v - 1]) for v in chosen],
-            support_patients=[patient] * cfg.supports_per_episode,
-            query_patients=[patient] * cfg.queries_per_episode,
-            same_subject=True,
-        )
+        value, anchor = self._anchor(name)
+        chosen = self._classes_with(name, anchor, value)
+        return self._one_patient_episode(name, anchor, chosen, [anchor] * self.cfg.queries_per_episode)
 
     def _augment_task(self, episode: _Episode) -> _Episode:
         """Task augmentation of a real episode: new targets or new intensities, alike for support and query."""
