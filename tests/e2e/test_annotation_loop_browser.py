@@ -7,8 +7,11 @@ One studio (a tiny untrained model whose memory bank holds "chaos_mr/liver") and
 
 from __future__ import annotations
 
+import os
+import signal
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -32,7 +35,7 @@ from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
 from storage import Storage
 from tests.e2e.test_app_browser import CHROMIUM, CHROMIUM_ARGS, wait_status
-from tests.processes import free_port, start_studio, stop, wait_http
+from tests.processes import ROOT, free_port, start_studio, stop, wait_http
 
 TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=64, decoder_channels=8, num_heads=2,
                    task_encoder_layers=1, decoder_layers=1)
@@ -53,6 +56,10 @@ class Studio:
     data: Path
     files: Path
     log: Path
+    pid: int = 0
+
+
+STUDIOS: list[Studio] = []  # the running studio, for a failed wait's message
 
 
 def volume(path: Path, shape: tuple[int, int, int], seed: int) -> Path:
@@ -85,7 +92,8 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_http(url, process, log, START_S)
-        yield Studio(url, folder / "data", files, log)
+        STUDIOS.append(Studio(url, folder / "data", files, log, process.pid))
+        yield STUDIOS[-1]
     finally:
         stop(process)
 
@@ -143,10 +151,36 @@ def page_state(canvas: Any, name: str) -> str:
     canvases = editor.locator("canvas").evaluate_all(
         "cs => cs.map(c => [c.parentElement.className, getComputedStyle(c).visibility, getComputedStyle(c).opacity,"
         " getComputedStyle(c.parentElement).display, c.width, c.height])")
+    status = " ".join(editor.inner_text().split())[-200:]
     return (f"browser errors (last 10 of {len(BROWSER_ERRORS)}) {BROWSER_ERRORS[-10:]}; toasts {toasts}; "
             f"the editor's buttons {buttons}; its canvases (parent class, visibility, opacity, "
-            f"parent display, width, height) {canvases}; page saved to {shot}; the first canvas:\n"
-            + "\n".join(f"|{row}|" for row in rows))
+            f"parent display, width, height) {canvases}; the editor's text (a pending event shows 'queue: ...') "
+            f"{status!r}; page saved to {shot}; the first canvas:\n" + "\n".join(f"|{row}|" for row in rows)
+            + server_state())
+
+
+def server_state() -> str:
+    """The studio's event queue and the stacks of its threads that run project code (run_app.py prints them on
+    SIGUSR1): where a request that never finishes is waiting."""
+    if not STUDIOS:
+        return ""
+    studio = STUDIOS[-1]
+    try:
+        with urllib.request.urlopen(studio.url + "gradio_api/queue/status", timeout=10) as answer:
+            queue = answer.read().decode()[:500]
+    except OSError as error:
+        queue = f"unreadable: {error}"
+    before = studio.log.stat().st_size
+    os.kill(studio.pid, signal.SIGUSR1)
+    time.sleep(2)
+    with studio.log.open("rb") as log:
+        log.seek(before)
+        dump = log.read().decode(errors="replace").split("\n\n")
+    threads = [t.strip() for t in dump if "(most recent call first)" in t]
+    project = [t for t in threads if any(f'"{ROOT}/{part}' in t for part in ("app/", "storage/", "iris_engine/"))]
+    tops = [" / ".join(line.strip() for line in t.splitlines()[1:3]) for t in threads if t not in project]
+    return (f"\nthe server's queue: {queue}\nits {len(threads)} threads; the {len(project)} in project code:\n"
+            + "\n\n".join(project)[-6000:] + "\nthe others' two innermost frames:\n" + "\n".join(tops)[-3000:])
 
 
 def strokes(page: Any, rect: tuple[float, float, float, float], shown: tuple[int, int], box: tuple[int, int, int, int],
