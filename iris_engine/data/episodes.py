@@ -393,7 +393,7 @@ class EpisodeSampler:
         name = self.datasets[int(self.rng.choice(len(self.datasets), p=self.dataset_weights))]
         for _ in range(20):
             try:
-                if self.rng.random() < cfg.self_pair_fraction:
+                if cfg.self_pair_fraction and self.rng.random() < cfg.self_pair_fraction:  # else no draw taken
                     episode = self._self_pair_episode(name)
                 elif self.volumetric[name] and self.rng.random() < cfg.same_volume_fraction:
                     episode = self._same_volume_episode(name)
