@@ -201,10 +201,9 @@ def editor_value(services: Services, session: Session, index: int, window: str, 
     return value
 
 
-def redraw_editor(services: Services, session: Session, index: int) -> dict[str, Any]:
-    """The support editor's value for axial slice `index` of the open case, in the window it last showed (after
-    `add_support` refused paint with StaleEditor, which needs `editor_shows`)."""
-    window = session.editor_shows[2]
+def support_editor(services: Services, session: Session, index: int, window: str) -> dict[str, Any]:
+    """The support editor's value for axial slice `index` of the open case, recorded as what it shows (the picture
+    `add_support` checks the returned paint against)."""
     session.editor_shows = (session.case_id, int(index), window)
     return editor_value(services, session, int(index), window)
 

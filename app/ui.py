@@ -125,11 +125,10 @@ def build_ui(services: Services) -> gr.Blocks:
         window = display.default_window(h.current_volume(services, session).modality)
         top = display.depth(volume.shape, "axial") - 1
         middle = top // 2
-        session.editor_shows = (session.case_id, middle, window)
         return (session, gr.update(choices=case_choices(), value=session.case_id), h.case_summary(services, session),
                 gr.update(maximum=max(top, 1), value=middle, interactive=top > 0), "axial", window,
                 display.enlarge(h.render_slice(services, session, "axial", middle, window, 0.5)),
-                h.editor_value(services, session, middle, window), middle, h.support_rows(session), message,
+                h.support_editor(services, session, middle, window), middle, h.support_rows(session), message,
                 h.result_rows(services, session), gr.update(value=[]), gr.update(choices=[], value=None), None,
                 h.legend(services, session))
 
@@ -348,7 +347,7 @@ def build_ui(services: Services) -> gr.Blocks:
             if not s.editor_redraw:
                 return gr.skip()
             s.editor_redraw = False
-            return h.redraw_editor(services, s, i)
+            return h.support_editor(services, s, i, s.editor_shows[2])
 
         add_btn.click(on_add, [session, editor, class_name, paint_index], [supports, status, class_suggest, stored]) \
             .then(on_redraw, [session, paint_index], [editor], show_progress="hidden")

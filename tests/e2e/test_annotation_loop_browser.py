@@ -56,7 +56,7 @@ class Studio:
     data: Path
     files: Path
     log: Path
-    pid: int = 0
+    pid: int
 
 
 STUDIOS: list[Studio] = []  # the running studio, for a failed wait's message

@@ -165,7 +165,7 @@ def test_paint_on_a_picture_the_editor_no_longer_shows_is_refused(services, tmp_
     with pytest.raises(h.StaleEditor):  # the paint index is not the slice the editor was given
         h.add_support(services, session, painted(services, session, 4), "organ", 4)
 
-    redrawn = h.redraw_editor(services, session, 4)
+    redrawn = h.support_editor(services, session, 4, session.editor_shows[2])
     assert session.editor_shows == (session.case_id, 4, "MR / auto")
     assert np.array_equal(redrawn["background"], h.editor_value(services, session, 4, "MR / auto")["background"])
     assert "Support added" in h.add_support(services, session, {**redrawn, "layers": stroke["layers"]}, "organ", 4)
