@@ -28,6 +28,7 @@ class ModelConfig:
     prior_size: int = 32
     histogram_bins: int = 32
     region_grid: int = 4
+    fine_class_path: bool = False  # the class path continued to full size with the encoder's skips
 
     @property
     def embed_dim(self) -> int:

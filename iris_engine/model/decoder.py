@@ -2,8 +2,10 @@
 
 The upsampling is split for speed: a class-agnostic U-Net path turns the query's encoder features
 into full-resolution pixel features once per query, while the class-conditioned bottleneck
-(after two-way attention) is refined per class at the coarse scales only and then added to
-those pixel features. A hypernetwork maps each class's tokens to a pixel classifier.
+(after two-way attention) is refined per class at the coarse scales and then added to
+those pixel features. With `fine_class_path` the class path goes on to full size through the finer encoder
+skips (and the support-context maps there), entering as a zero-initialised residual, so a warm start begins
+with its source's output. A hypernetwork maps each class's tokens to a pixel classifier.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class MaskDecoder(nn.Module):
         conv = conv_layer(dims)
         self.mode = interpolation_mode(dims)
         self.num_iris_tokens = config.num_iris_tokens
+        self.fine_class_path = config.fine_class_path
         self.layout = ContextLayout.of(config) if config.similarity_path else None
         extra = CONTEXT_MAPS if config.similarity_path else 0
         self.blocks = nn.ModuleList(TwoWayBlock(dim, config.num_heads) for _ in range(config.decoder_layers))
@@ -76,6 +79,14 @@ class MaskDecoder(nn.Module):
             self.context_in = conv(CONTEXT_MAPS, dim, 1)
             self.refine = ResidualBlock(dims, width + CONTEXT_MAPS, width)
         self.class_projection = conv(encoder_channels[-2], width, 1)
+        if config.fine_class_path:
+            self.fine_up = nn.ModuleList(
+                UpBlock(dims, c_in, c_skip + extra, c_skip)
+                for c_in, c_skip in zip(encoder_channels[-2:0:-1], encoder_channels[-3::-1], strict=True)
+            )
+            self.fine_projection = conv(encoder_channels[0], width, 1)
+            nn.init.zeros_(self.fine_projection.weight)
+            nn.init.zeros_(self.fine_projection.bias)
         self.shared_up = nn.ModuleList()
         in_channels = dim
         for skip in encoder_channels[-2::-1]:
@@ -95,6 +106,17 @@ class MaskDecoder(nn.Module):
             x = up(x, skip)
         return self.pixel_projection(x)
 
+    def _fine_class_path(self, coarse: torch.Tensor, features: list[torch.Tensor], k: int,
+                         maps: list[torch.Tensor] | None) -> torch.Tensor:
+        """The class path from the second-finest scale on to full size, each step with its encoder skip."""
+        x = coarse
+        for up, index in zip(self.fine_up, range(len(features) - 3, -1, -1), strict=True):
+            skip = features[index].repeat_interleave(k, dim=0)
+            if maps is not None:
+                skip = torch.cat([skip, maps[index]], dim=1)
+            x = up(x, skip)
+        return x
+
     def forward(self, image: torch.Tensor, features: list[torch.Tensor], task_tokens: torch.Tensor,
                 pixels: torch.Tensor | None = None) -> torch.Tensor:
         """image (B, 1, *S), its encoder features (B, C_i, *s_i), task_tokens (B, K, T, C) -> logits (B, K, *S);
@@ -113,11 +135,13 @@ class MaskDecoder(nn.Module):
         for block in self.blocks:
             tokens, image_tokens = block(tokens, image_tokens)
         x = image_tokens.transpose(1, 2).reshape(b * k, -1, *spatial)
-        x = self.class_projection(self.class_up(x, skip))
+        coarse = self.class_up(x, skip)
         if pixels is None:
             pixels = self.pixel_features(features)
         full_size = pixels.shape[2:]
-        x = F.interpolate(x, size=full_size, mode=self.mode, align_corners=False)
+        x = F.interpolate(self.class_projection(coarse), size=full_size, mode=self.mode, align_corners=False)
+        if self.fine_class_path:
+            x = x + self.fine_projection(self._fine_class_path(coarse, features, k, maps))
         x = self.pixel_mixer(x + pixels.repeat_interleave(k, dim=0))
         if maps is not None:
             x = self.refine(torch.cat([x, maps[0]], dim=1))

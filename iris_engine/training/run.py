@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prior-size", type=int, default=TrainConfig().model.prior_size,
                         help="side of the support-mask prior carried in each class embedding")
     parser.add_argument("--no-similarity-path", action="store_true", help="the v1 architecture (no support context)")
+    parser.add_argument("--fine-class-path", action="store_true",
+                        help="continue the class path to full size with the encoder's skips (a warm start from a "
+                             "model without it starts from that model's output)")
     parser.add_argument("--time-limit-minutes", type=float, default=None,
                         help="stop (and checkpoint) after this many minutes of this invocation (a resumed run gets "
                              "the full limit again); the final memory bank is rebuilt after it (about 6 minutes on one "
@@ -121,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 def train_config(args: argparse.Namespace, input_size: int) -> TrainConfig:
     """The recipe `iris train` runs, from its parsed arguments and the model's input size."""
     model_config = ModelConfig(image_size=input_size, similarity_path=not args.no_similarity_path,
-                               prior_size=args.prior_size)
+                               prior_size=args.prior_size, fine_class_path=args.fine_class_path)
     return TrainConfig(
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         synthetic_fraction=args.synthetic_fraction, superpixel_fraction=args.superpixel_fraction,

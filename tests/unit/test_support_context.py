@@ -19,9 +19,9 @@ TINY_V2 = dict(
 )
 
 
-def tiny_v2(spatial_dims: int = 2, seed: int = 0) -> IrisModel:
+def tiny_v2(spatial_dims: int = 2, seed: int = 0, fine_class_path: bool = False) -> IrisModel:
     torch.manual_seed(seed)
-    return IrisModel(ModelConfig(spatial_dims=spatial_dims, **TINY_V2)).eval()
+    return IrisModel(ModelConfig(spatial_dims=spatial_dims, fine_class_path=fine_class_path, **TINY_V2)).eval()
 
 
 def square(size: tuple[int, ...], start: int, width: int) -> torch.Tensor:
@@ -81,8 +81,9 @@ def test_context_maps_equal_their_definitions(spatial_dims: int):
         assert torch.allclose(maps[index][:, :, :2], expected, atol=1e-5)
 
 
-def test_k_classes_in_one_call_equal_separate_calls():
-    model = tiny_v2()
+@pytest.mark.parametrize("fine_class_path", [False, True])
+def test_k_classes_in_one_call_equal_separate_calls(fine_class_path: bool):
+    model = tiny_v2(fine_class_path=fine_class_path)
     image = torch.randn(1, 1, 32, 32)
     masks = torch.cat([square((32, 32), 2, 10), square((32, 32), 18, 12)], dim=1)
     queries = torch.randn(2, 1, 32, 32)
@@ -102,6 +103,39 @@ def test_decoder_output_depends_on_the_support_mask():
         left = model.segment(image, model.encode_task(image, square((32, 32), 2, 10))[0])
         right = model.segment(image, model.encode_task(image, square((32, 32), 18, 12))[0])
     assert (left - right).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_fine_class_path_starts_from_the_output_of_its_warm_start(spatial_dims: int):
+    """Warm-started from a model without it, the full-size class path adds exactly nothing until trained."""
+    source = tiny_v2(spatial_dims, seed=1)
+    target = tiny_v2(spatial_dims, seed=2, fine_class_path=True)
+    loaded = target.load_state_dict(source.state_dict(), strict=False)
+    assert loaded.unexpected_keys == []
+    assert loaded.missing_keys and all(key.startswith("decoder.fine_") for key in loaded.missing_keys)
+    size = (32,) * spatial_dims if spatial_dims == 2 else (16,) * 3
+    image = torch.randn(1, 1, *size)
+    with torch.no_grad():
+        tokens = source.encode_task(image, square(size, 2, 6))[0]
+        torch.testing.assert_close(target.segment(image, tokens), source.segment(image, tokens))
+
+
+def test_fine_class_path_trains_and_then_changes_the_output():
+    model = tiny_v2(fine_class_path=True).train()
+    image, mask = torch.randn(2, 1, 32, 32), square((32, 32), 8, 6).expand(2, -1, -1, -1)
+    with torch.no_grad():
+        before = model.segment(image[:1], model.encode_task(image[:1], mask[:1])[0])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(2):
+        optimizer.zero_grad()
+        logits = model(image[:1, None], mask[:1, None], image[1:, None])[:, 0]
+        F.binary_cross_entropy_with_logits(logits, mask[1:]).backward()
+        assert model.decoder.fine_projection.weight.grad.abs().sum() > 0
+        optimizer.step()
+    assert model.decoder.fine_up[0].block.conv1.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        after = model.segment(image[:1], model.encode_task(image[:1], mask[:1])[0])
+    assert (after - before).abs().max() > 1e-3
 
 
 def test_tokens_of_another_model_version_are_refused():
