@@ -168,7 +168,8 @@ class TrainConfig:
 
     v2 mix: synthetic and superpixel episodes (`superpixel_fraction`) plus real-label episodes, of which
     `same_volume_fraction` (3D sets) pair slices of one volume, `self_pair_fraction` query the support slice itself
-    (augmented on its own) and `task_augment_prob` are task-augmented.
+    (augmented on its own) and `task_augment_prob` are task-augmented. `prior_dropout` of the episodes (v2) are
+    segmented with the support-mask prior flattened to its mean, so that the support's features must be read.
     The v1 recipe is synthetic_fraction=0.3 with the other three at 0 and ModelConfig(similarity_path=False).
     `low_res_fraction` of the batches are averaged down to half the image size, so that one model serves
     both sizes (with `fine_thin_only`, the full-size ones on thin targets only).
@@ -189,6 +190,7 @@ class TrainConfig:
     same_volume_fraction: float = 0.35
     self_pair_fraction: float = 0.0
     task_augment_prob: float = 0.5
+    prior_dropout: float = 0.0
     low_res_fraction: float = 0.0
     # with low_res_fraction: the full-size batches train on thin targets only (each thicker class becomes its
     # boundary band), as the engine reads only thin supports at the fine input scale

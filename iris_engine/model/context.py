@@ -92,6 +92,18 @@ def encode_context(
     )
 
 
+def flatten_prior(layout: ContextLayout, tokens: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Tokens (B, K, T, C) whose support-mask prior, in the episodes `chosen` (B,), becomes the mask's mean
+    everywhere: where the support lies is lost, how much of it there is is kept (training's prior dropout)."""
+    prior = tokens[:, :, layout.prior]
+    flat = prior.flatten(2)
+    values = layout.prior_size**layout.spatial_dims
+    mean = flat[..., :values].mean(-1, keepdim=True).expand(-1, -1, values)
+    flattened = torch.cat([mean, flat[..., values:]], dim=-1).reshape(prior.shape)
+    prior = torch.where(chosen.reshape(-1, 1, 1, 1), flattened, prior)
+    return torch.cat([tokens[:, :, : layout.prior.start], prior, tokens[:, :, layout.prior.stop :]], dim=2)
+
+
 def _cosine(features: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of features (B, c, *s) to vectors (B, K, G, c) -> (B, K, G, *s).
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from iris_engine.config import ContextLayout, ModelConfig
 from iris_engine.errors import IrisInputError
-from iris_engine.model.context import encode_context
+from iris_engine.model.context import encode_context, flatten_prior
 from iris_engine.model.decoder import MaskDecoder
 from iris_engine.model.encoder import Encoder
 from iris_engine.model.task_encoding import TaskEncoder
@@ -92,17 +92,29 @@ class IrisModel(nn.Module):
         """query_images (B, 1, *S) and tokens (K, T, C) or (B, K, T, C) -> logits (B, K, *S)."""
         return self.decode(self.encode_query(query_images), task_tokens)
 
+    def episode_tokens(self, support_images: torch.Tensor, support_masks: torch.Tensor) -> torch.Tensor:
+        """Supports (B, N, 1, *S) with masks (B, N, K, *S) -> each episode's task tokens, the mean over its N
+        supports (context ensemble), (B, K, T, C)."""
+        b, n = support_images.shape[:2]
+        tokens = self.encode_task(support_images.flatten(0, 1), support_masks.flatten(0, 1))
+        return tokens.reshape(b, n, *tokens.shape[1:]).mean(dim=1)
+
     def forward(
-        self, support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor
+        self, support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor,
+        flat_prior: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Episode: supports (B, N, 1, *S) with masks (B, N, K, *S), queries (B, Q, 1, *S) -> (B, Q, K, *S).
 
-        Each episode's task tokens are the mean over its N supports (context ensemble).
+        `flat_prior` (B,) bool: episodes whose support-mask prior is flattened (`context.flatten_prior`).
         """
-        b, n = support_images.shape[:2]
+        tokens = self.episode_tokens(support_images, support_masks)
+        return self.segment_episodes(query_images, tokens, flat_prior)
+
+    def segment_episodes(self, query_images: torch.Tensor, tokens: torch.Tensor,
+                         flat_prior: torch.Tensor | None = None) -> torch.Tensor:
+        """Queries (B, Q, 1, *S) segmented with their episode's tokens (B, K, T, C) -> logits (B, Q, K, *S)."""
+        if flat_prior is not None:
+            tokens = flatten_prior(ContextLayout.of(self.config), tokens, flat_prior)
         q = query_images.shape[1]
-        tokens = self.encode_task(support_images.flatten(0, 1), support_masks.flatten(0, 1))
-        tokens = tokens.reshape(b, n, *tokens.shape[1:]).mean(dim=1)
-        tokens = tokens.repeat_interleave(q, dim=0)
-        logits = self.segment(query_images.flatten(0, 1), tokens)
-        return logits.reshape(b, q, *logits.shape[1:])
+        logits = self.segment(query_images.flatten(0, 1), tokens.repeat_interleave(q, dim=0))
+        return logits.reshape(query_images.shape[0], q, *logits.shape[1:])

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prior-size", type=int, default=TrainConfig().model.prior_size,
                         help="side of the support-mask prior carried in each class embedding")
     parser.add_argument("--no-similarity-path", action="store_true", help="the v1 architecture (no support context)")
+    parser.add_argument("--prior-dropout", type=float, default=TrainConfig.prior_dropout,
+                        help="share of episodes segmented with the support-mask prior flattened to its mean (v2), so "
+                             "that the support's features must be read")
     parser.add_argument("--fine-class-path", action="store_true",
                         help="continue the class path to full size with the encoder's skips (a warm start from a "
                              "model without it starts from that model's output)")
@@ -129,6 +132,7 @@ def train_config(args: argparse.Namespace, input_size: int) -> TrainConfig:
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         synthetic_fraction=args.synthetic_fraction, superpixel_fraction=args.superpixel_fraction,
         same_volume_fraction=args.same_volume_fraction, self_pair_fraction=args.self_pair_fraction,
+        prior_dropout=args.prior_dropout,
         task_augment_prob=args.task_augment_prob,
         warmup_iterations=min(args.warmup_iterations, args.iterations), num_threads=args.threads, model=model_config,
         low_res_fraction=args.low_res_fraction, fine_thin_only=args.fine_thin_only, cpu_bf16=not args.no_cpu_bf16,
@@ -145,6 +149,9 @@ def main(argv: list[str] | None = None) -> Path:
     if input_size not in (image_size, image_size // FINE_SCALE):
         raise IrisInputError(f"--input-size must be the slices' size {image_size} or half of it, got {input_size}")
     config = train_config(args, input_size)
+    if not 0.0 <= config.prior_dropout <= 1.0 or (config.prior_dropout and not config.model.similarity_path):
+        raise IrisInputError("--prior-dropout must lie in [0, 1] and needs the support context (not with "
+                             "--no-similarity-path)")
     datasets = tuple(args.datasets) if args.datasets else None
     split_path = out / SPLIT_FILE
     if split_path.exists():

@@ -130,15 +130,12 @@ def thin_targets(batch: EpisodeBatchLike, max_thickness: float, widths: tuple[in
 
 
 def _episode_embeddings(
-    model: IrisModel, batch: EpisodeBatchLike
+    model: IrisModel, batch: EpisodeBatchLike, flat_prior: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Task tokens averaged over each episode's supports (B, L, T, C), and the query logits."""
-    b, k = batch.support_images.shape[:2]
-    q = batch.query_images.shape[1]
-    tokens = model.encode_task(batch.support_images.flatten(0, 1), batch.support_masks.flatten(0, 1))
-    tokens = tokens.reshape(b, k, *tokens.shape[1:]).mean(dim=1)
-    logits = model.segment(batch.query_images.flatten(0, 1), tokens.repeat_interleave(q, dim=0))
-    return tokens, logits.reshape(b, q, *logits.shape[1:])
+    """Task tokens averaged over each episode's supports (B, L, T, C), and the query logits (the episodes in
+    `flat_prior` segmented with their support-mask prior flattened; the tokens returned keep it)."""
+    tokens = model.episode_tokens(batch.support_images, batch.support_masks)
+    return tokens, model.segment_episodes(batch.query_images, tokens, flat_prior)
 
 
 def episode_loss(logits: torch.Tensor, batch: EpisodeBatchLike, spatial_dims: int) -> torch.Tensor:
@@ -147,9 +144,10 @@ def episode_loss(logits: torch.Tensor, batch: EpisodeBatchLike, spatial_dims: in
     return dice_bce_loss(logits.float(), batch.query_masks, valid, spatial_dims=spatial_dims)
 
 
-def embeddings_and_loss(model: IrisModel, batch: EpisodeBatchLike) -> tuple[torch.Tensor, torch.Tensor]:
+def embeddings_and_loss(model: IrisModel, batch: EpisodeBatchLike, flat_prior: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """One training forward pass: the episodes' task tokens (for the memory bank) and their loss."""
-    tokens, logits = _episode_embeddings(model, batch)
+    tokens, logits = _episode_embeddings(model, batch, flat_prior)
     return tokens, episode_loss(logits, batch, model.config.spatial_dims)
 
 
@@ -275,13 +273,17 @@ class Trainer:
             half_resolution(batch)
         elif self.config.fine_thin_only:
             thin_targets(batch, FINE_SCALE * InferenceConfig.fine_scale_thickness)
+        flat_prior = None
+        if self.config.prior_dropout > 0:  # no random draw otherwise: the recipes without it draw as before
+            flat_prior = torch.rand(batch.support_images.shape[0]) < self.config.prior_dropout
+            flat_prior = flat_prior.to(self.device)
         with training_autocast(self.device, self.config.cpu_bf16):
             if self.context.enabled:
-                logits = network(batch.support_images, batch.support_masks, batch.query_images)
+                logits = network(batch.support_images, batch.support_masks, batch.query_images, flat_prior)
                 loss = episode_loss(logits, batch, self.config.model.spatial_dims)
                 tokens = None
             else:
-                tokens, loss = embeddings_and_loss(self.model, batch)
+                tokens, loss = embeddings_and_loss(self.model, batch, flat_prior)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)

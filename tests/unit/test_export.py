@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ TINY = ModelConfig(encoder_channels=(8, 16, 32), image_size=64, decoder_channels
 TINY_V2 = ModelConfig(encoder_channels=(8, 16, 32), image_size=64, decoder_channels=8, num_heads=2,
                       task_encoder_layers=1, decoder_layers=1, similarity_path=True, prior_size=16,
                       histogram_bins=8, region_grid=2)
-TINY_V2_FINE = ModelConfig(**{**TINY_V2.to_dict(), "encoder_channels": (8, 16, 32), "fine_class_path": True})
+TINY_V2_FINE = replace(TINY_V2, fine_class_path=True)
 
 
 @pytest.fixture(scope="module", params=[TINY, TINY_V2, TINY_V2_FINE],

@@ -10,7 +10,7 @@ from iris_engine import strategies
 from iris_engine.config import ContextLayout, ModelConfig
 from iris_engine.errors import IrisInputError
 from iris_engine.memory_bank import MemoryBank
-from iris_engine.model.context import _intensity_bins, context_maps
+from iris_engine.model.context import _intensity_bins, context_maps, flatten_prior
 from iris_engine.model.iris import IrisModel
 
 TINY_V2 = dict(
@@ -136,6 +136,23 @@ def test_fine_class_path_trains_and_then_changes_the_output():
     with torch.no_grad():
         after = model.segment(image[:1], model.encode_task(image[:1], mask[:1])[0])
     assert (after - before).abs().max() > 1e-3
+
+
+def test_flatten_prior_keeps_the_mask_area_and_loses_its_place_in_the_chosen_episodes_only():
+    model = tiny_v2()
+    layout = ContextLayout.of(model.config)
+    images = torch.randn(2, 1, 32, 32)
+    masks = torch.cat([square((32, 32), 2, 10), square((32, 32), 16, 8)])
+    with torch.no_grad():
+        tokens = model.encode_task(images, masks)
+    flattened = flatten_prior(layout, tokens, torch.tensor([True, False]))
+    torch.testing.assert_close(flattened[1], tokens[1])
+    outside = [t for t in range(tokens.shape[2]) if not layout.prior.start <= t < layout.prior.stop]
+    torch.testing.assert_close(flattened[0, :, outside], tokens[0, :, outside])
+    values = layout.prior_size**2
+    prior = flattened[0, :, layout.prior].flatten(1)
+    torch.testing.assert_close(prior[:, :values], torch.full((1, values), 100 / 1024))
+    torch.testing.assert_close(prior[:, values:], tokens[0, :, layout.prior].flatten(1)[:, values:])
 
 
 def test_tokens_of_another_model_version_are_refused():

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,7 +16,9 @@ import torch
 from iris_engine.checkpoint import load_checkpoint
 from iris_engine.config import ModelConfig, TrainConfig
 from iris_engine.data.toy import ToyEpisodes
+from iris_engine.errors import IrisInputError
 from iris_engine.input_scale import structure_thickness
+from iris_engine.training import run as run_module
 from iris_engine.training import trainer as trainer_module
 from iris_engine.training.trainer import (
     FINAL_CHECKPOINT,
@@ -254,6 +257,27 @@ def test_thin_full_size_batches_train(tmp_path):
     result = Trainer(train_config(iterations=3, low_res_fraction=0.5, fine_thin_only=True), ToyEpisodes(seed=1),
                      tmp_path, show_progress=False).fit()
     assert result.iterations == 3 and math.isfinite(result.final_loss)
+
+
+def test_prior_dropout_segments_the_chosen_episodes_without_the_mask_prior(tmp_path):
+    """The same first step with and without prior dropout: the loss differs (the flattened prior is what the
+    decoder reads); a whole run with it trains."""
+    v2 = replace(TINY, similarity_path=True, prior_size=8, histogram_bins=8, region_grid=2)
+    losses = []
+    for share in (0.0, 1.0):
+        torch.manual_seed(0)
+        trainer = Trainer(train_config(model=v2, prior_dropout=share), ToyEpisodes(seed=1), tmp_path / str(share),
+                          show_progress=False)
+        losses.append(trainer._step(trainer.model))
+    assert abs(losses[0] - losses[1]) > 1e-4
+    result = Trainer(train_config(model=v2, iterations=3, prior_dropout=0.5), ToyEpisodes(seed=1), tmp_path / "run",
+                     show_progress=False).fit()
+    assert result.iterations == 3 and math.isfinite(result.final_loss)
+
+
+def test_iris_train_refuses_prior_dropout_without_the_support_context(tmp_path):
+    with pytest.raises(IrisInputError, match="prior-dropout"):
+        run_module.main(["--out", str(tmp_path), "--prior-dropout", "0.5", "--no-similarity-path"])
 
 
 def test_low_resolution_batches_train_the_same_model(tmp_path):
