@@ -7,6 +7,7 @@ from typing import Any
 
 from iris_engine.calibration import CalibrationConfig
 from iris_engine.correspondence import CorrespondenceConfig
+from iris_engine.errors import IrisInputError
 
 CHECKPOINT_FORMAT_VERSION = 1
 
@@ -205,3 +206,8 @@ class TrainConfig:
     memory_momentum: float = 0.999
     num_threads: int = 0
     model: ModelConfig = field(default_factory=lambda: ModelConfig(similarity_path=True, prior_size=64))
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.prior_dropout <= 1.0 or (self.prior_dropout and not self.model.similarity_path):
+            raise IrisInputError("prior_dropout (--prior-dropout) must lie in [0, 1] and needs the support context "
+                                 "(not with --no-similarity-path)")

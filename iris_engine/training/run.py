@@ -149,9 +149,6 @@ def main(argv: list[str] | None = None) -> Path:
     if input_size not in (image_size, image_size // FINE_SCALE):
         raise IrisInputError(f"--input-size must be the slices' size {image_size} or half of it, got {input_size}")
     config = train_config(args, input_size)
-    if not 0.0 <= config.prior_dropout <= 1.0 or (config.prior_dropout and not config.model.similarity_path):
-        raise IrisInputError("--prior-dropout must lie in [0, 1] and needs the support context (not with "
-                             "--no-similarity-path)")
     datasets = tuple(args.datasets) if args.datasets else None
     split_path = out / SPLIT_FILE
     if split_path.exists():
