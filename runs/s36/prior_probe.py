@@ -15,6 +15,7 @@ import torch
 
 from iris_engine.config import ContextLayout
 from iris_engine.evaluation import sanity
+from iris_engine.model.context import flatten_prior
 from iris_engine.model.iris import IrisModel
 
 encode_task = IrisModel.encode_task
@@ -23,14 +24,15 @@ MODE = sys.argv[3] if len(sys.argv) > 3 else "zero"
 
 def encode_task_without_prior(self: IrisModel, support_images: torch.Tensor,
                               support_masks: torch.Tensor) -> torch.Tensor:
-    tokens = encode_task(self, support_images, support_masks).clone()
+    tokens = encode_task(self, support_images, support_masks)
     layout = ContextLayout.of(self.config)
-    prior = tokens[:, :, layout.prior].clone()
-    values = layout.prior_size**layout.spatial_dims
-    flat = prior.flatten(2)
-    fill = flat[..., :values].mean(-1, keepdim=True) if MODE == "flat" else torch.zeros_like(flat[..., :1])
-    flat[..., :values] = fill
-    tokens[:, :, layout.prior] = flat.reshape(prior.shape)
+    tokens = flatten_prior(layout, tokens, torch.ones(tokens.shape[0], dtype=torch.bool))
+    if MODE == "zero":  # the flattened prior's values (its mean) set to zero, the padding kept
+        prior = tokens[:, :, layout.prior]
+        values = layout.prior_size**layout.spatial_dims
+        flat = prior.flatten(2)
+        zeroed = torch.cat([torch.zeros_like(flat[..., :values]), flat[..., values:]], dim=-1).reshape(prior.shape)
+        tokens = torch.cat([tokens[:, :, : layout.prior.start], zeroed, tokens[:, :, layout.prior.stop :]], dim=2)
     return tokens
 
 
