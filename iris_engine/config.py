@@ -163,6 +163,13 @@ class InferenceConfig:
                              "fine_volume_max_gap_mm > 0")
 
 
+# what `TrainConfig.trainable` may train: the parameter-name prefixes of each part (every other weight is frozen)
+TRAINABLE_PARTS: dict[str, tuple[str, ...]] = {
+    "all": ("",),
+    "fine_class_path": ("decoder.fine_up.", "decoder.fine_projection."),
+}
+
+
 @dataclass
 class TrainConfig:
     """Episodic training recipe (scaled down from the paper for a 2-core CPU).
@@ -171,6 +178,8 @@ class TrainConfig:
     `same_volume_fraction` (3D sets) pair slices of one volume, `self_pair_fraction` query the support slice itself
     (augmented on its own) and `task_augment_prob` are task-augmented. `prior_dropout` of the episodes (v2) are
     segmented with the support-mask prior flattened to its mean, so that the support's features must be read.
+    `trainable` "fine_class_path" trains only the decoder's full-size class path (`ModelConfig.fine_class_path`)
+    with every other weight frozen: a warm start can then change its source's output only through that path.
     The v1 recipe is synthetic_fraction=0.3 with the other three at 0 and ModelConfig(similarity_path=False).
     `low_res_fraction` of the batches are averaged down to half the image size, so that one model serves
     both sizes (with `fine_thin_only`, the full-size ones on thin targets only).
@@ -192,6 +201,7 @@ class TrainConfig:
     self_pair_fraction: float = 0.0
     task_augment_prob: float = 0.5
     prior_dropout: float = 0.0
+    trainable: str = "all"
     low_res_fraction: float = 0.0
     # with low_res_fraction: the full-size batches train on thin targets only (each thicker class becomes its
     # boundary band), as the engine reads only thin supports at the fine input scale
@@ -211,3 +221,7 @@ class TrainConfig:
         if not 0.0 <= self.prior_dropout <= 1.0 or (self.prior_dropout and not self.model.similarity_path):
             raise IrisInputError("prior_dropout (--prior-dropout) must lie in [0, 1] and needs the support context "
                                  "(not with --no-similarity-path)")
+        if self.trainable not in TRAINABLE_PARTS or (self.trainable == "fine_class_path"
+                                                     and not self.model.fine_class_path):
+            raise IrisInputError(f"trainable (--train-only) must be one of {', '.join(TRAINABLE_PARTS)}; "
+                                 "fine_class_path needs the model's full-size class path (--fine-class-path)")

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from iris_engine.checkpoint import load_checkpoint, save_checkpoint
-from iris_engine.config import ModelConfig, TrainConfig
+from iris_engine.config import TRAINABLE_PARTS, ModelConfig, TrainConfig
 from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
 from iris_engine.data.parallel_episodes import ParallelEpisodes
 from iris_engine.data.slices import SliceBank, build_slice_bank
@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fine-class-path", action="store_true",
                         help="continue the class path to full size with the encoder's skips (a warm start from a "
                              "model without it starts from that model's output)")
+    parser.add_argument("--train-only", choices=sorted(TRAINABLE_PARTS), default=TrainConfig.trainable,
+                        help="train only this part, every other weight frozen (fine_class_path: the decoder's "
+                             "full-size class path of --fine-class-path, so a warm start changes its source's output "
+                             "only there)")
     parser.add_argument("--time-limit-minutes", type=float, default=None,
                         help="stop (and checkpoint) after this many minutes of this invocation (a resumed run gets "
                              "the full limit again); the final memory bank is rebuilt after it (about 6 minutes on one "
@@ -132,7 +136,7 @@ def train_config(args: argparse.Namespace, input_size: int) -> TrainConfig:
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         synthetic_fraction=args.synthetic_fraction, superpixel_fraction=args.superpixel_fraction,
         same_volume_fraction=args.same_volume_fraction, self_pair_fraction=args.self_pair_fraction,
-        prior_dropout=args.prior_dropout,
+        prior_dropout=args.prior_dropout, trainable=args.train_only,
         task_augment_prob=args.task_augment_prob,
         warmup_iterations=min(args.warmup_iterations, args.iterations), num_threads=args.threads, model=model_config,
         low_res_fraction=args.low_res_fraction, fine_thin_only=args.fine_thin_only, cpu_bf16=not args.no_cpu_bf16,

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from iris_engine.checkpoint import load_checkpoint, save_checkpoint
-from iris_engine.config import InferenceConfig, TrainConfig
+from iris_engine.config import TRAINABLE_PARTS, InferenceConfig, TrainConfig
 from iris_engine.data.pseudo_tasks import boundary_band
 from iris_engine.input_scale import FINE_SCALE, structure_thickness
 from iris_engine.memory_bank import MemoryBank
@@ -163,6 +163,14 @@ def _update_memory_bank(bank: MemoryBank, tokens: torch.Tensor, batch: EpisodeBa
                 bank.update(f"{dataset}/{class_name}", tokens[b, index])
 
 
+def trainable_parameters(model: torch.nn.Module, part: str) -> list[torch.nn.Parameter]:
+    """The parameters of `part` (`TRAINABLE_PARTS`), which alone keep requires_grad; every other one is frozen."""
+    prefixes = TRAINABLE_PARTS[part]
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(prefixes))
+    return [parameter for parameter in model.parameters() if parameter.requires_grad]
+
+
 class Trainer:
     """Runs episodic training into `out_dir`, resumable from `out_dir/last.pt`."""
 
@@ -192,7 +200,8 @@ class Trainer:
         seed_everything(config.seed + self.context.rank)
         self.model = IrisModel(config.model).to(self.device)
         self.memory_bank = MemoryBank(config.memory_momentum)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(trainable_parameters(self.model, config.trainable), lr=config.lr,
+                                           weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda it: lr_factor(it, config))
         self.iteration = 0
         self.elapsed = 0.0

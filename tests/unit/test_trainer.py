@@ -280,6 +280,26 @@ def test_iris_train_refuses_prior_dropout_without_the_support_context(tmp_path):
         run_module.main(["--out", str(tmp_path), "--prior-dropout", "0.5", "--no-similarity-path"])
 
 
+def test_training_only_the_fine_class_path_leaves_every_other_weight_as_it_was(tmp_path):
+    fine = replace(TINY, similarity_path=True, prior_size=8, histogram_bins=8, region_grid=2, fine_class_path=True)
+    trainer = Trainer(train_config(model=fine, iterations=3, trainable="fine_class_path"), ToyEpisodes(seed=1),
+                      tmp_path, show_progress=False)
+    before = {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    trainer.fit()
+    changed = {name for name, value in trainer.model.state_dict().items() if not torch.equal(value, before[name])}
+    assert changed and all(name.startswith(("decoder.fine_up.", "decoder.fine_projection.")) for name in changed)
+    assert "decoder.fine_projection.weight" in changed
+
+
+def test_training_only_the_fine_class_path_needs_that_path(tmp_path):
+    with pytest.raises(IrisInputError, match="--fine-class-path"):
+        train_config(trainable="fine_class_path")
+    with pytest.raises(IrisInputError, match="one of"):
+        train_config(trainable="encoder")
+    with pytest.raises(SystemExit):
+        run_module.main(["--out", str(tmp_path), "--train-only", "encoder"])
+
+
 def test_low_resolution_batches_train_the_same_model(tmp_path):
     result = Trainer(train_config(iterations=3, low_res_fraction=1.0), ToyEpisodes(seed=1), tmp_path,
                      show_progress=False).fit()
