@@ -13,6 +13,7 @@ from pathlib import Path
 
 from app.auth import AuthError, check_exposure, parse_auth, share_server_reachable
 from app.config import AppConfig, default_data_dir
+from iris_engine.allocator import keep_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,7 @@ def argument_problem(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack to stderr: where a request hangs
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

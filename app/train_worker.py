@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from app.jobs import DATASET, FINAL_FILE
+from iris_engine.allocator import keep_freed_memory
 from iris_engine.checkpoint import load_checkpoint, save_checkpoint
 from iris_engine.config import ModelConfig, TrainConfig
 from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
@@ -61,6 +62,7 @@ def carry_over(base: dict[str, object], fresh: dict[str, dict[str, object]]) -> 
 def main(argv: list[str] | None = None) -> Path:
     """Train, rebuild the memory bank from the final weights (plain class names) and write final.pt."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     if args.parent_pid is not None:
         exit_with_parent(args.parent_pid)
     model_config = load_checkpoint(args.init).model.config if args.init else ModelConfig()

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from iris_engine import onnx_runtime, strategies
+from iris_engine.allocator import keep_freed_memory
 from iris_engine.config import InferenceConfig
 from iris_engine.embedding import TaskEmbedding
 from iris_engine.errors import CheckpointError, IrisInputError
@@ -158,6 +159,7 @@ def _non_negative_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `iris` and `python -m iris_engine`; returns the exit code."""
+    keep_freed_memory()
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in DELEGATED:
         return _delegate(args_list[0], args_list[1:])

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from iris_engine.allocator import keep_freed_memory
 from iris_engine.checkpoint import load_checkpoint, save_checkpoint
 from iris_engine.config import TRAINABLE_PARTS, ModelConfig, TrainConfig
 from iris_engine.data.episodes import EpisodeConfig, EpisodeSampler
@@ -145,6 +146,7 @@ def train_config(args: argparse.Namespace, input_size: int) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     bank = SliceBank.load(args.bank) if args.bank is not None else None
