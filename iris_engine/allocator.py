@@ -2,7 +2,7 @@
 
 glibc's malloc serves every block above 128 KiB (a few MiB once its threshold adapts) with a fresh `mmap` and returns
 it to the kernel on free, so each training step or volume pass faults in the same pages again; on the virtual
-machines this project runs on those faults took 30-50 % of a training process's CPU time. Raising the mmap and
+machines this project runs on those faults took 13-50 % of a training process's CPU time. Raising the mmap and
 trim thresholds makes freed blocks go back to the heap and be reused (`benchmarks/benchmark_allocator.py` measures
 both side by side). The price is that the heap keeps up to `trim_threshold_bytes` of freed memory.
 """
