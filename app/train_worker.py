@@ -62,7 +62,6 @@ def carry_over(base: dict[str, object], fresh: dict[str, dict[str, object]]) -> 
 def main(argv: list[str] | None = None) -> Path:
     """Train, rebuild the memory bank from the final weights (plain class names) and write final.pt."""
     args = build_parser().parse_args(argv)
-    keep_freed_memory()
     if args.parent_pid is not None:
         exit_with_parent(args.parent_pid)
     model_config = load_checkpoint(args.init).model.config if args.init else ModelConfig()
@@ -94,4 +93,5 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()
     main()

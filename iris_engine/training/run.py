@@ -146,7 +146,6 @@ def train_config(args: argparse.Namespace, input_size: int) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
-    keep_freed_memory()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     bank = SliceBank.load(args.bank) if args.bank is not None else None
@@ -188,4 +187,5 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # `iris train` has set it already in `cli.main`
     main()
