@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-iterations", type=int, default=TrainConfig.warmup_iterations)
     parser.add_argument("--prior-size", type=int, default=TrainConfig().model.prior_size,
                         help="side of the support-mask prior carried in each class embedding")
+    parser.add_argument("--decoder-channels", type=int, default=ModelConfig.decoder_channels,
+                        help="width of the decoder's full-size features (a warm start from another width takes the "
+                             "encoder, the task encoding and the attention blocks; the full-size path starts anew)")
     parser.add_argument("--no-similarity-path", action="store_true", help="the v1 architecture (no support context)")
     parser.add_argument("--prior-dropout", type=float, default=TrainConfig.prior_dropout,
                         help="share of episodes segmented with the support-mask prior flattened to its mean (v2), so "
@@ -131,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_config(args: argparse.Namespace, input_size: int) -> TrainConfig:
     """The recipe `iris train` runs, from its parsed arguments and the model's input size."""
-    model_config = ModelConfig(image_size=input_size, similarity_path=not args.no_similarity_path,
-                               prior_size=args.prior_size, fine_class_path=args.fine_class_path)
+    model_config = ModelConfig(image_size=input_size, decoder_channels=args.decoder_channels,
+                               similarity_path=not args.no_similarity_path, prior_size=args.prior_size,
+                               fine_class_path=args.fine_class_path)
     return TrainConfig(
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         synthetic_fraction=args.synthetic_fraction, superpixel_fraction=args.superpixel_fraction,

@@ -361,3 +361,38 @@ def test_a_run_stopped_by_its_time_limit_logs_its_last_iteration(tmp_path):
     records = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
     assert result.iterations == 1
     assert [r["iteration"] for r in records] == [1]
+
+
+def test_a_warm_start_takes_every_weight_of_the_same_architecture(tmp_path):
+    source = Trainer(train_config(iterations=2), ToyEpisodes(seed=1), tmp_path / "source", show_progress=False)
+    source.fit()
+    trainer = Trainer(train_config(iterations=2), ToyEpisodes(seed=2), tmp_path / "warm", show_progress=False)
+    taken = trainer.initialise_from(tmp_path / "source" / FINAL_CHECKPOINT)
+    state = load_checkpoint(tmp_path / "source" / FINAL_CHECKPOINT).model.state_dict()
+    assert taken == len(state)
+    assert all(torch.equal(value, state[name]) for name, value in trainer.model.state_dict().items())
+
+
+def test_a_wider_decoder_starts_anew_from_the_narrower_models_encoder(tmp_path):
+    """`--decoder-channels`: what keeps its shape (encoder, task encoding, attention) is taken, the full-size path
+    of the wider decoder keeps its fresh weights, and the result trains."""
+    Trainer(train_config(iterations=2), ToyEpisodes(seed=1), tmp_path / "source", show_progress=False).fit()
+    state = load_checkpoint(tmp_path / "source" / FINAL_CHECKPOINT).model.state_dict()
+    wide = train_config(iterations=2, model=replace(TINY, decoder_channels=16))
+    trainer = Trainer(wide, ToyEpisodes(seed=2), tmp_path / "wide", show_progress=False)
+    fresh = {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    taken = trainer.initialise_from(tmp_path / "source" / FINAL_CHECKPOINT)
+    after = trainer.model.state_dict()
+    assert 0 < taken < len(state)
+    assert all(torch.equal(after[name], value) for name, value in state.items() if name.startswith("encoder."))
+    assert after["decoder.pixel_projection.weight"].shape[0] == 16
+    assert torch.equal(after["decoder.pixel_projection.weight"], fresh["decoder.pixel_projection.weight"])
+    result = trainer.fit()
+    assert result.iterations == 2 and math.isfinite(result.final_loss)
+
+
+def test_iris_train_sets_and_checks_the_decoder_width():
+    args = run_module.build_parser().parse_args(["--decoder-channels", "32"])
+    assert run_module.train_config(args, 128).model.decoder_channels == 32
+    with pytest.raises(IrisInputError, match="decoder-channels"):
+        run_module.train_config(run_module.build_parser().parse_args(["--decoder-channels", "0"]), 128)
