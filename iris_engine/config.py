@@ -31,6 +31,10 @@ class ModelConfig:
     region_grid: int = 4
     fine_class_path: bool = False  # the class path continued to full size with the encoder's skips
 
+    def __post_init__(self) -> None:
+        if self.decoder_channels < 1:
+            raise IrisInputError(f"decoder_channels (--decoder-channels) must be >= 1, got {self.decoder_channels}")
+
     @property
     def embed_dim(self) -> int:
         return self.encoder_channels[-1]
@@ -218,9 +222,6 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(similarity_path=True, prior_size=64))
 
     def __post_init__(self) -> None:
-        if self.model.decoder_channels < 1:
-            raise IrisInputError("decoder_channels (--decoder-channels) must be >= 1, "
-                                 f"got {self.model.decoder_channels}")
         if not 0.0 <= self.prior_dropout <= 1.0 or (self.prior_dropout and not self.model.similarity_path):
             raise IrisInputError("prior_dropout (--prior-dropout) must lie in [0, 1] and needs the support context "
                                  "(not with --no-similarity-path)")

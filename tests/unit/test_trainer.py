@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -363,12 +364,17 @@ def test_a_run_stopped_by_its_time_limit_logs_its_last_iteration(tmp_path):
     assert [r["iteration"] for r in records] == [1]
 
 
+def _trained_checkpoint(out: Path) -> Path:
+    """A two-iteration run of the TINY model; its final checkpoint."""
+    Trainer(train_config(iterations=2), ToyEpisodes(seed=1), out, show_progress=False).fit()
+    return out / FINAL_CHECKPOINT
+
+
 def test_a_warm_start_takes_every_weight_of_the_same_architecture(tmp_path):
-    source = Trainer(train_config(iterations=2), ToyEpisodes(seed=1), tmp_path / "source", show_progress=False)
-    source.fit()
+    source = _trained_checkpoint(tmp_path / "source")
     trainer = Trainer(train_config(iterations=2), ToyEpisodes(seed=2), tmp_path / "warm", show_progress=False)
-    taken = trainer.initialise_from(tmp_path / "source" / FINAL_CHECKPOINT)
-    state = load_checkpoint(tmp_path / "source" / FINAL_CHECKPOINT).model.state_dict()
+    taken = trainer.initialise_from(source)
+    state = load_checkpoint(source).model.state_dict()
     assert taken == len(state)
     assert all(torch.equal(value, state[name]) for name, value in trainer.model.state_dict().items())
 
@@ -376,12 +382,12 @@ def test_a_warm_start_takes_every_weight_of_the_same_architecture(tmp_path):
 def test_a_wider_decoder_starts_anew_from_the_narrower_models_encoder(tmp_path):
     """`--decoder-channels`: what keeps its shape (encoder, task encoding, attention) is taken, the full-size path
     of the wider decoder keeps its fresh weights, and the result trains."""
-    Trainer(train_config(iterations=2), ToyEpisodes(seed=1), tmp_path / "source", show_progress=False).fit()
-    state = load_checkpoint(tmp_path / "source" / FINAL_CHECKPOINT).model.state_dict()
+    source = _trained_checkpoint(tmp_path / "source")
+    state = load_checkpoint(source).model.state_dict()
     wide = train_config(iterations=2, model=replace(TINY, decoder_channels=16))
     trainer = Trainer(wide, ToyEpisodes(seed=2), tmp_path / "wide", show_progress=False)
     fresh = {name: value.clone() for name, value in trainer.model.state_dict().items()}
-    taken = trainer.initialise_from(tmp_path / "source" / FINAL_CHECKPOINT)
+    taken = trainer.initialise_from(source)
     after = trainer.model.state_dict()
     assert 0 < taken < len(state)
     assert all(torch.equal(after[name], value) for name, value in state.items() if name.startswith("encoder."))
