@@ -21,6 +21,7 @@ from tqdm import tqdm
 from iris_engine.checkpoint import load_checkpoint, save_checkpoint
 from iris_engine.config import TRAINABLE_PARTS, InferenceConfig, TrainConfig
 from iris_engine.data.pseudo_tasks import boundary_band
+from iris_engine.errors import IrisInputError
 from iris_engine.input_scale import FINE_SCALE, structure_thickness
 from iris_engine.memory_bank import MemoryBank
 from iris_engine.model.iris import IrisModel
@@ -31,6 +32,9 @@ from iris_engine.training.losses import dice_bce_loss
 LAST_CHECKPOINT = "last.pt"
 FINAL_CHECKPOINT = "final.pt"
 LOG_FILE = "train_log.jsonl"
+# what a resumed run may change: its length (a later session may lengthen or shorten it; --fit-schedule-to-time
+# changes it anyway) and how this machine computes it
+PER_INVOCATION_FIELDS = frozenset({"iterations", "warmup_iterations", "num_threads", "cpu_bf16"})
 
 
 class EpisodeBatchLike(Protocol):
@@ -231,6 +235,7 @@ class Trainer:
             return False
         loaded = load_checkpoint(path, map_location=self.device, expected=self.config.model)
         state = loaded.training_state
+        _check_same_recipe(state.get("train_config", {}), _config_dict(self.config), path)
         self.model.load_state_dict(loaded.model.state_dict())
         self.memory_bank = loaded.memory_bank
         self.optimizer.load_state_dict(state["optimizer"])
@@ -377,6 +382,21 @@ class Trainer:
         if writer is not None:
             writer.close()
         return TrainResult(checkpoint, self.iteration, losses[-1] if losses else float("nan"), self.elapsed)
+
+
+def _check_same_recipe(stored: dict[str, Any], asked: dict[str, Any], path: Path) -> None:
+    """Refuse to continue a run with another recipe than the one it was trained with (a run spanning sessions
+    is continued by repeating its command); fields an older checkpoint lacks are not compared."""
+    changed = [
+        f"{name} {stored[name]!r} -> {asked[name]!r}"
+        for name in sorted(set(stored) & set(asked) - PER_INVOCATION_FIELDS)
+        if stored[name] != asked[name]
+    ]
+    if changed:
+        raise IrisInputError(
+            f"{path} was trained with another recipe ({'; '.join(changed)}): resume with the run's own arguments "
+            "(only its length, threads and bfloat16 use may change), or start a new run folder"
+        )
 
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:

@@ -121,6 +121,21 @@ def test_resume_without_checkpoint_returns_false(tmp_path):
     assert trainer.iteration == 0
 
 
+def test_resume_refuses_another_recipe_but_takes_another_length_or_threads(tmp_path):
+    """A run spanning sessions is continued by repeating its command: a changed recipe is refused by name."""
+    first = Trainer(train_config(), CrashingEpisodes(3, seed=11), tmp_path, show_progress=False)
+    with pytest.raises(Crash):
+        first.fit()
+    other = Trainer(train_config(lr=1e-3, self_pair_fraction=0.3), ToyEpisodes(seed=11), tmp_path, show_progress=False)
+    with pytest.raises(IrisInputError, match=r"lr 0\.003 -> 0\.001; self_pair_fraction 0\.0 -> 0\.3"):
+        other.resume()
+    assert other.iteration == 0
+    longer = Trainer(train_config(iterations=9, num_threads=2, cpu_bf16=False), ToyEpisodes(seed=11), tmp_path,
+                     show_progress=False)
+    assert longer.resume() and longer.iteration == 3
+    assert longer.fit().iterations == 9
+
+
 def test_time_limit_counts_this_invocation_not_the_resumed_runs_past(tmp_path):
     """A run resumed after a long first session still trains: its time limit starts at the resume."""
     config = train_config(iterations=6, checkpoint_every=3)
